@@ -1,0 +1,67 @@
+"""The one interface every defense implements: the loss of one training batch.
+
+The shared loop in :mod:`robustkit.training` owns optimizers, schedules, epochs, seeds,
+checkpoints and progress. A defense only says how to turn a batch into a loss (usually by
+crafting adversarial examples first), and declares its trade-off knob so the benchmark protocol
+knows what to sweep.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from robustkit.params import Param, resolve_params
+
+
+@dataclass
+class BatchLoss:
+    """A defense's answer for one batch.
+
+    :param loss: scalar to minimize.
+    :param logits: logits of the inputs the model was trained on (for training accuracy).
+    :param metrics: extra scalars to log (e.g. ``{"adv_acc": 0.4}``).
+    """
+
+    loss: torch.Tensor
+    logits: torch.Tensor | None = None
+    metrics: dict[str, float] | None = None
+
+
+class Defense:
+    """Base class of all defenses.
+
+    Class attributes:
+
+    - ``knob``: the parameter the accuracy-matched protocol sweeps (e.g. ``eps``); must be in ``params``.
+    - ``passes_per_batch``: forward+backward passes one batch costs, relative to natural training.
+    - ``params``: the declared :class:`~robustkit.params.Param` tuple.
+
+    :param params: keyword parameters, validated against ``params``.
+    """
+
+    knob: ClassVar[str | None] = None
+    passes_per_batch: ClassVar[float] = 1.0
+    params: ClassVar[tuple[Param, ...]] = ()
+
+    def __init__(self, **params: Any):
+        self.config = resolve_params(type(self).params, params, self.display_name())
+
+    @classmethod
+    def display_name(cls) -> str:
+        return getattr(cls, "name", None) or cls.__name__
+
+    def describe(self) -> dict[str, Any]:
+        """Name, parameters and knob, for checkpoints and provenance."""
+        return {"name": self.display_name(), "params": dict(self.config), "knob": self.knob}
+
+    def cost(self) -> float:
+        """Forward/backward passes per batch with the current parameters (override when it depends on them)."""
+        return float(self.passes_per_batch)
+
+    def batch_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> BatchLoss:
+        """The loss of one batch; the model is in train mode and gradients are zeroed."""
+        raise NotImplementedError

@@ -1,0 +1,41 @@
+"""Device choice and seeding."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from robustkit.errors import RobustkitError
+
+
+def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
+    """``auto`` picks CUDA when present, else CPU; ``cuda:N`` is checked to exist."""
+    if isinstance(spec, torch.device):
+        return spec
+    spec = (spec or "auto").strip().lower()
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec == "cpu":
+        return torch.device("cpu")
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise RobustkitError(f"--device {spec}: no CUDA GPU is visible here; use --device cpu or auto")
+        try:
+            device = torch.device(spec)
+        except RuntimeError:
+            raise RobustkitError(f"--device {spec}: not a device name; use auto, cpu, cuda or cuda:N") from None
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise RobustkitError(
+                f"--device {spec}: only {torch.cuda.device_count()} GPU(s) are visible; use cuda:0..."
+            )
+        return device
+    raise RobustkitError(f"--device {spec}: unknown device; use auto, cpu, cuda or cuda:N")
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

@@ -1,0 +1,29 @@
+"""User-facing errors.
+
+Anything a user can cause (an unknown name, a bad parameter, a corrupt file) raises
+:class:`RobustkitError` with one line that says what is wrong and what to do. The CLI prints it
+without a traceback and exits with code 2; programming errors still show their traceback.
+"""
+
+
+class RobustkitError(Exception):
+    """A problem with the user's input or environment, explained in one line."""
+
+
+class UnknownNameError(RobustkitError, KeyError):
+    """A name that no registry knows."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+class ParameterError(RobustkitError, ValueError):
+    """An unknown, mistyped or out-of-range parameter."""
+
+
+class InputError(RobustkitError, ValueError):
+    """Images or labels of the wrong shape, range or dtype."""
+
+
+class PluginError(RobustkitError):
+    """A plugin that breaks the contract in a way that cannot be skipped."""

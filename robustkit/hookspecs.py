@@ -1,0 +1,108 @@
+"""The plugin contract: every hook a robustkit plugin may implement.
+
+A plugin is a module (or object) with functions decorated by :data:`hookimpl` and named like the
+specs below. Built-in plugins and pip-installed ones are loaded the same way, through the
+``robustkit`` entry-point group.
+
+Registration hooks receive a ``register`` callback with this signature::
+
+    register(name, factory, *, description=None, params=None, **info)
+
+- ``name``: what users type; unique across all plugins for that kind.
+- ``factory``: callable building the component from keyword parameters (a class works).
+- ``description``: one line for listings; defaults to the first line of the factory's docstring.
+- ``params``: a tuple of :class:`robustkit.params.Param`; defaults to the factory's ``params``
+  attribute, else to its signature's keyword defaults.
+- ``info``: any further facts shown in listings (e.g. ``threat_models=("linf",)``).
+
+The host calls each hook one plugin at a time, so a plugin that raises is reported by name and
+skipped while the others keep working.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import click
+import pluggy
+
+PROJECT = "robustkit"
+
+hookspec = pluggy.HookspecMarker(PROJECT)
+#: Decorate plugin functions with this: ``@robustkit.hookimpl``.
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+Register = Callable[..., None]
+
+
+# --- Registration: components -------------------------------------------------------------
+
+
+@hookspec
+def register_models(register: Register) -> None:
+    """Register model architectures.
+
+    The factory is called as ``factory(num_classes=..., in_channels=..., image_size=(H, W), **params)``
+    and returns an ``nn.Module`` mapping images (normalized by the host) to logits. The host adds
+    the dataset's normalization in front, so every attack works on images in [0, 1].
+
+    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    """
+
+
+@hookspec
+def register_datasets(register: Register) -> None:
+    """Register image classification datasets.
+
+    The factory is called as ``factory(root=Path | None, **params)`` and returns a
+    :class:`robustkit.data.ImageDataset` (train and test splits of images in [0, 1]).
+
+    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    """
+
+
+@hookspec
+def register_attacks(register: Register) -> None:
+    """Register evasion attacks.
+
+    The factory takes the attack's parameters and returns a :class:`robustkit.attacks.Attack`.
+    Put ``threat_models``, ``knowledge``, ``goal`` and ``targeted`` in ``info`` (or as class
+    attributes of an Attack subclass) so listings and the benchmark protocol can use them.
+
+    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    """
+
+
+@hookspec
+def register_defenses(register: Register) -> None:
+    """Register defenses (training methods).
+
+    The factory takes the defense's parameters and returns a :class:`robustkit.defenses.Defense`,
+    which supplies the loss of one batch; the shared training loop does the rest.
+
+    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    """
+
+
+# --- Registration: command line -------------------------------------------------------------
+
+
+@hookspec
+def register_commands(cli: click.Group) -> None:
+    """Add commands to the ``robustkit`` command line.
+
+    :param cli: the top-level click group; add commands with ``@cli.command()``.
+    """
+
+
+HOOK_KINDS: dict[str, str] = {
+    "register_models": "model",
+    "register_datasets": "dataset",
+    "register_attacks": "attack",
+    "register_defenses": "defense",
+}
+"""Registration hooks that fill a registry, and the kind of component each one registers."""
+
+
+def _all_specs() -> dict[str, Any]:
+    return {name: obj for name, obj in globals().items() if hasattr(obj, "robustkit_spec")}

@@ -1,0 +1,200 @@
+"""The plugin host: loads plugins through entry points and builds the registries from their hooks.
+
+Nothing happens at import time. :func:`make_host` builds a fresh host (tests use it with their own
+plugins); :func:`get_host` returns the process-wide one the CLI uses.
+
+Environment switches:
+
+- ``ROBUSTKIT_LOAD_PLUGINS=a,b``: load only these entry-point plugins (empty string: none).
+- ``ROBUSTKIT_BLOCK_PLUGINS=c,d``: never load these.
+- ``ROBUSTKIT_TRACE_HOOKS=1``: print every hook call to stderr.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Iterable
+
+import pluggy
+
+from robustkit import hookspecs
+from robustkit.registry import Entry, Registry
+
+ENTRY_POINT_GROUP = "robustkit"
+
+
+@dataclass
+class PluginFailure:
+    """A plugin that could not load, or raised inside a hook."""
+
+    plugin: str
+    phase: str  # "load" or the hook name
+    error: str
+
+    def message(self) -> str:
+        where = "failed to load" if self.phase == "load" else f"failed in {self.phase}"
+        return f"plugin '{self.plugin}' {where}: {self.error}; it was skipped"
+
+
+@dataclass
+class PluginRecord:
+    """What ``robustkit plugins`` shows about one plugin."""
+
+    name: str
+    distribution: str | None
+    version: str | None
+    module: str
+    hooks: list[str] = field(default_factory=list)
+    registered: dict[str, list[str]] = field(default_factory=dict)
+
+
+def _env_names(var: str) -> set[str] | None:
+    value = os.environ.get(var)
+    if value is None:
+        return None
+    return {n.strip() for n in value.split(",") if n.strip()}
+
+
+class Host:
+    """Plugins and the registries they filled.
+
+    :param plugins: extra ``(name, module_or_object)`` pairs to register besides entry points
+        (tests use this; third-party code should use entry points).
+    :param entry_points: load the ``robustkit`` entry-point group (default True).
+    """
+
+    def __init__(self, plugins: Iterable[tuple[str, Any]] = (), entry_points: bool = True):
+        self.pm = pluggy.PluginManager(hookspecs.PROJECT)
+        self.pm.add_hookspecs(hookspecs)
+        self.failures: list[PluginFailure] = []
+        self.records: dict[str, PluginRecord] = {}
+        if os.environ.get("ROBUSTKIT_TRACE_HOOKS"):
+            self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(f"[robustkit trace] {msg}"))
+            self.pm.enable_tracing()
+        if entry_points:
+            self._load_entry_points()
+        for name, plugin in plugins:
+            self._register_plugin(name, plugin, distribution=None, version=None)
+        self.registries: dict[str, Registry[Any]] = {}
+        for hook_name, kind in hookspecs.HOOK_KINDS.items():
+            self.registries[kind] = self._fill_registry(hook_name, kind)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _load_entry_points(self) -> None:
+        only = _env_names("ROBUSTKIT_LOAD_PLUGINS")
+        blocked = _env_names("ROBUSTKIT_BLOCK_PLUGINS") or set()
+        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            if (only is not None and ep.name not in only) or ep.name in blocked:
+                continue
+            dist = getattr(ep, "dist", None)
+            try:
+                plugin = ep.load()
+            except Exception as err:  # a broken plugin must not take the others down
+                self.failures.append(PluginFailure(ep.name, "load", _one_line(err)))
+                continue
+            self._register_plugin(ep.name, plugin, dist.name if dist else None, dist.version if dist else None)
+
+    def _register_plugin(self, name: str, plugin: Any, distribution: str | None, version: str | None) -> None:
+        try:
+            self.pm.register(plugin, name=name)
+            self.pm.check_pending()  # a misspelled hook name is a broken plugin, not a silent no-op
+        except Exception as err:
+            if self.pm.is_registered(plugin):
+                self.pm.unregister(plugin)
+            self.failures.append(PluginFailure(name, "load", _one_line(err)))
+            return
+        hooks = sorted(impl.name for impl in (self.pm.get_hookcallers(plugin) or []))
+        module = getattr(plugin, "__name__", type(plugin).__name__)
+        self.records[name] = PluginRecord(name, distribution, version, module, hooks)
+
+    def _fill_registry(self, hook_name: str, kind: str) -> Registry[Any]:
+        registry: Registry[Any] = Registry(kind)
+        caller = getattr(self.pm.hook, hook_name)
+        for impl in reversed(caller.get_hookimpls()):  # registration order, first plugin first
+            record = self.records[impl.plugin_name]
+            added: list[str] = []
+
+            def register(name: str, factory: Any, *, description: str | None = None,
+                         params: Any = None, **info: Any) -> None:
+                registry.add(Entry(
+                    name=name, factory=factory, plugin=record.name, distribution=record.distribution,
+                    description=description if description is not None else _first_doc_line(factory),
+                    params=params, info=info,
+                ))
+                added.append(name)
+
+            try:
+                impl.function(register=register)
+            except Exception as err:
+                self.failures.append(PluginFailure(record.name, hook_name, _one_line(err)))
+                for name in added:  # all or nothing: a half-registered plugin is confusing
+                    registry.remove(name)
+                continue
+            if added:
+                record.registered.setdefault(kind, []).extend(added)
+        return registry
+
+    # -- use ---------------------------------------------------------------------------------
+
+    @property
+    def models(self) -> Registry[Any]:
+        return self.registries["model"]
+
+    @property
+    def datasets(self) -> Registry[Any]:
+        return self.registries["dataset"]
+
+    @property
+    def attacks(self) -> Registry[Any]:
+        return self.registries["attack"]
+
+    @property
+    def defenses(self) -> Registry[Any]:
+        return self.registries["defense"]
+
+    def plugin_versions(self) -> dict[str, str | None]:
+        """``{plugin: version}`` for provenance records."""
+        return {name: rec.version for name, rec in sorted(self.records.items())}
+
+    def report_failures(self, stream: Any = None) -> None:
+        """Print one line per broken plugin (stderr by default)."""
+        for failure in self.failures:
+            print(f"robustkit: warning: {failure.message()}", file=stream or sys.stderr)
+
+
+def _first_doc_line(obj: Any) -> str:
+    doc = getattr(obj, "__doc__", None) or ""
+    return doc.strip().splitlines()[0].strip() if doc.strip() else ""
+
+
+def _one_line(err: BaseException) -> str:
+    text = f"{type(err).__name__}: {err}".strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def make_host(plugins: Iterable[tuple[str, Any]] = (), entry_points: bool = True) -> Host:
+    """A fresh host: entry-point plugins plus ``plugins``."""
+    return Host(plugins=plugins, entry_points=entry_points)
+
+
+_HOST: Host | None = None
+
+
+def get_host() -> Host:
+    """The process-wide host, built on first use; broken plugins are reported once."""
+    global _HOST
+    if _HOST is None:
+        _HOST = make_host()
+        _HOST.report_failures()
+    return _HOST
+
+
+def reset_host() -> None:
+    """Forget the process-wide host (after installing a plugin, or in tests)."""
+    global _HOST
+    _HOST = None
+

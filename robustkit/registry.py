@@ -1,0 +1,125 @@
+"""Typed registries of named components (models, datasets, attacks, defenses, ...).
+
+Each entry remembers the plugin and distribution that registered it, so a duplicate name is
+rejected with both plugins named, and listings can say where a component comes from.
+"""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+
+from robustkit.errors import ParameterError, PluginError, UnknownNameError
+from robustkit.params import Param, params_from_signature, resolve_params
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    """A registered component.
+
+    :param name: the name users type (``pgd-at``, ``torchattacks:PGD``, ``timm:resnet18``).
+    :param factory: callable creating the component from keyword parameters.
+    :param plugin: name of the plugin that registered it.
+    :param distribution: the pip distribution that ships the plugin (``None`` if not installed).
+    :param description: one line for listings.
+    :param params: declared parameters; ``None`` means "take them from the factory's signature".
+    :param info: free-form facts for listings and provenance (threat models, capabilities, ...).
+    """
+
+    name: str
+    factory: Callable[..., T]
+    plugin: str
+    distribution: str | None = None
+    description: str = ""
+    params: tuple[Param, ...] | None = None
+    info: Mapping[str, Any] = field(default_factory=dict)
+
+    def declared_params(self, context: tuple[str, ...] = ()) -> tuple[Param, ...]:
+        """The user-settable parameters; ``context`` names are supplied by the host, not the user."""
+        if self.params is not None:
+            return self.params
+        declared = getattr(self.factory, "params", None)
+        if isinstance(declared, tuple) and all(isinstance(p, Param) for p in declared):
+            return declared
+        return params_from_signature(self.factory, skip=("self", "model", *context))
+
+    def resolve(self, given: Mapping[str, Any], context: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Check and convert ``given`` parameters; raises :class:`ParameterError`."""
+        return resolve_params(self.declared_params(context), given, self.name)
+
+
+class Registry(Generic[T]):
+    """Components of one kind, by name.
+
+    :param kind: singular noun used in messages ("attack", "defense").
+    """
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+
+    def add(self, entry: Entry[T]) -> None:
+        key = entry.name.lower()
+        if key in self._entries:
+            first = self._entries[key]
+            raise PluginError(
+                f"{self.kind} '{entry.name}' is registered twice: by plugin '{first.plugin}' and by plugin "
+                f"'{entry.plugin}'; uninstall or block one of them (ROBUSTKIT_BLOCK_PLUGINS)"
+            )
+        self._entries[key] = entry
+
+    def remove(self, name: str) -> None:
+        self._entries.pop(name.lower(), None)
+
+    def __contains__(self, name: str) -> bool:
+        return name.lower() in self._entries
+
+    def __iter__(self) -> Iterator[Entry[T]]:
+        return iter(sorted(self._entries.values(), key=lambda e: e.name.lower()))
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def names(self) -> list[str]:
+        return [e.name for e in self]
+
+    def list(self, pattern: str | None = None) -> list[Entry[T]]:
+        """Entries whose name matches the shell-style ``pattern`` (case-insensitive); all if ``None``.
+
+        A pattern without wildcards matches as a substring, like ``timm.list_models`` filters.
+        """
+        if not pattern:
+            return list(self)
+        pat = pattern.lower()
+        if not any(c in pat for c in "*?["):
+            pat = f"*{pat}*"
+        return [e for e in self if fnmatch.fnmatchcase(e.name.lower(), pat)]
+
+    def get(self, name: str) -> Entry[T]:
+        try:
+            return self._entries[name.lower()]
+        except KeyError:
+            close = difflib.get_close_matches(name.lower(), list(self._entries), n=3, cutoff=0.5)
+            names = [self._entries[c].name for c in close]
+            hint = f"did you mean {', '.join(names)}? " if names else ""
+            raise UnknownNameError(
+                f"unknown {self.kind} '{name}'; {hint}run `robustkit {self.kind}s list` to see them all"
+            ) from None
+
+    def create(self, name: str, params: Mapping[str, Any] | None = None, **context: Any) -> T:
+        """Build the component ``name``.
+
+        :param params: the user's parameters, validated and converted before the factory runs.
+        :param context: what the host supplies (e.g. a model's ``num_classes``), passed through as is.
+        """
+        entry = self.get(name)
+        resolved = entry.resolve(params or {}, tuple(context))
+        try:
+            return entry.factory(**resolved, **context)
+        except (TypeError, ValueError) as err:
+            # A library constructor rejecting a value is a parameter problem, not a crash.
+            raise ParameterError(f"{entry.name}: {err}") from err
