@@ -1,0 +1,19 @@
+"""Shared test settings: quiet progress bars, deterministic CPU torch."""
+
+import os
+
+import pytest
+import torch
+
+os.environ.setdefault("ROBUSTKIT_PROGRESS", "0")
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_host():
+    """Each test sees a freshly built process-wide host."""
+    from robustkit.host import reset_host
+
+    reset_host()
+    yield
+    reset_host()
