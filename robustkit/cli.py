@@ -1,17 +1,101 @@
-"""The ``robustkit`` command line (skeleton; commands are added below)."""
+"""The ``robustkit`` command line.
+
+Every command turns a :class:`~robustkit.errors.RobustkitError` into one line on stderr and exit
+code 2; plugins add commands through the ``register_commands`` hook.
+"""
 
 from __future__ import annotations
+
+import json
+import sys
+from typing import Any
 
 import click
 
 from robustkit import __version__
+from robustkit.errors import RobustkitError
+from robustkit.host import get_host
 
 
-@click.group()
+class UserError(click.ClickException):
+    """Printed as ``Error: ...`` without a traceback; exit code 2 like click's usage errors."""
+
+    exit_code = 2
+
+
+class RobustkitGroup(click.Group):
+    """Click group that adds plugin commands lazily and reports user errors in one line."""
+
+    _plugin_commands_for: int | None = None
+    _plugin_command_names: tuple[str, ...] = ()
+
+    def _sync_plugin_commands(self) -> None:
+        host = get_host()
+        if self._plugin_commands_for == id(host):
+            return
+        for name in self._plugin_command_names:
+            self.commands.pop(name, None)
+        before = set(self.commands)
+        host.add_commands(self)
+        self._plugin_command_names = tuple(set(self.commands) - before)
+        self._plugin_commands_for = id(host)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._sync_plugin_commands()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            self._sync_plugin_commands()
+        return super().get_command(ctx, cmd_name)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except RobustkitError as err:
+            raise UserError(str(err)) from None
+        except KeyboardInterrupt:
+            raise UserError("interrupted; finished results were kept, rerun the same command to continue") from None
+
+
+@click.group(cls=RobustkitGroup)
 @click.version_option(__version__, prog_name="robustkit")
 def cli() -> None:
-    """robustkit: evaluate and improve adversarial robustness."""
+    """robustkit: evaluate and improve the adversarial robustness of image classifiers.
+
+    Defenses, attacks, models and datasets come from plugins; list them with
+    `robustkit plugins` or `robustkit attacks list`.
+
+    \b
+    Examples:
+      robustkit quickstart                     # the main job, on the embedded digits
+      robustkit attacks list 'torchattacks:*'  # what can attack a model
+      robustkit train --model madry-cnn --dataset digits --defense pgd-at --param eps=0.1
+      robustkit attack runs/x/last.safetensors --attack 'torchattacks:PGD eps=0.1'
+    """
+
+
+def echo_table(rows: list[list[str]], headers: list[str]) -> None:
+    """Plain aligned columns (readable in logs and when piped)."""
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    click.echo(line.rstrip())
+    click.echo("  ".join("-" * w for w in widths))
+    for row in rows:
+        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+
+
+def echo_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2, sort_keys=False, default=str))
 
 
 def main() -> None:
-    cli()
+    cli(prog_name="robustkit")
+
+
+# The built-in commands live one module each in robustkit.commands and attach themselves to `cli`.
+from robustkit import commands  # noqa: E402,F401
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

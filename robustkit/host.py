@@ -71,9 +71,7 @@ class Host:
         self.pm.add_hookspecs(hookspecs)
         self.failures: list[PluginFailure] = []
         self.records: dict[str, PluginRecord] = {}
-        if os.environ.get("ROBUSTKIT_TRACE_HOOKS"):
-            self.pm.trace.root.setwriter(lambda msg: sys.stderr.write(f"[robustkit trace] {msg}"))
-            self.pm.enable_tracing()
+        self.trace = bool(os.environ.get("ROBUSTKIT_TRACE_HOOKS"))
         if entry_points:
             self._load_entry_points()
         for name, plugin in plugins:
@@ -114,7 +112,7 @@ class Host:
     def _fill_registry(self, hook_name: str, kind: str) -> Registry[Any]:
         registry: Registry[Any] = Registry(kind)
         caller = getattr(self.pm.hook, hook_name)
-        for impl in reversed(caller.get_hookimpls()):  # registration order, first plugin first
+        for impl in caller.get_hookimpls():  # registration order: the first plugin wins a duplicate
             record = self.records[impl.plugin_name]
             added: list[str] = []
 
@@ -127,8 +125,12 @@ class Host:
                 ))
                 added.append(name)
 
+            if self.trace:
+                print(f"[robustkit trace] {record.name}.{hook_name}()", file=sys.stderr)
             try:
                 impl.function(register=register)
+                if self.trace:
+                    print(f"[robustkit trace]   registered {len(added)} {kind}(s)", file=sys.stderr)
             except Exception as err:
                 self.failures.append(PluginFailure(record.name, hook_name, _one_line(err)))
                 for name in added:  # all or nothing: a half-registered plugin is confusing
@@ -137,6 +139,19 @@ class Host:
             if added:
                 record.registered.setdefault(kind, []).extend(added)
         return registry
+
+    def add_commands(self, cli: Any) -> None:
+        """Let each plugin add CLI commands; one that raises is reported and skipped."""
+        for impl in self.pm.hook.register_commands.get_hookimpls():
+            before = dict(cli.commands)
+            try:
+                impl.function(cli=cli)
+            except Exception as err:
+                cli.commands.clear()
+                cli.commands.update(before)
+                failure = PluginFailure(impl.plugin_name, "register_commands", _one_line(err))
+                self.failures.append(failure)
+                print(f"robustkit: warning: {failure.message()}", file=sys.stderr)
 
     # -- use ---------------------------------------------------------------------------------
 

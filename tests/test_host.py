@@ -1,0 +1,113 @@
+"""The plugin host: entry points, broken plugins, environment switches, duplicate names."""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+
+from robustkit import hookimpl
+from robustkit.attacks import Attack
+from robustkit.errors import PluginError
+from robustkit.host import make_host
+
+
+def plugin(name: str, **hooks) -> types.SimpleNamespace:
+    """A plugin object from hook functions (what a module with @hookimpl functions looks like)."""
+    ns = types.SimpleNamespace(__name__=name)
+    for hook_name, fn in hooks.items():
+        setattr(ns, hook_name, hookimpl(fn))
+    return ns
+
+
+class Dummy(Attack):
+    """Returns the images unchanged."""
+
+    def perturb(self, model, images, labels, target_labels=None):
+        return images
+
+
+def test_builtin_plugins_come_through_entry_points():
+    host = make_host()
+    for name in ("datasets", "paper-models", "timm-models", "torchattacks", "baseline-defenses"):
+        assert name in host.records, f"built-in plugin {name} not loaded: {host.failures}"
+        assert host.records[name].distribution == "robustkit"
+    assert not [f for f in host.failures if f.plugin != "example"]
+
+
+def test_registered_items_record_their_plugin():
+    good = plugin("good", register_attacks=lambda register: register("dummy", Dummy))
+    host = make_host(plugins=[("good", good)], entry_points=False)
+    entry = host.attacks.get("dummy")
+    assert entry.plugin == "good" and entry.description == "Returns the images unchanged."
+    assert host.records["good"].registered == {"attack": ["dummy"]}
+    assert host.records["good"].hooks == ["register_attacks"]
+
+
+def test_plugin_raising_in_hook_is_reported_and_skipped():
+    def broken(register):
+        register("half", Dummy)
+        raise RuntimeError("boom")
+
+    good = plugin("good", register_attacks=lambda register: register("dummy", Dummy))
+    bad = plugin("bad", register_attacks=broken)
+    host = make_host(plugins=[("good", good), ("bad", bad)], entry_points=False)
+    assert "dummy" in host.attacks
+    assert "half" not in host.attacks  # all or nothing per plugin
+    (failure,) = host.failures
+    assert failure.plugin == "bad" and failure.phase == "register_attacks"
+    assert "boom" in failure.message() and "skipped" in failure.message()
+
+
+def test_misspelled_hook_is_a_broken_plugin():
+    def register_atacks(register):  # typo: no such hook
+        pass
+
+    host = make_host(plugins=[("typo", plugin("typo", register_atacks=register_atacks))], entry_points=False)
+    assert "typo" not in host.records
+    assert host.failures[0].plugin == "typo" and "register_atacks" in host.failures[0].error
+
+
+def test_duplicate_name_names_both_plugins():
+    first = plugin("first", register_attacks=lambda register: register("same", Dummy))
+    second = plugin("second", register_attacks=lambda register: register("SAME", Dummy))
+    host = make_host(plugins=[("first", first), ("second", second)], entry_points=False)
+    (failure,) = host.failures
+    assert "'first'" in failure.error and "'second'" in failure.error
+    assert host.attacks.get("same").plugin == "first"
+
+
+def test_load_only_and_block_environment(monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_LOAD_PLUGINS", "datasets,torchattacks")
+    assert set(make_host().records) == {"datasets", "torchattacks"}
+    monkeypatch.delenv("ROBUSTKIT_LOAD_PLUGINS")
+    monkeypatch.setenv("ROBUSTKIT_BLOCK_PLUGINS", "timm-models")
+    host = make_host()
+    assert "timm-models" not in host.records and "paper-models" in host.records
+    assert not host.models.list("timm:*")
+
+
+def test_trace_environment_prints_hook_calls(monkeypatch, capsys):
+    monkeypatch.setenv("ROBUSTKIT_LOAD_PLUGINS", "")
+    monkeypatch.setenv("ROBUSTKIT_TRACE_HOOKS", "1")
+    make_host(plugins=[("good", plugin("good", register_attacks=lambda register: register("dummy", Dummy)))])
+    assert "register_attacks" in capsys.readouterr().err
+
+
+def test_registry_duplicate_error_is_a_plugin_error():
+    from robustkit.registry import Entry, Registry
+
+    reg = Registry("attack")
+    reg.add(Entry("x", Dummy, plugin="a"))
+    with pytest.raises(PluginError, match="'a' and by plugin 'b'"):
+        reg.add(Entry("X", Dummy, plugin="b"))
+
+
+def test_every_hookspec_is_documented_with_params():
+    from robustkit import hookspecs
+
+    specs = hookspecs._all_specs()
+    assert {"register_models", "register_datasets", "register_attacks", "register_defenses",
+            "register_commands"} <= set(specs)
+    for name, fn in specs.items():
+        assert fn.__doc__ and ":param" in fn.__doc__, f"hook {name} lacks a documented parameter"
