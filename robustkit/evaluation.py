@@ -1,0 +1,315 @@
+"""Clean and attacked accuracy of one model under a suite of attacks, with per-sample records.
+
+:func:`evaluate` runs every attack on every batch and returns an :class:`EvaluationResult`:
+clean accuracy, robust accuracy per attack, the pointwise worst case over the suite, distortion
+statistics and timings, and one :class:`SampleRecord` per example.
+
+Conventions:
+
+- Attacks run only on the examples the model classifies correctly; an example it already gets
+  wrong is non-robust under every attack, its "adversarial" is the clean image (distortion 0,
+  ``attacked`` false, ``success`` false). This matches AutoAttack and RobustBench and saves time.
+- ``success``: the attack turned a correct prediction into a wrong one (untargeted).
+- Distortion statistics (mean and median L2 and Linf) are over successful adversarials only;
+  ``n_clean_wrong`` says how many examples were wrong before any attack.
+- Accuracies are fractions in [0, 1] here; :mod:`robustkit.leaderboard` reports percent.
+- Before each attack call the global RNGs are seeded with ``seed + batch_index``, so an attack's
+  result depends neither on the other attacks in the suite nor on their order.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+from robustkit.attacks import Attack
+from robustkit.data import ImageDataset, check_images, take
+from robustkit.devices import resolve_device, seed_everything
+from robustkit.errors import InputError, RobustkitError
+from robustkit.models import logits
+from robustkit.progress import progress
+from robustkit.threat import distances
+
+Data = Dataset | ImageDataset | tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class AttackOutcome:
+    """One attack's effect on one example.
+
+    :param attacked: whether the attack ran on it (false when the clean prediction was already wrong).
+    :param adv_pred: the model's prediction on the adversarial image.
+    :param success: the attack turned a correct prediction into a wrong one.
+    :param l2: L2 distance to the clean image.
+    :param linf: Linf distance to the clean image.
+    :param queries: model queries the attack reported, if it counts them.
+    """
+
+    attacked: bool
+    adv_pred: int
+    success: bool
+    l2: float
+    linf: float
+    queries: int | None = None
+
+
+@dataclass
+class SampleRecord:
+    """Everything measured on one example.
+
+    :param index: position in the evaluated dataset.
+    :param label: true class.
+    :param clean_pred: prediction on the clean image.
+    :param attacks: outcome per attack name.
+    """
+
+    index: int
+    label: int
+    clean_pred: int
+    attacks: dict[str, AttackOutcome] = field(default_factory=dict)
+
+    @property
+    def clean_correct(self) -> bool:
+        return self.clean_pred == self.label
+
+    @property
+    def robust(self) -> bool:
+        """Correct on the clean image and on every attack's adversarial (the suite's worst case)."""
+        return self.clean_correct and all(o.adv_pred == self.label for o in self.attacks.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested form, one JSON line per record."""
+        return {"index": self.index, "label": self.label, "clean_pred": self.clean_pred,
+                "clean_correct": self.clean_correct, "robust": self.robust,
+                "attacks": {name: asdict(o) for name, o in self.attacks.items()}}
+
+    def to_row(self) -> dict[str, Any]:
+        """Flat form, one CSV row: ``<attack>.<field>`` columns per attack."""
+        row: dict[str, Any] = {"index": self.index, "label": self.label, "clean_pred": self.clean_pred,
+                               "clean_correct": self.clean_correct, "robust": self.robust}
+        for name, outcome in self.attacks.items():
+            row.update({f"{name}.{k}": v for k, v in asdict(outcome).items()})
+        return row
+
+
+@dataclass
+class AttackSummary:
+    """One attack's totals over the evaluated examples.
+
+    :param description: the attack's name and parameters (:meth:`Attack.describe`).
+    :param robust_accuracy: fraction of all examples correct on clean and on this attack's adversarial.
+    :param success_rate: fraction of the clean-correct examples the attack fooled (None if there were none).
+    :param n_success: number of successful adversarials.
+    :param mean_l2: mean L2 of successful adversarials (None without any); likewise the others.
+    :param mean_queries: mean reported queries over attacked examples, if the attack counts them.
+    :param seconds: wall time spent in the attack.
+    """
+
+    description: dict[str, Any]
+    robust_accuracy: float
+    success_rate: float | None
+    n_success: int
+    mean_l2: float | None
+    median_l2: float | None
+    mean_linf: float | None
+    median_linf: float | None
+    mean_queries: float | None
+    seconds: float
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` measured; accuracies are fractions in [0, 1]."""
+
+    n_examples: int
+    clean_accuracy: float
+    worst_case_accuracy: float
+    n_clean_wrong: int
+    attacks: dict[str, AttackSummary]
+    records: list[SampleRecord]
+    seed: int
+    device: str
+    seconds: float
+
+    @property
+    def robust_accuracy(self) -> dict[str, float]:
+        """Robust accuracy per attack name."""
+        return {name: s.robust_accuracy for name, s in self.attacks.items()}
+
+    def summary(self) -> dict[str, Any]:
+        """Everything but the per-sample records, JSON-ready."""
+        return {"n_examples": self.n_examples, "clean_accuracy": self.clean_accuracy,
+                "worst_case_accuracy": self.worst_case_accuracy, "n_clean_wrong": self.n_clean_wrong,
+                "attacks": {name: asdict(s) for name, s in self.attacks.items()},
+                "seed": self.seed, "device": self.device, "seconds": self.seconds}
+
+    def save_summary(self, path: str | Path) -> Path:
+        """Write :meth:`summary` as JSON (atomically)."""
+        return write_text_atomic(path, json.dumps(self.summary(), indent=2, default=str) + "\n")
+
+    def save_records(self, path: str | Path) -> Path:
+        """Write the per-sample records: JSON lines for ``.jsonl``, CSV for ``.csv``."""
+        path = Path(path)
+        if path.suffix == ".jsonl":
+            text = "".join(json.dumps(r.to_dict()) + "\n" for r in self.records)
+        elif path.suffix == ".csv":
+            rows = [r.to_row() for r in self.records]
+            out = io.StringIO()
+            writer = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["index"], lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            text = out.getvalue()
+        else:
+            raise RobustkitError(f"records file {path}: use a .jsonl or .csv name")
+        return write_text_atomic(path, text)
+
+
+def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_examples: int | None = None,
+             batch_size: int = 128, device: str | torch.device = "auto", seed: int = 0) -> EvaluationResult:
+    """Clean accuracy and robust accuracy of ``model`` under each attack in ``attacks``.
+
+    :param model: images in [0, 1] -> logits; moved to ``device`` and put in eval mode meanwhile.
+    :param data: a dataset of ``(image, label)``, an :class:`ImageDataset` (its test split) or
+        an ``(images, labels)`` pair of tensors.
+    :param attacks: attack per display name (the names key the records and summaries).
+    :param n_examples: evaluate the first ``n_examples`` (all if None): a fixed, not random, subset.
+    :param batch_size: examples per batch.
+    :param device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    :param seed: base seed; see the module notes.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    device = resolve_device(device)
+    dataset = take(_as_dataset(data), n_examples)
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        raise InputError("nothing to evaluate: the dataset is empty")
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    records: list[SampleRecord] = []
+    seconds = {name: 0.0 for name in attacks}
+    start = time.perf_counter()
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        for batch_index, (images, labels) in enumerate(progress(loader, total=len(loader), desc="evaluate",
+                                                                unit="batch")):
+            images, labels = images.to(device), torch.as_tensor(labels).long().to(device)
+            check_images(images, labels)  # also when every prediction is wrong and no attack runs
+            batch_records = _clean_records(model, images, labels, offset=len(records))
+            for name, attack in attacks.items():
+                seed_everything(seed + batch_index)
+                tick = time.perf_counter()
+                _attack_batch(model, attack, name, images, labels, batch_records)
+                if device.type == "cuda":
+                    torch.cuda.synchronize(device)  # time the work, not the launch
+                seconds[name] += time.perf_counter() - tick
+            records.extend(batch_records)
+    finally:
+        model.train(was_training)
+    return _result(records, attacks, seconds, seed, device, time.perf_counter() - start)
+
+
+def _as_dataset(data: Data) -> Dataset:
+    if isinstance(data, ImageDataset):
+        return data.test
+    if isinstance(data, tuple):
+        if len(data) != 2 or not all(isinstance(t, torch.Tensor) for t in data):
+            raise InputError("pass data as a dataset or as an (images, labels) pair of tensors")
+        return TensorDataset(*data)
+    return data
+
+
+@torch.no_grad()
+def _predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    return logits(model, images).argmax(dim=1)
+
+
+def _clean_records(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, offset: int) -> list[SampleRecord]:
+    preds = _predict(model, images).tolist()
+    return [SampleRecord(offset + i, int(y), int(p)) for i, (y, p) in enumerate(zip(labels.tolist(), preds))]
+
+
+def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Tensor, labels: torch.Tensor,
+                  records: list[SampleRecord]) -> None:
+    """Run ``attack`` on the clean-correct examples of one batch and fill in their outcomes."""
+    for record in records:
+        if not record.clean_correct:
+            record.attacks[name] = AttackOutcome(False, record.clean_pred, False, 0.0, 0.0)
+    todo = [i for i, r in enumerate(records) if r.clean_correct]
+    if not todo:
+        return
+    idx = torch.tensor(todo, device=images.device)
+    x, y = images[idx], labels[idx]
+    result = attack(model, x, y)
+    adv_preds = _predict(model, result.adversarial).tolist()
+    dist = distances(result.adversarial, x)
+    queries = result.queries.tolist() if result.queries is not None else [None] * len(todo)
+    for j, i in enumerate(todo):
+        pred = int(adv_preds[j])
+        records[i].attacks[name] = AttackOutcome(
+            attacked=True, adv_pred=pred, success=pred != records[i].label, l2=float(dist["l2"][j]),
+            linf=float(dist["linf"][j]), queries=None if queries[j] is None else int(queries[j]),
+        )
+
+
+def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], seconds: Mapping[str, float], seed: int,
+            device: torch.device, total_seconds: float) -> EvaluationResult:
+    n = len(records)
+    n_correct = sum(r.clean_correct for r in records)
+    summaries = {}
+    for name, attack in attacks.items():
+        outcomes = [r.attacks[name] for r in records]
+        hits = [o for o in outcomes if o.success]
+        counted = [o.queries for o in outcomes if o.attacked and o.queries is not None]
+        summaries[name] = AttackSummary(
+            description=attack.describe(),
+            robust_accuracy=sum(r.clean_correct and not r.attacks[name].success for r in records) / n,
+            success_rate=len(hits) / n_correct if n_correct else None,
+            n_success=len(hits),
+            mean_l2=_mean([o.l2 for o in hits]), median_l2=_median([o.l2 for o in hits]),
+            mean_linf=_mean([o.linf for o in hits]), median_linf=_median([o.linf for o in hits]),
+            mean_queries=_mean([float(q) for q in counted]),
+            seconds=seconds[name],
+        )
+    return EvaluationResult(
+        n_examples=n, clean_accuracy=n_correct / n, worst_case_accuracy=sum(r.robust for r in records) / n,
+        n_clean_wrong=n - n_correct, attacks=summaries, records=records, seed=seed, device=str(device),
+        seconds=total_seconds,
+    )
+
+
+def _mean(values: list[float]) -> float | None:
+    return math.fsum(values) / len(values) if values else None
+
+
+def _median(values: list[float]) -> float | None:
+    return float(statistics.median(values)) if values else None
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temporary file in the same folder, so readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

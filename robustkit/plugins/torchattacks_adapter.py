@@ -1,0 +1,386 @@
+"""Every torchattacks attack as a robustkit attack named ``torchattacks:NAME``.
+
+Each name in ``torchattacks.__all__`` gets one generated :class:`~robustkit.attacks.Attack`
+subclass (see :func:`adapter_class`). Its parameters are the torchattacks constructor's own
+(read from the signature, ``model`` left out), checked before anything runs, plus ``seed``.
+A torchattacks object is built on every call for the model being attacked, so one adapter works
+for any model and keeps no state between calls.
+
+Conventions the adapter fixes:
+
+- Images are in [0, 1] and robustkit models normalize inside, so torchattacks' own
+  normalization is never switched on.
+- The attack runs on the model's device and returns images on the input's device.
+- ``seed`` seeds Python, NumPy and torch right before the torchattacks call (and is passed as the
+  attack's own ``seed`` where it has one), so a call is repeatable and equals calling torchattacks
+  directly after ``torch.manual_seed(seed)``.
+- ``n_classes`` (APGDT, FAB, AutoAttack) is read from the model's logits unless given.
+- ``target_labels`` switch on torchattacks' ``set_mode_targeted_by_label``.
+
+Attacks the adapter cannot express through parameters are still registered, marked
+``available=False`` with the reason, and raise that reason when built.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import inspect
+import io
+import re
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+import torchattacks
+from torch import nn
+
+from robustkit import hookimpl
+from robustkit.attacks import Attack, AttackResult
+from robustkit.devices import seed_everything
+from robustkit.errors import InputError, ParameterError, RobustkitError
+from robustkit.models import logits
+from robustkit.params import Param, params_from_signature
+from robustkit.threat import NORMS, ThreatModel
+
+PREFIX = "torchattacks:"
+LIBRARY_VERSION: str = getattr(torchattacks, "__version__", "unknown")
+
+WHITE, SCORE, DECISION = "white-box", "score-based", "decision-based"
+FIXED, MINIMAL = "fixed-budget", "minimal-distortion"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What one torchattacks attack is, for listings and the benchmark protocol.
+
+    :param threat_models: norms it can bound (the ``norm`` parameter picks one where there are several).
+    :param knowledge: what it needs from the model.
+    :param goal: ``fixed-budget`` or ``minimal-distortion``.
+    :param targeted: whether robustkit offers its label-targeted mode.
+    :param note: a caveat worth showing in listings.
+    :param rgb_only: its fixed kernels assume 3-channel images.
+    :param min_classes: fewest classes the model may have.
+    """
+
+    threat_models: tuple[str, ...]
+    knowledge: str
+    goal: str
+    targeted: bool
+    note: str = ""
+    rgb_only: bool = False
+    min_classes: int = 2
+
+
+_LINF = ("linf",)
+_LINF_L2 = ("linf", "l2")
+
+#: Reviewed against torchattacks 3.5.1; a name missing here is registered as unavailable.
+FACTS: dict[str, Facts] = {
+    "VANILA": Facts(("unbounded",), DECISION, FIXED, False, "returns the images unchanged (a sanity baseline)"),
+    "GN": Facts(("unbounded",), DECISION, FIXED, False, "adds Gaussian noise; never queries the model"),
+    "FGSM": Facts(_LINF, WHITE, FIXED, True),
+    "BIM": Facts(_LINF, WHITE, FIXED, True),
+    "RFGSM": Facts(_LINF, WHITE, FIXED, True),
+    "PGD": Facts(_LINF, WHITE, FIXED, True),
+    "EOTPGD": Facts(_LINF, WHITE, FIXED, True),
+    "FFGSM": Facts(_LINF, WHITE, FIXED, True),
+    "TPGD": Facts(_LINF, WHITE, FIXED, False, "ascends the KL divergence to the clean prediction (TRADES)"),
+    "MIFGSM": Facts(_LINF, WHITE, FIXED, True),
+    "UPGD": Facts(_LINF, WHITE, FIXED, True),
+    "APGD": Facts(_LINF_L2, WHITE, FIXED, False),
+    "APGDT": Facts(_LINF_L2, WHITE, FIXED, False, "targets the top classes itself; no user-chosen targets"),
+    "DIFGSM": Facts(_LINF, WHITE, FIXED, True),
+    "TIFGSM": Facts(_LINF, WHITE, FIXED, True, "needs 3-channel images", rgb_only=True),
+    "Jitter": Facts(_LINF, WHITE, FIXED, True),
+    "NIFGSM": Facts(_LINF, WHITE, FIXED, True),
+    "PGDRS": Facts(_LINF, WHITE, FIXED, True),
+    "SINIFGSM": Facts(_LINF, WHITE, FIXED, True),
+    "VMIFGSM": Facts(_LINF, WHITE, FIXED, True),
+    "VNIFGSM": Facts(_LINF, WHITE, FIXED, True),
+    "SPSA": Facts(_LINF, SCORE, FIXED, True),
+    "JSMA": Facts(("l0",), WHITE, FIXED, True,
+                  "untargeted mode aims at class (label + 1) mod 10, so it needs at least 10 classes", min_classes=10),
+    "EADL1": Facts(("l1",), WHITE, MINIMAL, True),
+    "EADEN": Facts(("l1", "l2"), WHITE, MINIMAL, True),
+    "PIFGSM": Facts(_LINF, WHITE, FIXED, False, "needs 3-channel images", rgb_only=True),
+    "PIFGSMPP": Facts(_LINF, WHITE, FIXED, True, "needs 3-channel images", rgb_only=True),
+    "CW": Facts(("l2",), WHITE, MINIMAL, True, "not the cleverhans CW-L2: no binary search over c"),
+    "PGDL2": Facts(("l2",), WHITE, FIXED, True),
+    "DeepFool": Facts(("l2",), WHITE, MINIMAL, False),
+    "PGDRSL2": Facts(("l2",), WHITE, FIXED, True),
+    "SparseFool": Facts(("l0",), WHITE, MINIMAL, False),
+    "OnePixel": Facts(("l0",), SCORE, FIXED, True),
+    "Pixle": Facts(("l0",), SCORE, MINIMAL, True),
+    "FAB": Facts(_LINF_L2, WHITE, MINIMAL, False,
+                 "keeps only adversarials within eps; multi_targeted=true runs FAB-T; torchattacks' label-targeted "
+                 "mode and norm L1 are broken in 3.5.1, so neither is offered"),
+    "AutoAttack": Facts(_LINF_L2, WHITE, FIXED, False,
+                        "torchattacks runs APGD/APGD-T/FAB with 10 steps, not the original 100"),
+    "Square": Facts(_LINF_L2, SCORE, FIXED, True),
+}
+
+#: torchattacks names that parameters cannot express, with the reason shown to users.
+UNAVAILABLE: dict[str, str] = {
+    "MultiAttack": "it combines already-built torchattacks objects; evaluate several attacks and read the "
+                   "worst case instead (robustkit.evaluation.evaluate)",
+    "LGV": "it needs a training DataLoader and trains surrogate models before attacking; use torchattacks.LGV directly",
+}
+
+# torchattacks spells norms 'Linf'/'L2'/'L1'; robustkit spells them lower-case.
+_NORM_SPELLING = {"linf": "Linf", "l2": "L2", "l1": "L1"}
+
+# Signature defaults that are ints although the value is real-valued (CW c=1, kappa=0, lam=3).
+_REAL_VALUED = {"c", "kappa", "lam"}
+
+# Parameters whose signature default does not reveal the allowed strings.
+_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("UPGD", "loss"): ("ce", "dlr", "margin"),
+    ("APGD", "loss"): ("ce", "dlr"),
+    ("Square", "loss"): ("margin", "ce"),
+    ("TIFGSM", "kernel_name"): ("gaussian", "linear", "uniform"),
+    ("PGDRS", "noise_type"): ("guassian", "uniform"),  # sic: torchattacks' spelling
+    ("PGDRSL2", "noise_type"): ("guassian", "uniform"),
+    ("Pixle", "pixel_mapping"): ("random", "similarity", "similarity_random", "distance", "distance_random"),
+    ("AutoAttack", "version"): ("standard", "plus", "rand"),
+}
+
+_BUDGET_NAMES = ("eps", "max_epsilon")
+_SEED_HELP = "seeds Python, NumPy and torch right before the attack (and the attack's own seed, if any)"
+_N_CLASSES_HELP = "number of classes; read from the model's logits when not given"
+_SHAPE_DOC = """Shape:
+    images: (N, C, H, W) in [0, 1]; labels: (N,) class indices.
+    output: adversarial images of the same shape."""
+
+
+# --- the adapter base -----------------------------------------------------------------------
+
+
+class TorchattacksAttack(Attack):
+    """Base of the generated ``torchattacks:NAME`` classes; see :func:`adapter_class`."""
+
+    torchattacks_class: ClassVar[type]
+    library_name: ClassVar[str]
+    note: ClassVar[str] = ""
+    rgb_only: ClassVar[bool] = False
+    min_classes: ClassVar[int] = 2
+
+    def __init__(self, **params: Any):
+        if isinstance(params.get("norm"), str):
+            # Accept robustkit's spelling (linf) as well as torchattacks' (Linf).
+            params["norm"] = _NORM_SPELLING.get(params["norm"].lower(), params["norm"])
+        super().__init__(**params)
+        for name in self._tuple_params():
+            self.config[name] = _parse_tuple(self.config[name], f"{self.display_name()}: parameter '{name}'")
+        self.threat = self._threat_model()
+        self._check_with_library()
+
+    # -- facts of this instance --------------------------------------------------------------
+
+    @property
+    def norm(self) -> str:
+        """The norm this instance bounds or minimizes (robustkit spelling)."""
+        if "norm" in self.config:
+            return str(self.config["norm"]).lower()
+        return self.threat_models[0]
+
+    def _threat_model(self) -> ThreatModel | None:
+        budget = next((n for n in _BUDGET_NAMES if n in self.config), None)
+        if budget is None or self.norm not in NORMS or self.norm == "unbounded":
+            return None
+        try:
+            return ThreatModel(self.norm, float(self.config[budget]))
+        except ParameterError as err:
+            raise ParameterError(f"{self.display_name()}: {err}") from None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "library": f"torchattacks {LIBRARY_VERSION}", "norm": self.norm}
+
+    def _check_with_library(self) -> None:
+        """Build once on a stand-in model so torchattacks' own checks fail now, not mid-evaluation."""
+        kwargs = self._library_kwargs()
+        if kwargs.get("n_classes", 0) is None:
+            kwargs["n_classes"] = 10
+        try:
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.torchattacks_class(nn.Linear(1, 1), **kwargs)
+        except (TypeError, ValueError, AssertionError, KeyError) as err:
+            raise ParameterError(f"{self.display_name()}: {err}") from None
+
+    def _library_kwargs(self) -> dict[str, Any]:
+        sig = inspect.signature(self.torchattacks_class.__init__).parameters
+        return {k: v for k, v in self.config.items() if k in sig}
+
+    @classmethod
+    def _tuple_params(cls) -> list[str]:
+        sig = inspect.signature(cls.torchattacks_class.__init__).parameters
+        return [n for n, p in sig.items() if isinstance(p.default, tuple)]
+
+    # -- running -----------------------------------------------------------------------------
+
+    def build(self, model: nn.Module, images: torch.Tensor) -> Any:
+        """A torchattacks object for ``model``, on the model's device, normalization off."""
+        kwargs = self._library_kwargs()
+        if "n_classes" in kwargs and kwargs["n_classes"] is None:
+            kwargs["n_classes"] = _num_classes(model, images)
+        # torchattacks prints instead of raising when a model has no parameters; the device is set below.
+        with contextlib.redirect_stdout(io.StringIO()):
+            attack = self.torchattacks_class(model, **kwargs)
+        attack.set_device(_device_of(model, images))
+        return attack
+
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                target_labels: torch.Tensor | None = None) -> AttackResult:
+        if self.rgb_only and images.shape[1] != 3:
+            raise InputError(f"{self.display_name()} works on 3-channel images only, got {images.shape[1]} channel(s)")
+        if self.min_classes > 2 and (classes := _num_classes(model, images)) < self.min_classes:
+            raise InputError(f"{self.display_name()} needs a model with at least {self.min_classes} classes, "
+                             f"this one has {classes}")
+        attack = self.build(model, images)
+        if target_labels is not None:
+            attack.set_mode_targeted_by_label(quiet=True)
+            labels = target_labels  # in this mode torchattacks reads the targets from the labels argument
+        seed_everything(self.config["seed"])
+        return AttackResult(adversarial=attack(images, labels))
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, images: torch.Tensor) -> int:
+    return int(logits(model, images[:1].to(_device_of(model, images))).shape[1])
+
+
+def _device_of(model: nn.Module, images: torch.Tensor) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return images.device
+
+
+def _parse_tuple(value: Any, what: str) -> Any:
+    """``"2,10"`` or ``"(2, 10)"`` from the command line -> ``(2, 10)``; other values pass."""
+    if not isinstance(value, str):
+        return tuple(value) if isinstance(value, list) else value
+    try:
+        parsed = ast.literal_eval(value if value.strip().startswith("(") else f"({value},)")
+    except (ValueError, SyntaxError):
+        raise ParameterError(f"{what} must be a number or a tuple like 2,10; got {value!r}") from None
+    return parsed[0] if isinstance(parsed, tuple) and len(parsed) == 1 else parsed
+
+
+# --- generating one class per torchattacks attack -------------------------------------------
+
+
+def adapter_class(name: str) -> type[Attack]:
+    """The robustkit Attack class for ``torchattacks.<name>`` (unavailable ones raise when built)."""
+    library_class = getattr(torchattacks, name)
+    facts = FACTS.get(name)
+    if name in UNAVAILABLE or facts is None:
+        reason = UNAVAILABLE.get(name) or f"the adapter has not been reviewed for it (torchattacks {LIBRARY_VERSION})"
+        return _unavailable_class(name, reason)
+    params = _params(name, library_class)
+    attrs = {
+        "__doc__": _docstring(name, library_class, facts, params),
+        "__module__": __name__,
+        "__qualname__": f"Torchattacks{name}",
+        "name": PREFIX + name,
+        "library_name": name,
+        "torchattacks_class": library_class,
+        "threat_models": facts.threat_models,
+        "knowledge": facts.knowledge,
+        "goal": facts.goal,
+        "supports_targeted": facts.targeted,
+        "note": facts.note,
+        "rgb_only": facts.rgb_only,
+        "min_classes": facts.min_classes,
+        "params": params,
+    }
+    return type(f"Torchattacks{name}", (TorchattacksAttack,), attrs)
+
+
+def _params(name: str, library_class: type) -> tuple[Param, ...]:
+    helps = _argument_help(library_class)
+    linf_only = FACTS[name].threat_models == _LINF
+    out: list[Param] = []
+    for p in params_from_signature(library_class.__init__, skip=("self", "model", "seed")):
+        changes: dict[str, Any] = {"help": helps.get(p.name, ""), "optional": p.default is None}
+        if p.name in _REAL_VALUED and p.type is int:
+            changes.update(type=float, default=float(p.default))
+        if p.name in _BUDGET_NAMES or p.name == "alpha":
+            changes.update(low=0.0, high=1.0 if linf_only and p.name in _BUDGET_NAMES else None)
+        if p.name == "norm":  # both spellings pass; __init__ turns robustkit's into torchattacks'
+            norms = FACTS[name].threat_models
+            changes["choices"] = tuple(_NORM_SPELLING[n] for n in norms) + norms
+        if (name, p.name) in _CHOICES:
+            changes["choices"] = _CHOICES[(name, p.name)]
+        if p.name == "n_classes":
+            changes.update(default=None, optional=True, low=2, help=_N_CLASSES_HELP)
+        out.append(dataclasses.replace(p, **changes))
+    out.append(Param("seed", int, 0, _SEED_HELP, low=0))
+    return tuple(out)
+
+
+_ARG_LINE = re.compile(r"^\s*(\w+) \(([^)]*)\)\s*:\s*(.*)$", re.M)
+
+
+def _argument_help(library_class: type) -> dict[str, str]:
+    """``name (type): help`` lines of a torchattacks docstring, without the ``(Default: ...)``."""
+    doc = inspect.getdoc(library_class) or ""
+    return {m[1]: re.sub(r"\s*\(Default:.*$", "", m[3]).strip() for m in _ARG_LINE.finditer(doc)}
+
+
+def _first_line(library_class: type) -> str:
+    line = (inspect.getdoc(library_class) or library_class.__name__).strip().splitlines()[0].strip()
+    if line.count("'") % 2 and line.endswith("'"):  # a few torchattacks titles end with a stray quote
+        line = line[:-1]
+    return line.rstrip(".")
+
+
+def _docstring(name: str, library_class: type, facts: Facts, params: tuple[Param, ...]) -> str:
+    args = "\n".join(
+        f"    {p.name} ({p.type.__name__ if p.type in (bool, int, float, str) else 'any'}): "
+        f"{p.help or 'passed to torchattacks'} (Default: {p.default!r})"
+        for p in params
+    )
+    lines = [
+        f"{_first_line(library_class)} (torchattacks {LIBRARY_VERSION} {name}, adapted).",
+        "",
+        f"Threat models: {', '.join(facts.threat_models)}. Knowledge: {facts.knowledge}. Goal: {facts.goal}. "
+        f"Targeted: {'yes' if facts.targeted else 'no'}.",
+    ]
+    if facts.note:
+        lines.append(f"Note: {facts.note}.")
+    lines += ["", "Arguments:", args, "", _SHAPE_DOC]
+    return "\n".join(lines)
+
+
+def _unavailable_class(name: str, reason: str) -> type[Attack]:
+    def __init__(self: Attack, **params: Any) -> None:
+        raise RobustkitError(f"{PREFIX}{name} is not available through robustkit: {reason}")
+
+    doc = f"{_first_line(getattr(torchattacks, name))} (torchattacks {LIBRARY_VERSION} {name}; unavailable: {reason})."
+    return type(f"Torchattacks{name}", (Attack,), {
+        "__doc__": doc, "__module__": __name__, "__qualname__": f"Torchattacks{name}", "__init__": __init__,
+        "name": PREFIX + name, "available": False, "unavailable_reason": reason,
+    })
+
+
+def adapter_classes() -> dict[str, type[Attack]]:
+    """``{"torchattacks:NAME": class}`` for every name in ``torchattacks.__all__``."""
+    return {PREFIX + name: adapter_class(name) for name in torchattacks.__all__}
+
+
+@hookimpl
+def register_attacks(register: Any) -> None:
+    """Register every torchattacks attack, the unavailable ones with their reason."""
+    for full_name, cls in adapter_classes().items():
+        if getattr(cls, "available", True) is False:
+            register(full_name, cls, params=(), available=False,
+                     reason=cls.unavailable_reason)  # type: ignore[attr-defined]
+            continue
+        info: dict[str, Any] = {
+            "threat_models": cls.threat_models, "knowledge": cls.knowledge, "goal": cls.goal,
+            "supports_targeted": cls.supports_targeted, "available": True,
+        }
+        if cls.note:  # type: ignore[attr-defined]
+            info["note"] = cls.note  # type: ignore[attr-defined]
+        register(full_name, cls, **info)
