@@ -1,0 +1,483 @@
+"""Checkpoints without pickle: weights in safetensors, facts in JSON, every file written atomically.
+
+A checkpoint named ``S`` (e.g. ``runs/digits-pgd/last``) is two or three files side by side:
+
+- ``S.safetensors``: the model's state dict (loaded strictly).
+- ``S.json``: metadata: model name and parameters, dataset info, defense, epoch, seed, metrics,
+  versions, and the SHA-256 of the other files.
+- ``S.optim.safetensors`` (only when saved for resuming): optimizer tensors; its header holds the
+  optimizer's non-tensor state, the scheduler state and any defense state as JSON.
+
+Loading never runs code from the files. The JSON is written last and records the checksums of the
+tensor files, so a save cut short between files, a truncated file or a file edited after saving is
+reported as such instead of silently mixing two epochs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import secrets
+import signal
+import struct
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+import safetensors
+import safetensors.torch
+import torch
+from torch import nn
+
+import robustkit
+from robustkit.data import DatasetInfo
+from robustkit.errors import RobustkitError
+
+FORMAT = "robustkit-checkpoint"
+FORMAT_VERSION = 1
+_RESERVED = ("format", "format_version", "files", "model", "dataset", "defense", "epoch", "seed",
+             "metrics", "versions", "created")
+_STATE_KEY = "robustkit"  # safetensors header entry holding the JSON skeleton of the resume state
+
+
+@dataclass(frozen=True)
+class CheckpointPaths:
+    """The files of one checkpoint.
+
+    :param weights: ``S.safetensors``.
+    :param meta: ``S.json``.
+    :param state: ``S.optim.safetensors`` (optimizer, scheduler and defense state, for resuming).
+    """
+
+    weights: Path
+    meta: Path
+    state: Path
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> "CheckpointPaths":
+        """Accept a directory (its ``last`` checkpoint), a stem, or any of the checkpoint's files."""
+        p = Path(path)
+        if p.is_dir():
+            stem = p / "last"
+        elif p.name.endswith(".optim.safetensors"):
+            stem = p.with_name(p.name[: -len(".optim.safetensors")])
+        elif p.suffix in (".safetensors", ".json"):
+            stem = p.with_suffix("")
+        else:
+            stem = p
+        return cls(stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json"),
+                   stem.with_name(stem.name + ".optim.safetensors"))
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
+
+    The rename is atomic on POSIX and Windows, so readers see the old file or the new one, never a
+    half-written one; on any error (or Ctrl-C) the temporary file is removed and ``path`` is untouched.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A plain name rather than mkstemp: mkstemp's 0600 mode would survive the rename.
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the rename itself durable; not every platform can open a directory, which is fine."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def defer_interrupts() -> Iterator[None]:
+    """Hold back Ctrl-C until the block ends, so a checkpoint's files are all written or none.
+
+    Only the main thread receives signals; elsewhere this does nothing.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[tuple[int, Any]] = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append((signum, frame)))
+    except ValueError:  # not the main interpreter
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            if callable(previous):
+                previous(*received[0])
+            elif previous != signal.SIG_IGN:
+                raise KeyboardInterrupt
+
+
+def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, defense: Any = None,
+                    epoch: int | None = None, seed: int | None = None,
+                    metrics: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
+                    optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                    defense_state: Mapping[str, Any] | None = None) -> CheckpointPaths:
+    """Save ``model`` (and, for resuming, the optimizer, scheduler and defense state) under ``path``.
+
+    :param path: a stem (``runs/x/last``), a directory (``runs/x`` -> ``runs/x/last``) or a file name.
+    :param model: usually a :class:`robustkit.models.Classifier`; its ``spec`` makes the checkpoint
+        loadable with :func:`load_model`. Other modules can be saved and loaded with :func:`load_weights`.
+    :param defense: a :class:`robustkit.defenses.Defense` (its ``describe()`` is stored) or a plain dict.
+    :param metrics: scalars to record (e.g. the last epoch's accuracies).
+    :param extra: further JSON-able metadata; may not reuse the keys this function writes.
+    :param optimizer: saved to ``S.optim.safetensors`` together with ``scheduler`` and ``defense_state``.
+    :return: the paths written.
+    """
+    paths = CheckpointPaths.of(path)
+    clash = sorted(set(extra or {}) & set(_RESERVED))
+    if clash:
+        raise ValueError(f"save_checkpoint: extra metadata may not set {', '.join(clash)}")
+    weights = _own_tensors({k: v for k, v in model.state_dict().items()})
+    with_state = optimizer is not None or scheduler is not None or defense_state is not None
+    state_tensors: dict[str, torch.Tensor] = {}
+    if with_state:
+        skeleton = {
+            "optimizer": _flatten(optimizer.state_dict(), "optimizer", state_tensors) if optimizer else None,
+            "scheduler": _flatten(scheduler.state_dict(), "scheduler", state_tensors) if scheduler else None,
+            "defense": _flatten(dict(defense_state), "defense", state_tensors) if defense_state is not None else None,
+        }
+        state_tensors = _own_tensors(state_tensors)
+        state_header = {_STATE_KEY: json.dumps(skeleton, allow_nan=False)}
+
+    spec = getattr(model, "spec", None)
+    described = defense.describe() if hasattr(defense, "describe") else defense
+    meta: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "files": {"weights": paths.weights.name, "weights_sha256": None, "state": None, "state_sha256": None},
+        "model": {"name": spec.name, "params": dict(spec.params)} if spec is not None else None,
+        "dataset": dataset_info_to_dict(spec.dataset) if spec is not None and spec.dataset is not None else None,
+        "defense": described,
+        "epoch": epoch,
+        "seed": seed,
+        "metrics": dict(metrics or {}),
+        "versions": versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **dict(extra or {}),
+    }
+
+    with defer_interrupts():
+        if with_state:
+            atomic_write(paths.state, lambda tmp: safetensors.torch.save_file(state_tensors, tmp, state_header))
+            meta["files"]["state"] = paths.state.name
+            meta["files"]["state_sha256"] = _sha256(paths.state)
+        atomic_write(paths.weights, lambda tmp: safetensors.torch.save_file(weights, tmp, {"format": FORMAT}))
+        meta["files"]["weights_sha256"] = _sha256(paths.weights)
+        # The JSON goes last: it is the commit point, naming the checksums of what is now on disk.
+        atomic_write_text(paths.meta, json.dumps(jsonable(meta), indent=2, allow_nan=False) + "\n")
+        if not with_state:
+            with contextlib.suppress(FileNotFoundError):
+                paths.state.unlink()  # a stale resume state from an earlier save no longer matches
+    return paths
+
+
+def _own_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Detached, contiguous CPU tensors; tensors sharing memory (tied weights) get their own copy."""
+    out: dict[str, torch.Tensor] = {}
+    seen: set[tuple[int, int]] = set()
+    for key, tensor in tensors.items():
+        t = tensor.detach().to("cpu").contiguous()
+        ident = (t.untyped_storage().data_ptr(), t.storage_offset())
+        if t.numel() and ident in seen:
+            t = t.clone()  # safetensors refuses shared memory; a tied weight is simply stored twice
+        seen.add(ident)
+        out[key] = t
+    return out
+
+
+def _flatten(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor in ``obj`` by ``{"__tensor__": key}`` and collect it in ``tensors``."""
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj
+        return {"__tensor__": prefix}
+    if isinstance(obj, Mapping):
+        if all(isinstance(k, str) for k in obj):
+            return {k: _flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+        # Optimizer state is keyed by parameter index: keep the keys' types.
+        return {"__items__": [[k, _flatten(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    return jsonable(obj)
+
+
+def _unflatten(obj: Any, tensors: Mapping[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__items__"}:
+            return {k: _unflatten(v, tensors) for k, v in obj["__items__"]}
+        return {k: _unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_unflatten(v, tensors) for v in obj]
+    return obj
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The metadata of the checkpoint at ``path`` (any of its files, its stem or its directory)."""
+    meta_path = CheckpointPaths.of(path).meta
+    if not meta_path.is_file():
+        raise RobustkitError(
+            f"no checkpoint metadata at {meta_path}: file not found; check the path "
+            "(a checkpoint is NAME.safetensors with NAME.json next to it)"
+        )
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise RobustkitError(
+            f"{meta_path} is not valid JSON ({_one_line(err)}); the checkpoint is damaged: retrain or restore it"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise RobustkitError(f"{meta_path} is not a robustkit checkpoint (no \"format\": \"{FORMAT}\")")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise RobustkitError(
+            f"{meta_path} was written by a newer robustkit (format {meta['format_version']}); upgrade robustkit"
+        )
+    return meta
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Load the checkpoint's weights into ``model`` (strictly) and return its metadata."""
+    paths = CheckpointPaths.of(path)
+    meta = read_metadata(paths.meta)
+    files = meta.get("files") or {}
+    weights_path = paths.meta.with_name(files.get("weights") or paths.weights.name)
+    tensors, _ = _read_tensors(weights_path, files.get("weights_sha256"), paths.meta)
+    _load_strict(model, tensors, weights_path)
+    return meta
+
+
+def load_model(path: str | os.PathLike[str], host: Any = None, device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild the checkpoint's :class:`~robustkit.models.Classifier` and load its weights.
+
+    The architecture comes from the metadata (model name, parameters, dataset info) through
+    :func:`robustkit.models.build_model`, so the plugin that registered the model must be installed.
+
+    :param host: the plugin host (default: the process-wide one).
+    :return: the model on ``device``, in eval mode.
+    """
+    from robustkit.models import build_model  # models imports data only; keep import cheap and acyclic
+
+    paths = CheckpointPaths.of(path)
+    meta = read_metadata(paths.meta)
+    if not meta.get("model") or not meta.get("dataset"):
+        raise RobustkitError(
+            f"{paths.meta} records no model name or dataset, so the architecture cannot be rebuilt; "
+            "build the model yourself and use robustkit.checkpoints.load_weights"
+        )
+    if host is None:
+        from robustkit.host import get_host
+
+        host = get_host()
+    try:
+        info = dataset_info_from_dict(meta["dataset"])
+        model = build_model(host, meta["model"]["name"], info, meta["model"].get("params") or {})
+    except RobustkitError as err:
+        raise RobustkitError(f"cannot rebuild the model of {paths.meta}: {err}") from None
+    except (KeyError, TypeError) as err:
+        raise RobustkitError(f"{paths.meta} has malformed model or dataset metadata ({_one_line(err)})") from None
+    load_weights(model, paths.meta)
+    return model.to(device).eval()
+
+
+def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None = None,
+                        scheduler: Any = None) -> dict[str, Any] | None:
+    """Restore the optimizer and scheduler saved with the checkpoint; return the saved defense state.
+
+    :raises RobustkitError: when the checkpoint was saved without resume state, the state file is
+        missing or damaged, or it does not fit ``optimizer`` (a different model or optimizer).
+    """
+    paths = CheckpointPaths.of(path)
+    meta = read_metadata(paths.meta)
+    files = meta.get("files") or {}
+    if not files.get("state"):
+        raise RobustkitError(f"{paths.meta} was saved without optimizer state, so training cannot resume from it; "
+                             "start a new run (--no-resume)")
+    state_path = paths.meta.with_name(files["state"])
+    tensors, header = _read_tensors(state_path, files.get("state_sha256"), paths.meta)
+    try:
+        skeleton = json.loads(header[_STATE_KEY])
+    except (KeyError, json.JSONDecodeError):
+        raise RobustkitError(f"{state_path} has no readable resume state; start a new run (--no-resume)") from None
+    try:
+        if optimizer is not None and skeleton.get("optimizer") is not None:
+            state = _unflatten(skeleton["optimizer"], tensors)
+            _restore_tuples(state["param_groups"], optimizer.state_dict()["param_groups"])
+            optimizer.load_state_dict(state)
+        if scheduler is not None and skeleton.get("scheduler") is not None:
+            scheduler.load_state_dict(_unflatten(skeleton["scheduler"], tensors))
+    except (ValueError, KeyError, RuntimeError, TypeError) as err:
+        raise RobustkitError(
+            f"the optimizer state in {state_path} does not fit this optimizer ({_one_line(err)}); "
+            "start a new run (--no-resume)"
+        ) from None
+    defense = skeleton.get("defense")
+    return None if defense is None else _unflatten(defense, tensors)
+
+
+def _restore_tuples(loaded: list[dict[str, Any]], current: list[dict[str, Any]]) -> None:
+    """JSON turns tuples (Adam's betas) into lists; give them back the optimizer's own types."""
+    for got, now in zip(loaded, current):
+        for key, value in now.items():
+            if isinstance(value, tuple) and isinstance(got.get(key), list):
+                got[key] = tuple(got[key])
+
+
+def _read_tensors(path: Path, sha256: str | None, meta_path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of a safetensors file, checked against the recorded checksum."""
+    if not path.is_file():
+        raise RobustkitError(f"checkpoint file {path} not found (named by {meta_path.name}); "
+                             "copy it next to the JSON or retrain")
+    data = path.read_bytes()  # one read serves the checksum and the parse, and holds no mmap open
+    if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
+        raise RobustkitError(
+            f"{path} does not match the checksum recorded in {meta_path.name}: it is truncated, corrupt, or was "
+            "replaced after saving; retrain or restore the checkpoint from a backup"
+        )
+    try:
+        tensors = safetensors.torch.load(data)
+        header = _header_metadata(data)
+    except Exception as err:  # safetensors raises its own error type for every kind of damage
+        raise RobustkitError(
+            f"{path} is not a readable safetensors file ({_one_line(err)}); it is truncated or corrupt: "
+            "retrain or restore it from a backup"
+        ) from None
+    return tensors, header
+
+
+def _header_metadata(data: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors blob (8-byte little-endian header length, then JSON)."""
+    (size,) = struct.unpack("<Q", data[:8])
+    return dict(json.loads(data[8: 8 + size]).get("__metadata__") or {})
+
+
+def _load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Path) -> None:
+    try:
+        missing, unexpected = model.load_state_dict(dict(tensors), strict=False)
+    except RuntimeError as err:  # shape mismatch
+        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), _one_line(err))
+        raise RobustkitError(
+            f"the weights in {path} do not fit this model ({detail}); the checkpoint was saved from a different "
+            "architecture or model parameters"
+        ) from None
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {_few(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {_few(unexpected)}")
+        raise RobustkitError(
+            f"the weights in {path} do not fit this model ({'; '.join(parts)}); the checkpoint was saved from a "
+            "different architecture or model parameters"
+        )
+
+
+# --- metadata helpers -----------------------------------------------------------------------------
+
+
+def dataset_info_to_dict(info: DatasetInfo) -> dict[str, Any]:
+    """:class:`DatasetInfo` as JSON-able fields."""
+    return jsonable(dataclasses.asdict(info))
+
+
+def dataset_info_from_dict(data: Mapping[str, Any]) -> DatasetInfo:
+    """Rebuild :class:`DatasetInfo` from :func:`dataset_info_to_dict`'s output (unknown keys are ignored)."""
+    known = {f.name for f in dataclasses.fields(DatasetInfo)}
+    kwargs = {k: v for k, v in data.items() if k in known}
+    for key in ("image_size", "mean", "std", "class_names"):
+        if isinstance(kwargs.get(key), list):
+            kwargs[key] = tuple(kwargs[key])
+    return DatasetInfo(**kwargs)
+
+
+def versions() -> dict[str, str]:
+    """Versions that matter for reproducing a checkpoint."""
+    return {
+        "robustkit": robustkit.__version__,
+        "torch": torch.__version__,
+        "safetensors": getattr(safetensors, "__version__", "unknown"),
+        "python": platform.python_version(),
+    }
+
+
+def jsonable(obj: Any) -> Any:
+    """``obj`` with tuples as lists, paths as strings, tensors and NumPy scalars as numbers, NaN as None."""
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        return [jsonable(v) for v in obj]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return jsonable(dataclasses.asdict(obj))
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
+        return jsonable(obj.item())
+    if hasattr(obj, "item") and callable(obj.item):  # NumPy scalars
+        with contextlib.suppress(Exception):
+            return jsonable(obj.item())
+    return str(obj)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _few(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__

@@ -1,0 +1,474 @@
+"""The one training loop every defense shares.
+
+A defense supplies the loss of a batch (:meth:`robustkit.defenses.Defense.batch_loss`); this module
+owns everything else: optimizer, learning-rate schedule, epochs, seeds, per-epoch validation,
+checkpoints, resuming, progress bars, ``metrics.jsonl`` and ``curves.png``.
+
+Determinism: the data order of epoch ``e`` comes from a generator seeded with ``(seed, e)``, and the
+global RNGs the defense draws from are reseeded with ``(seed, e)`` at the start of the epoch. With the
+weights, optimizer and scheduler restored from the checkpoint of epoch ``e - 1``, a resumed run is
+bit-for-bit the run that was never stopped (on CPU; CUDA kernels may add their own nondeterminism).
+
+Optional defense hooks (looked up with ``getattr``, so a plain :class:`Defense` needs none):
+
+- ``setup(model, device)``: called once before the first epoch of this call, with the model on its device;
+  a defense that owns extra modules (a generator network, its optimizer) creates them here.
+- ``state_dict() -> dict`` / ``load_state_dict(state)``: extra state saved with each checkpoint (tensors
+  and JSON-able values) and handed back on resume.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from robustkit.adversarial import pgd
+from robustkit.checkpoints import (CheckpointPaths, atomic_write, atomic_write_text, defer_interrupts, jsonable,
+                                   load_training_state, load_weights, read_metadata, save_checkpoint)
+from robustkit.data import ImageDataset, check_images, take
+from robustkit.defenses import Defense
+from robustkit.devices import resolve_device, seed_everything
+from robustkit.errors import ParameterError, RobustkitError
+from robustkit.progress import progress
+from robustkit.threat import ThreatModel
+
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("constant", "cosine", "step")
+CHECKPOINT_STEM = "last"
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+CURVES_EVERY_S = 60.0  # refresh curves.png at most this often during a run
+
+
+@dataclass
+class TrainConfig:
+    """How to train; everything except ``device``, ``out_dir`` and ``num_workers`` identifies the run.
+
+    :param epochs: epochs to train (>= 1).
+    :param batch_size: examples per batch.
+    :param optimizer: ``adam`` or ``sgd``.
+    :param lr: initial learning rate.
+    :param momentum: SGD momentum (ignored by Adam).
+    :param weight_decay: L2 penalty passed to the optimizer.
+    :param schedule: ``constant``, ``cosine`` (to zero over ``epochs``) or ``step`` (multiply by ``gamma``
+        after each epoch in ``milestones``); the learning rate changes between epochs.
+    :param milestones: epochs after which ``step`` decays; empty means after 50% and 75% of ``epochs``.
+    :param gamma: the ``step`` decay factor.
+    :param seed: seeds data order and the defense's randomness, per epoch.
+    :param device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    :param val_examples: the first N test images to validate on after each epoch; 0 switches validation off.
+    :param val_eps: linf budget of the per-epoch PGD accuracy; ``None`` switches it off.
+    :param val_steps: PGD iterations of that check.
+    :param val_step_size: its step size; ``None`` means 2.5 * val_eps / val_steps.
+    :param out_dir: where checkpoints, ``metrics.jsonl`` and ``curves.png`` go; ``None`` writes nothing
+        (and nothing can be resumed).
+    :param num_workers: DataLoader worker processes.
+    """
+
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "constant"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    seed: int = 0
+    device: str = "auto"
+    val_examples: int = 1000
+    val_eps: float | None = None
+    val_steps: int = 10
+    val_step_size: float | None = None
+    out_dir: Path | None = None
+    num_workers: int = 0
+
+    NOT_IDENTITY = ("device", "out_dir", "num_workers")  # may change between a run and its resume
+
+    def check(self) -> None:
+        """Raise :class:`ParameterError` for values that cannot work, before any work starts."""
+        def need(ok: bool, message: str) -> None:
+            if not ok:
+                raise ParameterError(f"training: {message}")
+
+        need(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an integer >= 1, got {self.epochs}")
+        need(isinstance(self.batch_size, int) and self.batch_size >= 1,
+             f"batch_size must be an integer >= 1, got {self.batch_size}")
+        need(self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        need(math.isfinite(self.lr) and self.lr > 0, f"lr must be > 0, got {self.lr}")
+        need(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}")
+        need(self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}")
+        need(self.schedule in SCHEDULES, f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        need(all(isinstance(m, int) and m >= 1 for m in self.milestones),
+             f"milestones must be epochs >= 1, got {self.milestones}")
+        need(0 < self.gamma <= 1, f"gamma must be in (0, 1], got {self.gamma}")
+        need(self.val_examples >= 0, f"val_examples must be >= 0, got {self.val_examples}")
+        need(self.val_eps is None or 0 < self.val_eps <= 1, f"val_eps must be in (0, 1] or None, got {self.val_eps}")
+        need(self.val_steps >= 1, f"val_steps must be >= 1, got {self.val_steps}")
+        need(self.val_step_size is None or self.val_step_size > 0,
+             f"val_step_size must be > 0 or None, got {self.val_step_size}")
+        need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+
+    def identity(self) -> dict[str, Any]:
+        """The settings that decide the trained weights and the recorded metrics."""
+        return jsonable({k: v for k, v in dataclasses.asdict(self).items() if k not in self.NOT_IDENTITY})
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` returns.
+
+    :param model: the trained model (on the training device, in eval mode).
+    :param history: one metrics dict per completed epoch, from the first (including resumed ones).
+    :param resumed_from: completed epochs found in ``out_dir`` before this call (0 for a fresh run).
+    :param checkpoint: the checkpoint's metadata file, or ``None`` without ``out_dir``.
+    """
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int = 0
+    checkpoint: Path | None = None
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        """The last epoch's metrics."""
+        return dict(self.history[-1]) if self.history else {}
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs trained by this call (0 when the run had already finished)."""
+        return len(self.history) - self.resumed_from
+
+
+def epoch_seed(seed: int, epoch: int, stream: str) -> int:
+    """A 63-bit seed for ``stream`` in ``epoch``: stable across processes and Python versions."""
+    digest = hashlib.sha256(f"robustkit:{seed}:{epoch}:{stream}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def run_identity(model: nn.Module, dataset: ImageDataset, defense: Defense, config: TrainConfig) -> dict[str, Any]:
+    """What must match for ``out_dir``'s checkpoint to be resumed by this call."""
+    spec = getattr(model, "spec", None)
+    described = defense.describe() if hasattr(defense, "describe") else {"name": type(defense).__name__}
+    return jsonable({
+        "model": {"name": spec.name, "params": dict(spec.params)} if spec is not None else type(model).__name__,
+        "dataset": dataset.info,
+        "defense": described,
+        "config": config.identity(),
+    })
+
+
+def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: TrainConfig, *,
+          resume: bool = True, host: Any = None) -> TrainResult:
+    """Train ``model`` on ``dataset.train`` with ``defense``'s batch loss.
+
+    The model is trained as given: seed before building it for a repeatable start.
+
+    :param resume: continue from ``config.out_dir``'s checkpoint when it belongs to the same run
+        (same model, dataset, defense and settings); ``False`` starts over and overwrites it.
+    :param host: the plugin host, for recording plugin versions (optional).
+    :raises RobustkitError: when ``out_dir`` holds a different run, the loss becomes NaN or infinite,
+        or the run is interrupted (Ctrl-C); the last good checkpoint is kept in every case.
+    """
+    config.check()
+    device = resolve_device(config.device)
+    model.to(device)
+    identity = run_identity(model, dataset, defense, config)
+    out_dir = Path(config.out_dir) if config.out_dir is not None else None
+    paths = CheckpointPaths.of(out_dir / CHECKPOINT_STEM) if out_dir is not None else None
+
+    optimizer = _make_optimizer(model, config)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
+    setup = getattr(defense, "setup", None)
+    if callable(setup):
+        setup(model, device)
+
+    history: list[dict[str, Any]] = []
+    if paths is not None and resume and paths.meta.exists():
+        history = _resume(paths, identity, model, optimizer, scheduler, defense)
+        if len(history) >= config.epochs:  # finished before: nothing to do
+            model.eval()
+            return TrainResult(model, history, len(history), paths.meta)
+    start = len(history)
+
+    loader_args = _loader_args(dataset.train, config, device)
+    val_set = take(dataset.test, config.val_examples) if config.val_examples > 0 else None
+    completed = start
+    curves_at = time.monotonic()
+    try:
+        epochs = progress(range(start + 1, config.epochs + 1), total=config.epochs, initial=start,
+                          desc="epochs", unit="epoch", leave=True)
+        for epoch in epochs:
+            row = _train_epoch(model, defense, optimizer, dataset, loader_args, config, epoch, device, paths, completed)
+            scheduler.step()
+            row.update(_validate(model, val_set, config, epoch, device))
+            history.append(row)
+            with defer_interrupts():  # a Ctrl-C while saving lands after the save, so `completed` is true
+                if paths is not None:
+                    _save(paths, model, defense, optimizer, scheduler, config, identity, history, host)
+                completed = epoch
+            epochs.set_postfix(_postfix(row))
+            if paths is not None and time.monotonic() - curves_at > CURVES_EVERY_S:
+                write_curves(history, paths.meta.parent / CURVES_FILE)
+                curves_at = time.monotonic()
+    except KeyboardInterrupt:
+        raise RobustkitError(_interrupted_message(completed, paths)) from None
+    finally:
+        # Drawing costs about a second, so mid-run refreshes are rate-limited; the end of a call
+        # (finished, stopped by NaN or interrupted) always leaves the curves of every saved epoch.
+        if paths is not None and completed > start:
+            write_curves([row for row in history if row["epoch"] <= completed], paths.meta.parent / CURVES_FILE)
+    model.eval()
+    return TrainResult(model, history, start, paths.meta if paths is not None else None)
+
+
+# --- setup -------------------------------------------------------------------------------------
+
+
+def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise RobustkitError("the model has no trainable parameters (all have requires_grad=False)")
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def _lr_factor(config: TrainConfig) -> Callable[[int], float]:
+    """The schedule as a factor of ``lr`` for 0-based epoch ``e`` (a plain function: nothing to pickle)."""
+    if config.schedule == "cosine":
+        return lambda e: 0.5 * (1.0 + math.cos(math.pi * e / config.epochs))
+    if config.schedule == "step":
+        milestones = config.milestones or tuple(sorted({max(1, config.epochs // 2), max(1, (3 * config.epochs) // 4)}))
+        return lambda e: config.gamma ** sum(e >= m for m in milestones)
+    return lambda e: 1.0
+
+
+def _loader_args(train_set: Dataset, config: TrainConfig, device: torch.device) -> dict[str, Any]:
+    n = len(train_set)  # type: ignore[arg-type]
+    if n == 0:
+        raise RobustkitError("the training split is empty")
+    return {
+        "batch_size": config.batch_size,
+        # A last batch of one image breaks batch norm in train mode; dropping it costs one example.
+        "drop_last": n % config.batch_size == 1 and n > 1,
+        "num_workers": config.num_workers,
+        "pin_memory": device.type == "cuda",
+    }
+
+
+def _resume(paths: CheckpointPaths, identity: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
+            scheduler: Any, defense: Defense) -> list[dict[str, Any]]:
+    """Check ``paths`` is this run, load its state, and return the history of its completed epochs."""
+    meta = read_metadata(paths.meta)
+    stored = meta.get("run")
+    if stored is None:
+        raise RobustkitError(f"{paths.meta.parent} holds a checkpoint not written by robustkit training; "
+                             "use a new --out or --no-resume")
+    if stored != identity:
+        raise RobustkitError(
+            f"{paths.meta.parent} holds a different run ({_differences(stored, identity)}); use a new --out, "
+            "or --no-resume to overwrite it"
+        )
+    load_weights(model, paths.meta)
+    state = load_training_state(paths.meta, optimizer, scheduler)
+    load_state = getattr(defense, "load_state_dict", None)
+    if state is not None and callable(load_state):
+        load_state(state)
+    return [dict(row) for row in meta.get("history") or []]
+
+
+def _differences(stored: Any, current: Any, prefix: str = "", limit: int = 3) -> str:
+    diffs: list[str] = []
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b)):
+                walk(a.get(key), b.get(key), f"{where}.{key}" if where else key)
+        elif a != b:
+            diffs.append(f"{where}: {json.dumps(a)} there, {json.dumps(b)} now")
+
+    walk(stored, current, prefix)
+    shown = "; ".join(diffs[:limit])
+    return shown + (f"; and {len(diffs) - limit} more" if len(diffs) > limit else "")
+
+
+# --- one epoch ---------------------------------------------------------------------------------
+
+
+def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
+                 loader_args: dict[str, Any], config: TrainConfig, epoch: int, device: torch.device,
+                 paths: CheckpointPaths | None, completed: int) -> dict[str, Any]:
+    data_order = torch.Generator()
+    data_order.manual_seed(epoch_seed(config.seed, epoch, "data"))
+    loader = DataLoader(dataset.train, shuffle=True, generator=data_order, **loader_args)
+    seed_everything(epoch_seed(config.seed, epoch, "defense"))  # the defense's draws (random starts, ...)
+    lr = float(optimizer.param_groups[0]["lr"])
+    total_loss, correct, seen, counted = 0.0, 0, 0, 0
+    extra: dict[str, float] = {}
+    started = time.perf_counter()
+    batches = progress(loader, total=len(loader), desc=f"epoch {epoch}", unit="batch")
+    for batch, (images, labels) in enumerate(batches, start=1):
+        images = images.to(device, non_blocking=True)
+        labels = torch.as_tensor(labels).to(device, non_blocking=True)
+        if epoch == 1 and batch == 1:
+            check_images(images, labels, what="training images", shape=dataset.info.input_shape)
+        model.train()
+        optimizer.zero_grad(set_to_none=True)
+        out = defense.batch_loss(model, images, labels)
+        loss_value = float(out.loss.detach())
+        if not math.isfinite(loss_value):
+            raise RobustkitError(_nonfinite_message(loss_value, epoch, batch, completed, paths, lr))
+        out.loss.backward()
+        optimizer.step()
+        n = labels.shape[0]
+        total_loss += loss_value * n
+        seen += n
+        if out.logits is not None:
+            correct += int((out.logits.detach().argmax(1) == labels).sum())
+            counted += n
+        for key, value in (out.metrics or {}).items():
+            extra[key] = extra.get(key, 0.0) + float(value) * n
+        batches.set_postfix(loss=f"{loss_value:.4f}")
+    row: dict[str, Any] = {
+        "epoch": epoch,
+        "train_loss": total_loss / max(seen, 1),
+        "train_acc": correct / counted if counted else None,  # on the inputs the defense trained on
+        "lr": lr,
+        "epoch_time": time.perf_counter() - started,
+    }
+    for key, value in extra.items():
+        row[key if key not in row else f"defense_{key}"] = value / max(seen, 1)
+    return row
+
+
+def _validate(model: nn.Module, val_set: Dataset | None, config: TrainConfig, epoch: int,
+              device: torch.device) -> dict[str, Any]:
+    """Clean and (optionally) PGD-linf accuracy on the fixed validation subset."""
+    row: dict[str, Any] = {"val_clean_acc": None, "val_pgd_acc": None, "val_time": 0.0}
+    if val_set is None or len(val_set) == 0:  # type: ignore[arg-type]
+        return row
+    started = time.perf_counter()
+    threat = ThreatModel("linf", config.val_eps) if config.val_eps is not None else None
+    step = config.val_step_size or (2.5 * config.val_eps / config.val_steps if config.val_eps else 0.0)
+    # Its own generator: validation must not shift the defense's random stream between runs.
+    start_noise = torch.Generator(device=device)
+    start_noise.manual_seed(epoch_seed(config.seed, epoch, "validation"))
+    clean = robust = total = 0
+    was_training = model.training
+    model.eval()
+    try:
+        for images, labels in DataLoader(val_set, batch_size=config.batch_size, shuffle=False):
+            images, labels = images.to(device), torch.as_tensor(labels).to(device)
+            with torch.no_grad():
+                right = model(images).argmax(1) == labels
+            clean += int(right.sum())
+            if threat is not None:
+                adv = pgd(model, images, labels, threat, steps=config.val_steps, step_size=step, generator=start_noise)
+                with torch.no_grad():
+                    # Robust means right before and after: a lucky random start must not count.
+                    robust += int((right & (model(adv).argmax(1) == labels)).sum())
+            total += labels.shape[0]
+    finally:
+        model.train(was_training)
+    row["val_clean_acc"] = clean / total
+    row["val_pgd_acc"] = robust / total if threat is not None else None
+    row["val_time"] = time.perf_counter() - started
+    return row
+
+
+# --- saving --------------------------------------------------------------------------------------
+
+
+def _save(paths: CheckpointPaths, model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer,
+          scheduler: Any, config: TrainConfig, identity: dict[str, Any], history: list[dict[str, Any]],
+          host: Any) -> None:
+    epoch = history[-1]["epoch"]
+    state_fn = getattr(defense, "state_dict", None)
+    save_checkpoint(
+        paths.meta, model, defense=defense, epoch=epoch, seed=config.seed, metrics=history[-1],
+        optimizer=optimizer, scheduler=scheduler, defense_state=state_fn() if callable(state_fn) else None,
+        extra={
+            "run": identity,
+            "finished": epoch >= config.epochs,
+            "training": jsonable(dataclasses.asdict(config)),
+            "defense_cost": defense.cost() if hasattr(defense, "cost") else None,
+            "history": jsonable(history),
+            "plugins": host.plugin_versions() if host is not None else None,
+        },
+    )
+    # A derived view of the history in the checkpoint (the checkpoint is the source of truth on resume).
+    lines = "".join(json.dumps(jsonable(row), allow_nan=False) + "\n" for row in history)
+    atomic_write_text(paths.meta.parent / METRICS_FILE, lines)
+
+
+def write_curves(history: list[Mapping[str, Any]], path: Path) -> None:
+    """Plot loss and accuracies per epoch into a PNG (matplotlib's Agg canvas; no global backend change)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    epochs = [row["epoch"] for row in history]
+    fig = Figure(figsize=(9, 3.5), dpi=100)
+    FigureCanvasAgg(fig)
+    loss_ax, acc_ax = fig.subplots(1, 2)
+    loss_ax.plot(epochs, [row.get("train_loss") for row in history], marker="o", label="train loss")
+    loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")
+    for key, label in (("train_acc", "train (defense inputs)"), ("val_clean_acc", "val clean"),
+                       ("val_pgd_acc", "val PGD")):
+        points = [(e, row.get(key)) for e, row in zip(epochs, history) if row.get(key) is not None]
+        if points:
+            acc_ax.plot(*zip(*points), marker="o", label=label)
+    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(-0.02, 1.02))
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+# --- messages ------------------------------------------------------------------------------------
+
+
+def _nonfinite_message(value: float, epoch: int, batch: int, completed: int, paths: CheckpointPaths | None,
+                       lr: float) -> str:
+    kind = "nan" if math.isnan(value) else "inf"
+    if paths is not None and completed > 0:
+        kept = f"last good checkpoint (epoch {completed}) kept at {paths.meta}"
+    elif paths is not None:
+        kept = "no checkpoint was written yet"
+    else:
+        kept = "no out_dir, so nothing was saved"
+    return (f"loss became {kind} at epoch {epoch} batch {batch}; {kept}; lower the learning rate (was {lr:g}) "
+            "or check the defense's parameters, and rerun with a new --out or --no-resume")
+
+
+def _interrupted_message(completed: int, paths: CheckpointPaths | None) -> str:
+    epoch = completed + 1
+    if paths is None:
+        return f"training interrupted at epoch {epoch}; no out_dir was set, so nothing was saved"
+    if completed == 0:
+        return (f"training interrupted at epoch {epoch}; no epoch had finished, so nothing was saved; "
+                "rerunning the same command starts from the beginning")
+    return (f"training interrupted at epoch {epoch}; the checkpoint of epoch {completed} is kept at {paths.meta}; "
+            "rerunning the same command resumes from it")
+
+
+def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
+    shown = {"loss": f"{row['train_loss']:.4f}"}
+    for key, name in (("val_clean_acc", "clean"), ("val_pgd_acc", "pgd")):
+        if row.get(key) is not None:
+            shown[name] = f"{row[key]:.3f}"
+    return shown
