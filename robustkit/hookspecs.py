@@ -66,7 +66,7 @@ def register_attacks(register: Register) -> None:
     """Register evasion attacks.
 
     The factory takes the attack's parameters and returns a :class:`robustkit.attacks.Attack`.
-    Put ``threat_models``, ``knowledge``, ``goal`` and ``targeted`` in ``info`` (or as class
+    Put ``threat_models``, ``knowledge``, ``goal`` and ``supports_targeted`` in ``info`` (or as class
     attributes of an Attack subclass) so listings and the benchmark protocol can use them.
 
     :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.

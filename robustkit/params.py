@@ -162,3 +162,14 @@ def _coerce_any(value: Any) -> Any:
         except ValueError:
             pass
     return value
+
+
+def parse_spec(text: str, what: str = "attack") -> tuple[str, dict[str, str]]:
+    """Split ``"NAME k=v k=v"`` (one CLI argument) into the name and its parameters.
+
+    Example: ``"torchattacks:PGD eps=8/255 steps=10"`` -> ``("torchattacks:PGD", {"eps": "8/255", "steps": "10"})``.
+    """
+    parts = text.split()
+    if not parts or "=" in parts[0]:
+        raise ParameterError(f"{what} {text!r}: start with a name, e.g. 'torchattacks:PGD eps=0.1 steps=10'")
+    return parts[0], parse_assignments(parts[1:], what=f"{what} {parts[0]}")

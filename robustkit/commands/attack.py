@@ -1,0 +1,88 @@
+"""``robustkit attack``: run attacks on a trained checkpoint (or a fresh registered model) and report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from robustkit.checkpoints import load_model, read_metadata
+from robustkit.cli import cli, echo_table
+from robustkit.commands.common import build_attacks, data_options, device_option, load_dataset, seed_option
+from robustkit.devices import seed_everything
+from robustkit.errors import RobustkitError
+from robustkit.evaluation import EvaluationResult, evaluate
+from robustkit.host import get_host
+from robustkit.models import build_model
+from robustkit.params import parse_assignments
+
+
+def print_evaluation(result: EvaluationResult) -> None:
+    """The evaluation as a table: accuracies in percent, distortion of successful adversarials."""
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.2f}"
+
+    def num(x: float | None) -> str:
+        return "-" if x is None else f"{x:.4f}"
+
+    rows = [["(clean)", pct(result.clean_accuracy), "-", "-", "-", "-"]]
+    for name, s in result.attacks.items():
+        rows.append([name, pct(s.robust_accuracy), pct(s.success_rate), num(s.mean_l2), num(s.median_l2),
+                     f"{s.seconds:.1f}"])
+    if len(result.attacks) > 1:
+        rows.append(["(worst case)", pct(result.worst_case_accuracy), "-", "-", "-", "-"])
+    echo_table(rows, ["attack", "accuracy %", "success %", "mean L2", "median L2", "seconds"])
+    click.echo(f"{result.n_examples} examples, {result.n_clean_wrong} misclassified before any attack, "
+               f"device {result.device}, {result.seconds:.1f} s")
+
+
+@cli.command(name="attack")
+@click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--attack", "attack_specs", multiple=True, required=True, metavar="'NAME K=V ...'",
+              help="Attack and its parameters in one quoted argument (repeatable).")
+@click.option("--model", "model_name", default=None, help="Attack a freshly built registered model instead.")
+@click.option("--dataset", "dataset_name", default=None,
+              help="Dataset to attack on; default: the checkpoint's (digits for --model).")
+@data_options
+@click.option("--n-examples", type=int, default=None, help="Evaluate the first N test images (default: all).")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Write summary.json and records.jsonl (per-sample results) here.")
+@seed_option
+@device_option
+def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, dataset_params, n_examples, batch_size,
+           out_dir, seed, device) -> None:
+    """Attack a model with one or more attacks: clean, robust and worst-case accuracy.
+
+    CHECKPOINT is a last.json / last.safetensors written by `robustkit train`. Each --attack is
+    a registered attack name followed by its parameters (see `robustkit attacks list --params`).
+
+    \b
+    Examples:
+      robustkit attack runs/digits-madry-cnn-pgd-at-s0/last.json \\
+          --attack 'torchattacks:PGD eps=0.1 alpha=0.01 steps=40' --attack 'torchattacks:FGSM eps=0.1'
+      robustkit attack --model lenet --attack 'torchattacks:PGDL2 eps=1.0' --n-examples 100
+    """
+    host = get_host()
+    if (checkpoint is None) == (model_name is None):
+        raise RobustkitError("give either a CHECKPOINT or --model NAME (not both)")
+    attacks = build_attacks(host, attack_specs)
+    if checkpoint is not None:
+        meta = read_metadata(checkpoint)
+        stored = meta.get("dataset") or {}
+        name = dataset_name or stored.get("name")
+        params = dict(stored.get("params") or {}) if dataset_name is None else {}
+        params.update(parse_assignments(dataset_params, "--dataset-param"))
+        dataset = load_dataset(host, name, params, data_root)
+        model = load_model(checkpoint, host)
+    else:
+        dataset = load_dataset(host, dataset_name or "digits", dataset_params, data_root)
+        seed_everything(seed)
+        model = build_model(host, model_name, dataset.info)
+    result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed)
+    print_evaluation(result)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        result.save_summary(out_dir / "summary.json")
+        result.save_records(out_dir / "records.jsonl")
+        click.echo(f"wrote {out_dir / 'summary.json'} and {out_dir / 'records.jsonl'}")

@@ -1,0 +1,43 @@
+"""Options and helpers shared by the commands that train and evaluate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from robustkit.data import ImageDataset
+from robustkit.params import parse_assignments, parse_spec
+
+
+def device_option(f: Callable) -> Callable:
+    return click.option("--device", default="auto", show_default=True,
+                        help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")(f)
+
+
+def seed_option(f: Callable) -> Callable:
+    return click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random.")(f)
+
+
+def data_options(f: Callable) -> Callable:
+    f = click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                     help="Folder holding real datasets (MNIST, CIFAR, STL-10); not needed for digits.")(f)
+    f = click.option("--dataset-param", "dataset_params", multiple=True, metavar="K=V",
+                     help="Dataset parameter, e.g. resize=28 (repeatable).")(f)
+    return f
+
+
+def load_dataset(host: Any, name: str, params: tuple[str, ...] | dict, data_root: Path | None) -> ImageDataset:
+    given = parse_assignments(params, "--dataset-param") if isinstance(params, tuple) else dict(params)
+    return host.datasets.create(name, given, root=data_root)
+
+
+def build_attacks(host: Any, specs: tuple[str, ...]) -> dict[str, Any]:
+    """``--attack 'NAME k=v ...'`` options to ``{display name: Attack}``, all validated before any work."""
+    attacks: dict[str, Any] = {}
+    for spec in specs:
+        name, params = parse_spec(spec)
+        key = name if name not in attacks else spec
+        attacks[key] = host.attacks.create(name, params)
+    return attacks

@@ -1,0 +1,81 @@
+"""``robustkit train``: train a registered model on a dataset with a defense."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from robustkit.cli import cli, echo_table
+from robustkit.commands.common import data_options, device_option, load_dataset, seed_option
+from robustkit.devices import seed_everything
+from robustkit.host import get_host
+from robustkit.models import build_model
+from robustkit.params import eval_fraction, parse_assignments
+from robustkit.training import TrainConfig, train as run_training
+
+
+@cli.command()
+@click.option("--model", "model_name", required=True, help="Registered model, e.g. madry-cnn or timm:resnet18.")
+@click.option("--model-param", "model_params", multiple=True, metavar="K=V", help="Model parameter (repeatable).")
+@click.option("--dataset", "dataset_name", default="digits", show_default=True, help="Registered dataset.")
+@data_options
+@click.option("--defense", "defense_name", default="natural", show_default=True, help="Registered defense.")
+@click.option("--param", "defense_params", multiple=True, metavar="K=V",
+              help="Defense parameter, e.g. eps=0.1 or eps=8/255 (repeatable).")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
+@click.option("--lr", type=float, default=1e-3, show_default=True, help="Initial learning rate.")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=0.0, show_default=True)
+@click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default="constant", show_default=True)
+@click.option("--val-examples", type=int, default=500, show_default=True,
+              help="Test images to check after each epoch (0: none).")
+@click.option("--val-eps", default=None,
+              help="Linf eps of the per-epoch PGD check; default: the defense's eps if it has one, else off.")
+@seed_option
+@device_option
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Output folder; default runs/DATASET-MODEL-DEFENSE-sSEED.")
+@click.option("--no-resume", is_flag=True, help="Start over even if --out holds a checkpoint of this run.")
+def train(model_name, model_params, dataset_name, data_root, dataset_params, defense_name, defense_params, epochs,
+          batch_size, optimizer, lr, momentum, weight_decay, schedule, val_examples, val_eps, seed, device, out_dir,
+          no_resume) -> None:
+    """Train MODEL on DATASET with a defense; checkpoints every epoch and resumes after interruption.
+
+    Writes last.safetensors + last.json (the checkpoint), metrics.jsonl (per-epoch train loss and
+    accuracy, validation clean and PGD accuracy) and curves.png into --out. Rerunning the same
+    command continues from the last finished epoch.
+
+    \b
+    Examples:
+      robustkit train --model madry-cnn --defense natural --epochs 5
+      robustkit train --model madry-cnn --defense pgd-at --param eps=0.1 --param steps=7
+      robustkit train --model timm:resnet18 --dataset cifar10 --data-root ~/data \\
+          --defense pgd-at --param eps=8/255 --epochs 100 --schedule cosine
+    """
+    host = get_host()
+    # Everything is validated before the (possibly long) training starts.
+    defense = host.defenses.create(defense_name, parse_assignments(defense_params, "--param"))
+    dataset = load_dataset(host, dataset_name, dataset_params, data_root)
+    if val_eps is None and isinstance(defense.config.get("eps"), float) and defense.config.get("norm", "linf") == "linf":
+        val_eps = defense.config["eps"]
+    config = TrainConfig(
+        epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
+        weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, val_examples=val_examples,
+        val_eps=eval_fraction(str(val_eps)) if val_eps is not None else None,
+        out_dir=out_dir or Path("runs") / f"{dataset_name}-{model_name.replace(':', '_')}-{defense_name}-s{seed}",
+    )
+    config.check()
+    seed_everything(seed)  # the initial weights are part of the run
+    model = build_model(host, model_name, dataset.info, parse_assignments(model_params, "--model-param"))
+    result = run_training(model, dataset, defense, config, resume=not no_resume, host=host)
+    if result.resumed_from and result.epochs_run == 0:
+        click.echo(f"already trained ({result.resumed_from} epochs) in {config.out_dir}")
+    elif result.resumed_from:
+        click.echo(f"resumed after epoch {result.resumed_from}")
+    last = result.metrics
+    rows = [[k, f"{v:.4f}" if isinstance(v, float) else str(v)] for k, v in last.items()]
+    echo_table(rows, ["metric (last epoch)", "value"])
+    click.echo(f"checkpoint: {result.checkpoint}")
