@@ -65,3 +65,15 @@ class Defense:
     def batch_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> BatchLoss:
         """The loss of one batch; the model is in train mode and gradients are zeroed."""
         raise NotImplementedError
+
+    # Optional: defenses that own more than a loss (e.g. a generator network and its optimizer).
+
+    def setup(self, model: nn.Module, device: torch.device) -> None:
+        """Called once before training starts, with the model on its device; create extra modules here."""
+
+    def state_dict(self) -> dict[str, Any] | None:
+        """Extra state saved with every checkpoint (tensors and JSON values); ``None`` when there is none."""
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned, when a run resumes."""

@@ -9,12 +9,9 @@ global RNGs the defense draws from are reseeded with ``(seed, e)`` at the start 
 weights, optimizer and scheduler restored from the checkpoint of epoch ``e - 1``, a resumed run is
 bit-for-bit the run that was never stopped (on CPU; CUDA kernels may add their own nondeterminism).
 
-Optional defense hooks (looked up with ``getattr``, so a plain :class:`Defense` needs none):
-
-- ``setup(model, device)``: called once before the first epoch of this call, with the model on its device;
-  a defense that owns extra modules (a generator network, its optimizer) creates them here.
-- ``state_dict() -> dict`` / ``load_state_dict(state)``: extra state saved with each checkpoint (tensors
-  and JSON-able values) and handed back on resume.
+Defenses that own more than a loss (a generator network, its optimizer) use :class:`Defense`'s
+``setup(model, device)``, called once before the first epoch of this call, and ``state_dict()`` /
+``load_state_dict(state)``, saved with each checkpoint and handed back on resume.
 """
 
 from __future__ import annotations
@@ -189,9 +186,7 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
 
     optimizer = _make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
-    setup = getattr(defense, "setup", None)
-    if callable(setup):
-        setup(model, device)
+    defense.setup(model, device)
 
     history: list[dict[str, Any]] = []
     if paths is not None and resume and paths.meta.exists():
@@ -282,9 +277,8 @@ def _resume(paths: CheckpointPaths, identity: dict[str, Any], model: nn.Module, 
         )
     load_weights(model, paths.meta)
     state = load_training_state(paths.meta, optimizer, scheduler)
-    load_state = getattr(defense, "load_state_dict", None)
-    if state is not None and callable(load_state):
-        load_state(state)
+    if state is not None:
+        defense.load_state_dict(state)
     return [dict(row) for row in meta.get("history") or []]
 
 
@@ -394,10 +388,9 @@ def _save(paths: CheckpointPaths, model: nn.Module, defense: Defense, optimizer:
           scheduler: Any, config: TrainConfig, identity: dict[str, Any], history: list[dict[str, Any]],
           host: Any) -> None:
     epoch = history[-1]["epoch"]
-    state_fn = getattr(defense, "state_dict", None)
     save_checkpoint(
         paths.meta, model, defense=defense, epoch=epoch, seed=config.seed, metrics=history[-1],
-        optimizer=optimizer, scheduler=scheduler, defense_state=state_fn() if callable(state_fn) else None,
+        optimizer=optimizer, scheduler=scheduler, defense_state=defense.state_dict(),
         extra={
             "run": identity,
             "finished": epoch >= config.epochs,
