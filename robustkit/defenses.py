@@ -39,10 +39,12 @@ class Defense:
     - ``knob``: the parameter the accuracy-matched protocol sweeps (e.g. ``eps``); must be in ``params``.
     - ``passes_per_batch``: forward+backward passes one batch costs, relative to natural training.
     - ``params``: the declared :class:`~robustkit.params.Param` tuple.
+    - ``reference``: the paper, for leaderboards: ``title``, ``authors``, ``venue``, ``link``.
 
     :param params: keyword parameters, validated against ``params``.
     """
 
+    reference: ClassVar[dict[str, str]] = {}
     knob: ClassVar[str | None] = None
     passes_per_batch: ClassVar[float] = 1.0
     params: ClassVar[tuple[Param, ...]] = ()

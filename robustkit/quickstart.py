@@ -88,10 +88,12 @@ def run_quickstart(host: Any, settings: QuickstartSettings, out_dir: Path,
         result = evaluate(trained.model, dataset, attacks, n_examples=settings.n_examples, device=device,
                           seed=settings.seed)
         rows.append(QuickstartRow(defense_name, result, train_seconds, trained.checkpoint))
+        ref = type(defense).reference
         entries.append(leaderboard_entry(
             result, defense=defense_name, model=settings.model, dataset=settings.dataset, eps=settings.eps,
             threat_model="linf", attack_suite=f"{attack_name}-{settings.attack_steps}",
-            plugin_versions=host.plugin_versions(),
+            name=ref.get("title") or None, link=ref.get("link", ""), authors=ref.get("authors", ""),
+            venue=ref.get("venue", ""), plugin_versions=host.plugin_versions(),
         ))
     path = out_dir / "leaderboard.json"
     write_leaderboard(path, entries)

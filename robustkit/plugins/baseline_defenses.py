@@ -32,6 +32,7 @@ class Natural(Defense):
     """
 
     name = "natural"
+    reference = {"title": "Natural (standard) training", "authors": "", "venue": "", "link": ""}
     knob = None
     passes_per_batch = 1.0
     params = ()
@@ -69,6 +70,9 @@ class PGDAT(Defense):
     """
 
     name = "pgd-at"
+    reference = {"title": "Towards Deep Learning Models Resistant to Adversarial Attacks",
+                 "authors": "Aleksander Madry, Aleksandar Makelov, Ludwig Schmidt, Dimitris Tsipras, Adrian Vladu",
+                 "venue": "ICLR 2018", "link": "https://arxiv.org/abs/1706.06083"}
     knob = "eps"
     passes_per_batch = 11.0  # with the default steps; cost() reads the actual parameters
     params = (
