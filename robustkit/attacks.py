@@ -16,6 +16,7 @@ from torch import nn
 
 from robustkit.data import check_images
 from robustkit.errors import InputError, ParameterError
+from robustkit.models import logits
 from robustkit.params import Param, resolve_params
 
 KNOWLEDGE = ("white-box", "score-based", "decision-based", "transfer")
@@ -71,12 +72,16 @@ class Attack:
 
     def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                  target_labels: torch.Tensor | None = None) -> AttackResult:
-        check_images(images, labels)
+        spec = getattr(model, "spec", None)
+        expected = spec.dataset.input_shape if getattr(spec, "dataset", None) is not None else None
+        check_images(images, labels, shape=expected)
         if target_labels is not None and not self.supports_targeted:
             raise ParameterError(f"{self.display_name()} has no targeted mode")
         was_training = model.training
         model.eval()
         try:
+            with torch.no_grad():  # one image is enough to catch a model that returns no logits tensor
+                logits(model, images[:1])
             result = self.perturb(model, images, labels, target_labels)
         finally:
             model.train(was_training)
