@@ -1,0 +1,36 @@
+"""Native FGS, FGV and hot/cold attacks with the line search and PASS of Rozsa et al. (2016).
+
+'Adversarial Diversity and Hard Positive Generation' (CVPR workshops 2016): each attack picks a
+direction per image, searches it for the closest quantized image the model misclassifies
+(:mod:`.line_search`), optionally pushes further by a factor ``scale`` (hard positives) and keeps
+only images whose PASS (:func:`robustkit.metrics.pass_score`) reaches ``pass_threshold``.
+
+Registered attacks (one per module):
+
+- ``fgs`` (:mod:`.fgs`): sign of the loss gradient.
+- ``fgv`` (:mod:`.fgv`): raw loss gradient.
+- ``hotcold`` (:mod:`.hotcold`): HC-D / HC-S toward the X-th closest class, or all X at once.
+
+They are white-box, minimal-distortion attacks without a budget (``threat_models=("unbounded",)``):
+compare them by the distances and PASS of their adversarials, not by robust accuracy at an eps.
+"""
+
+from __future__ import annotations
+
+from robustkit import hookimpl
+from robustkit.plugins.hotcold.fgs import FGS
+from robustkit.plugins.hotcold.fgv import FGV
+from robustkit.plugins.hotcold.hotcold import HotCold
+from robustkit.plugins.hotcold.line_search import LineSearchAttack, LineSearchResult, line_search
+
+__all__ = ["FGS", "FGV", "HotCold", "LineSearchAttack", "LineSearchResult", "line_search"]
+
+ATTACKS = (FGS, FGV, HotCold)
+
+
+@hookimpl
+def register_attacks(register):
+    for cls in ATTACKS:
+        register(cls.name, cls, threat_models=cls.threat_models, knowledge=cls.knowledge, goal=cls.goal,
+                 supports_targeted=cls.supports_targeted,
+                 paper="Rozsa et al. 2016, Adversarial Diversity and Hard Positive Generation")
