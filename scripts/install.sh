@@ -12,5 +12,6 @@ fi
 if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check uv
 fi
-.venv/bin/uv pip install --quiet --python .venv/bin/python -e ".[test]" -e examples/robustkit-plugin-example
+# --compile-bytecode: with PYTHONDONTWRITEBYTECODE set, every start would recompile torch (~20 s).
+.venv/bin/uv pip install --quiet --compile-bytecode --python .venv/bin/python -e ".[test]" -e examples/robustkit-plugin-example
 echo "robustkit installed in .venv ($(.venv/bin/robustkit --version))"

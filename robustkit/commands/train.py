@@ -59,8 +59,9 @@ def train(model_name, model_params, dataset_name, data_root, dataset_params, def
     # Everything is validated before the (possibly long) training starts.
     defense = host.defenses.create(defense_name, parse_assignments(defense_params, "--param"))
     dataset = load_dataset(host, dataset_name, dataset_params, data_root)
-    if val_eps is None and isinstance(defense.config.get("eps"), float) and defense.config.get("norm", "linf") == "linf":
-        val_eps = defense.config["eps"]
+    eps = defense.config.get("eps")
+    if val_eps is None and isinstance(eps, float) and 0 < eps <= 1 and defense.config.get("norm", "linf") == "linf":
+        val_eps = eps  # the per-epoch check uses linf PGD: only a linf defense's eps carries over
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, val_examples=val_examples,
