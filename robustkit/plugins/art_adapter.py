@@ -1,0 +1,726 @@
+"""Every ART evasion attack as a robustkit attack named ``art:NAME``.
+
+Each attack class exported by ``art.attacks.evasion`` (Adversarial Robustness Toolbox) gets one
+generated :class:`~robustkit.attacks.Attack` subclass (see :func:`adapter_class`). Registering them
+does not import ART: names and facts come from the static tables below, and ART is imported only
+when an attack is built or its parameters are listed. The parameters are the ART constructor's own
+(read from its signature; ``estimator``/``classifier`` and ``targeted`` left out), checked before
+anything runs (ART's own checks run at construction too, on a stand-in model), plus ``seed``.
+
+On every call the robustkit model (images in [0, 1] -> logits, normalization inside) is wrapped in
+``art.estimators.classification.PyTorchClassifier`` with ``input_shape`` = (C, H, W) of the batch,
+``nb_classes`` from one forward pass, ``clip_values`` (0, 1), a cross-entropy loss, no optimizer (no
+ART evasion attack trains the model) and the model's device (``device_type`` "gpu" or "cpu"). Images go
+to ART as float32 NumPy arrays and come back as tensors on the input's device.
+
+Conventions the adapter fixes:
+
+- ``norm`` takes robustkit's spelling (``linf``, ``l2``, ``l1``) as well as ART's (``inf``, ``2``, ``1``);
+  a ``linf`` ``eps`` above 1 (outside the data range) is refused.
+- ``targeted`` is not a parameter: ``target_labels`` switch it on, and ART gets them as one-hot ``y``;
+  untargeted calls give ART the true labels as one-hot ``y``.
+- ``seed`` seeds Python, NumPy and torch right before ART runs, so a call is repeatable and equals
+  calling ART directly after seeding the same way.
+- ``verbose`` defaults to False (no progress bars; attacks that ART builds inside others, such as
+  AutoAttack's APGD or UniversalPerturbation's DeepFool, keep ART's own setting).
+
+Known deviations from calling ART with its defaults (each entry's note repeats its own):
+
+- ART's ``AutoAttack`` is not the original: its default suite is APGD-CE, APGD-DLR, DeepFool and Square,
+  without APGD-T and FAB-T (see shared/SPECS.md); it also needs the ``multiprocess`` package.
+- ``HopSkipJump``, ``BoundaryAttack`` and ``BrendelBethgeAttack`` draw their starting points from an
+  unseeded ``np.random.RandomState()``; the adapter seeds those from ``seed`` so their calls repeat too.
+- ``UniversalPerturbation`` and ``TargetedUniversalPerturbation`` default to ``eps=0.3`` (ART's 10 is
+  outside the data range); ``ThresholdAttack`` defaults to ``es=1`` (ART's ``es=0`` needs ``cma``).
+- ``SaliencyMapMethod`` and ``ShadowAttack`` read any labels as targets, so untargeted calls give them
+  none: JSMA then aims at a random wrong class, the shadow attack at leaving the model's prediction.
+- ART 1.20.1 predates NumPy 2 in places: ``GeoDA``'s ``np.mat`` is served as ``np.asmatrix``, and inputs
+  promoted to float64 are cast back to the model's dtype.
+- ``SimBA``, ``PixelAttack``, ``ThresholdAttack`` and ``VirtualAdversarialMethod`` need probabilities:
+  they see the model with a softmax on top.
+
+Attacks that do not apply to a PyTorch image classifier (audio, object detection, video, TensorFlow,
+tabular and tree models, patch attacks, attacks needing extra inputs) and attacks whose optional
+package is missing are still registered, marked ``available=False`` with the reason, and raise it.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import importlib
+import importlib.util
+import inspect
+import re
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, ClassVar, Iterator, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from robustkit import hookimpl
+from robustkit.attacks import Attack, AttackResult
+from robustkit.devices import seed_everything
+from robustkit.errors import InputError, ParameterError, RobustkitError
+from robustkit.models import logits
+from robustkit.params import Param, params_from_signature
+from robustkit.threat import NORMS, ThreatModel
+
+PREFIX = "art:"
+DISTRIBUTION = "adversarial-robustness-toolbox"
+
+
+def _library_version() -> str:
+    try:
+        return metadata.version(DISTRIBUTION)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+LIBRARY_VERSION: str = _library_version()
+
+WHITE, SCORE, DECISION = "white-box", "score-based", "decision-based"
+FIXED, MINIMAL = "fixed-budget", "minimal-distortion"
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What one ART attack is, for listings, the benchmark protocol and the adapter.
+
+    :param title: one line for listings (known without importing ART).
+    :param threat_models: what it bounds or minimizes (``norms`` lists what its ``norm`` parameter picks).
+    :param knowledge: what it needs from the model.
+    :param goal: ``fixed-budget`` or ``minimal-distortion``.
+    :param targeted: whether robustkit offers its label-targeted mode.
+    :param note: a caveat worth showing in listings.
+    :param norms: values of ART's ``norm`` parameter in robustkit spelling, or empty if it has none.
+    :param untargeted_y: ``"labels"``: untargeted calls pass the true labels; ``"none"``: pass none.
+    :param probabilities: the attack needs probabilities, so it sees the model with a softmax on top.
+    :param one_at_a_time: ART accepts a single image per call.
+    :param targeted_only: the attack needs ``target_labels``.
+    :param patched_modules: ART modules that run with :class:`_PatchedNumpy` (seeded ``RandomState()``,
+        ``np.mat``).
+    :param requires: optional packages it imports; missing ones make the entry unavailable.
+    :param defaults: robustkit defaults that differ from ART's.
+    :param hidden: constructor arguments not exposed (they need ART objects built on the model).
+    :param input_shape: the only ``C x H x W`` it accepts.
+    :param square: images must be square.
+    """
+
+    title: str
+    threat_models: tuple[str, ...]
+    knowledge: str
+    goal: str
+    targeted: bool
+    note: str = ""
+    norms: tuple[str, ...] = ()
+    untargeted_y: str = "labels"
+    probabilities: bool = False
+    one_at_a_time: bool = False
+    targeted_only: bool = False
+    patched_modules: tuple[str, ...] = ()
+    requires: tuple[str, ...] = ()
+    defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
+    hidden: tuple[str, ...] = ()
+    input_shape: tuple[int, int, int] | None = None
+    square: bool = False
+
+
+_LINF, _L2 = ("linf",), ("l2",)
+_P_NORMS = ("linf", "l2", "l1")
+_EVASION = "art.attacks.evasion"
+
+#: Reviewed against ART 1.20.1: the attacks that apply to a PyTorch image classifier.
+FACTS: dict[str, Facts] = {
+    "FastGradientMethod": Facts(
+        "Fast gradient (sign) method, FGSM/FGM (Goodfellow et al. 2015)", _P_NORMS, WHITE, FIXED, True,
+        "minimal=true searches the smallest eps up to eps in steps of eps_step", norms=_P_NORMS),
+    "BasicIterativeMethod": Facts("Basic iterative method, BIM (Kurakin et al. 2016)", _LINF, WHITE, FIXED, True),
+    "ProjectedGradientDescent": Facts(
+        "Projected gradient descent, PGD (Madry et al. 2018)", _P_NORMS, WHITE, FIXED, True,
+        "ART runs its PyTorch implementation for PyTorch models", norms=_P_NORMS),
+    "ProjectedGradientDescentNumpy": Facts(
+        "Projected gradient descent, PGD: ART's framework-independent NumPy implementation", _P_NORMS, WHITE, FIXED,
+        True, norms=_P_NORMS),
+    "ProjectedGradientDescentPyTorch": Facts(
+        "Projected gradient descent, PGD: ART's PyTorch implementation", _P_NORMS, WHITE, FIXED, True, norms=_P_NORMS),
+    "MomentumIterativeMethod": Facts(
+        "Momentum iterative method, MIM (Dong et al. 2018)", _P_NORMS, WHITE, FIXED, True, norms=_P_NORMS),
+    "AutoProjectedGradientDescent": Facts(
+        "Auto-PGD, APGD (Croce and Hein 2020)", _P_NORMS, WHITE, FIXED, True,
+        "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS),
+    "AutoConjugateGradient": Facts(
+        "Auto conjugate gradient, ACG (Yamamura et al. 2022)", _P_NORMS, WHITE, FIXED, True,
+        "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS),
+    "RescalingAutoConjugateGradient": Facts(
+        "Rescaling auto conjugate gradient, ReACG (Yamamura et al. 2023)", _P_NORMS, WHITE, FIXED, True,
+        "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS),
+    "AutoAttack": Facts(
+        "AutoAttack, ART's version (after Croce and Hein 2020)", ("linf", "l2"), WHITE, FIXED, False,
+        "not the original AutoAttack: ART's suite is APGD-CE, APGD-DLR, DeepFool and Square (5,000 queries x 5 "
+        "restarts), without APGD-T and FAB-T; ART's own targeted flag and attack lists are not exposed",
+        norms=("linf", "l2"), requires=("multiprocess",), hidden=("attacks", "estimator_orig")),
+    "CarliniL2Method": Facts(
+        "Carlini and Wagner L2 attack (2017)", _L2, WHITE, MINIMAL, True,
+        "not the cleverhans CW-L2 of the PGN paper: ART's defaults are 10 binary-search steps x 10 iterations"),
+    "CarliniLInfMethod": Facts(
+        "Carlini and Wagner Linf attack (2017)", _LINF, WHITE, MINIMAL, True,
+        "not the 'CW' of the RLFAT paper, which is PGD on the margin loss (robustkit's cw-linf)"),
+    "CarliniL0Method": Facts("Carlini and Wagner L0 attack (2017)", ("l0",), WHITE, MINIMAL, True),
+    "ElasticNet": Facts("Elastic-net attack, EAD (Chen et al. 2018)", ("l1", "l2"), WHITE, MINIMAL, True),
+    "DeepFool": Facts("DeepFool (Moosavi-Dezfooli et al. 2016)", _L2, WHITE, MINIMAL, False),
+    "NewtonFool": Facts("NewtonFool (Jang et al. 2017)", _L2, WHITE, MINIMAL, False),
+    "SaliencyMapMethod": Facts(
+        "Jacobian saliency map attack, JSMA (Papernot et al. 2016)", ("l0",), WHITE, MINIMAL, True,
+        "ART reads labels as targets, so untargeted calls aim at a random wrong class", untargeted_y="none"),
+    "VirtualAdversarialMethod": Facts(
+        "Virtual adversarial perturbation (Miyato et al. 2016)", _L2, SCORE, FIXED, False,
+        "ignores the labels: pushes the prediction away from itself; sees softmax probabilities", probabilities=True),
+    "Wasserstein": Facts(
+        "Wasserstein adversarial examples (Wong et al. 2019)", ("wasserstein",), WHITE, FIXED, True,
+        "eps bounds the Wasserstein distance (ball=wasserstein), not a pixel norm"),
+    "ShadowAttack": Facts(
+        "Shadow attack (Ghiasi et al. 2020)", ("unbounded",), WHITE, MINIMAL, True,
+        "runs one image at a time; ART reads labels as targets, so untargeted calls attack the model's own "
+        "prediction", untargeted_y="none", one_at_a_time=True),
+    "SpatialTransformation": Facts(
+        "Spatial transformation: the worst translation and rotation (Engstrom et al. 2019)", ("unbounded",),
+        DECISION, FIXED, False,
+        "one transformation for the whole batch; the defaults (no translation, no rotation) change nothing: "
+        "set max_translation (percent) and max_rotation (degrees)"),
+    "UniversalPerturbation": Facts(
+        "Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017)", ("linf", "l2"), WHITE, FIXED, False,
+        "one perturbation for the whole batch; eps defaults to 0.3, not ART's 10", norms=("linf", "l2"),
+        defaults={"eps": 0.3}),
+    "TargetedUniversalPerturbation": Facts(
+        "Targeted universal adversarial perturbation (Hirano and Takemoto 2020)", ("linf", "l2"), WHITE, FIXED, True,
+        "targeted only; one perturbation for the whole batch; eps defaults to 0.3, not ART's 10",
+        norms=("linf", "l2"), targeted_only=True, defaults={"eps": 0.3}),
+    "SquareAttack": Facts(
+        "Square attack (Andriushchenko et al. 2020)", ("linf", "l2"), SCORE, FIXED, False, norms=("linf", "l2")),
+    "SimBA": Facts(
+        "Simple black-box attack, SimBA (Guo et al. 2019)", _L2, SCORE, MINIMAL, True,
+        "sees softmax probabilities", probabilities=True),
+    "ZooAttack": Facts("Zeroth-order optimization attack, ZOO (Chen et al. 2017)", _L2, SCORE, MINIMAL, True),
+    "PixelAttack": Facts(
+        "Pixel attack: a few pixels changed by evolution (Su et al. 2019)", ("l0",), SCORE, MINIMAL, True,
+        "th=None searches the smallest number of pixels; es=0 (CMA-ES) needs the cma package; sees softmax "
+        "probabilities", probabilities=True),
+    "ThresholdAttack": Facts(
+        "Threshold attack: Linf by evolution (Kotyan and Vargas 2019)", _LINF, SCORE, MINIMAL, True,
+        "th is in grey levels (0-255), None searches the smallest; es defaults to 1 (differential evolution), "
+        "not ART's 0 (CMA-ES, needs the cma package); sees softmax probabilities",
+        probabilities=True, defaults={"es": 1}),
+    "HopSkipJump": Facts(
+        "HopSkipJump (Chen et al. 2020)", ("l2", "linf"), DECISION, MINIMAL, True,
+        "its random starting points are seeded by seed", norms=("l2", "linf"),
+        patched_modules=(f"{_EVASION}.hop_skip_jump",)),
+    "BoundaryAttack": Facts(
+        "Boundary attack (Brendel et al. 2018)", _L2, DECISION, MINIMAL, True,
+        "its random starting points are seeded by seed", patched_modules=(f"{_EVASION}.boundary",)),
+    "GeoDA": Facts(
+        "Geometric decision-based attack, GeoDA (Rahmati et al. 2020)", ("l2", "linf", "l1"), DECISION, MINIMAL,
+        False, "needs square images; ART's query schedule needs max_iter of about 300 or more",
+        norms=("l2", "linf", "l1"), square=True, patched_modules=(f"{_EVASION}.geometric_decision_based_attack",)),
+    "SignOPTAttack": Facts(
+        "Sign-OPT (Cheng et al. 2020)", _L2, DECISION, MINIMAL, False,
+        "ART's targeted mode needs example images of each target class (x_init), so only untargeted is offered"),
+    "CompositeAdversarialAttackPyTorch": Facts(
+        "Composite adversarial attack: hue, saturation, rotation, brightness, contrast and Linf (Hsiung et al. "
+        "2023)", ("unbounded",), WHITE, FIXED, False, "ART fixes the input to 3 x 32 x 32 images",
+        requires=("kornia",), input_shape=(3, 32, 32)),
+    "BrendelBethgeAttack": Facts(
+        "Brendel and Bethge attack (2019)", ("l2", "linf", "l1", "l0"), WHITE, MINIMAL, True,
+        "its random starting points are seeded by seed", norms=("l2", "linf", "l1", "l0"), requires=("numba",),
+        patched_modules=(f"{_EVASION}.brendel_bethge",)),
+}
+
+_PATCH = ("it trains one patch to paste into images instead of returning an adversarial version of each image; "
+          "use ART directly")
+_DETECTION = "it attacks object detectors, not image classifiers"
+_AUDIO = "it attacks speech recognition models (audio), not image classifiers"
+_VIDEO = "it attacks video classifiers (5-D inputs), not image classifiers"
+_FEATURES = ("it matches the internal features of guide images given in place of labels; there is no label "
+             "objective to map it to")
+
+#: ART evasion attacks that do not apply to a PyTorch image classifier: title and reason.
+UNAVAILABLE: dict[str, tuple[str, str]] = {
+    "AdversarialPatch": ("Adversarial patch (Brown et al. 2017)", _PATCH),
+    "AdversarialPatchNumpy": ("Adversarial patch, NumPy implementation", _PATCH),
+    "AdversarialPatchPyTorch": ("Adversarial patch, PyTorch implementation", _PATCH),
+    "AdversarialPatchTensorFlowV2": ("Adversarial patch, TensorFlow implementation", "it needs a TensorFlow model"),
+    "AdversarialTexturePyTorch": ("Adversarial texture for object trackers",
+                                  "it attacks object trackers (video), not image classifiers"),
+    "CarliniWagnerASR": ("Carlini and Wagner attack on speech recognition", _AUDIO),
+    "ImperceptibleASR": ("Imperceptible attack on speech recognition (Qin et al. 2019)", _AUDIO),
+    "ImperceptibleASRPyTorch": ("Imperceptible attack on speech recognition, PyTorch implementation", _AUDIO),
+    "DecisionTreeAttack": ("Decision tree attack (Papernot et al. 2016)",
+                           "it attacks scikit-learn decision trees, not neural networks"),
+    "DPatch": ("DPatch (Liu et al. 2018)", _DETECTION),
+    "RobustDPatch": ("Robust DPatch (Lee and Kolter 2019)", _DETECTION),
+    "OverloadPyTorch": ("Overload: latency attack on object detectors", _DETECTION),
+    "SNAL": ("Steal Now Attack Later, on object detectors", _DETECTION),
+    "FeatureAdversariesNumpy": ("Feature adversaries (Sabour et al. 2016), NumPy implementation", _FEATURES),
+    "FeatureAdversariesPyTorch": ("Feature adversaries (Sabour et al. 2016), PyTorch implementation", _FEATURES),
+    "FeatureAdversariesTensorFlowV2": ("Feature adversaries (Sabour et al. 2016), TensorFlow implementation",
+                                       "it needs a TensorFlow model (and guide images in place of labels)"),
+    "FrameSaliencyAttack": ("Frame saliency attack on video classifiers",
+                            "it attacks video classifiers frame by frame and wraps another ART attack object"),
+    "OverTheAirFlickeringPyTorch": ("Over-the-air flickering attack on video classifiers", _VIDEO),
+    "GRAPHITEBlackbox": ("GRAPHITE physical-world patch attack, black-box",
+                         "a physical-world patch attack that needs an example image of the target class for every "
+                         "input (x_tar) and masks; use ART directly"),
+    "GRAPHITEWhiteboxPyTorch": ("GRAPHITE physical-world patch attack, white-box",
+                                "a physical-world patch attack that needs the network input size (net_size), masks "
+                                "and a target for every image; use ART directly"),
+    "HighConfidenceLowUncertainty": ("High-confidence low-uncertainty attack (Grosse et al. 2018)",
+                                     "it attacks GPy Gaussian-process classifiers only"),
+    "LaserAttack": ("Laser beam attack (Duan et al. 2021)",
+                    "a physical-world attack that needs laser and image generator objects; use ART directly"),
+    "LowProFool": ("LowProFool (Ballet et al. 2019)",
+                   "it is made for tabular data and needs feature importances fitted on training data first"),
+    "MalwareGDTensorFlow": ("Gradient attack on malware classifiers", "it attacks TensorFlow malware classifiers"),
+    "ProjectedGradientDescentTensorFlowV2": (
+        "Projected gradient descent, TensorFlow implementation",
+        "it needs a TensorFlow model; use art:ProjectedGradientDescent or art:ProjectedGradientDescentPyTorch"),
+}
+
+ALL_NAMES: tuple[str, ...] = tuple(sorted({*FACTS, *UNAVAILABLE}))
+
+# robustkit's spelling of ART's norm values, and back.
+_NORM_ALIASES = {"inf": "linf", "linf": "linf", "np.inf": "linf", "2": "l2", "2.0": "l2", "l2": "l2",
+                 "1": "l1", "1.0": "l1", "l1": "l1", "0": "l0", "0.0": "l0", "l0": "l0"}
+_ART_NORM = {"linf": np.inf, "l2": 2, "l1": 1, "l0": 0}
+
+# Parameters whose signature default does not reveal the allowed values.
+_CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
+    **{(n, "loss_type"): ("cross_entropy", "difference_logits_ratio")
+       for n in ("AutoProjectedGradientDescent", "AutoConjugateGradient", "RescalingAutoConjugateGradient")},
+    ("ElasticNet", "decision_rule"): ("EN", "L1", "L2"),
+    ("SimBA", "attack"): ("dct", "px"),
+    ("SimBA", "order"): ("random", "diag"),
+    ("PixelAttack", "es"): (0, 1),
+    ("ThresholdAttack", "es"): (0, 1),
+    ("UniversalPerturbation", "attacker"): ("deepfool", "fgsm", "bim", "pgd", "carlini", "carlini_inf", "ead",
+                                            "newtonfool", "jsma", "vat", "simba"),
+    ("TargetedUniversalPerturbation", "attacker"): ("fgsm", "simba"),
+    ("Wasserstein", "norm"): ("wasserstein", "inf", "2", "1"),
+    ("Wasserstein", "ball"): ("wasserstein", "inf", "2", "1"),
+    ("CompositeAdversarialAttackPyTorch", "attack_order"): ("scheduled", "fixed", "random"),
+}
+
+# Smallest values ART's constructors work with, where its own checks miss them.
+_LOW: dict[tuple[str, str], float] = {("GeoDA", "max_iter"): 300}
+
+_ALWAYS_HIDDEN = ("self", "estimator", "classifier", "targeted", "summary_writer")
+_BUDGET = "eps"
+_SEED_HELP = "seeds Python, NumPy and torch right before the attack (and ART's unseeded random states)"
+_SHAPE_DOC = """Shape:
+    images: (N, C, H, W) in [0, 1]; labels: (N,) class indices.
+    output: adversarial images of the same shape."""
+
+
+def _missing_modules(names: tuple[str, ...]) -> list[str]:
+    """Optional packages of ``names`` that are not installed (found without importing them)."""
+    return [n for n in names if importlib.util.find_spec(n) is None]
+
+
+def library_class(name: str) -> type:
+    """ART's class ``name`` (imports ART)."""
+    module = importlib.import_module(_EVASION)
+    if not hasattr(module, name) and name == "BrendelBethgeAttack":  # exported only when numba is installed
+        module = importlib.import_module(f"{_EVASION}.brendel_bethge")
+    return getattr(module, name)
+
+
+# --- the adapter base -----------------------------------------------------------------------
+
+
+class _LazyParams:
+    """The declared parameters, read from ART's signature the first time they are asked for."""
+
+    def __get__(self, obj: Any, owner: type) -> tuple[Param, ...]:
+        cached = owner.__dict__.get("_params_cache")
+        if cached is None:
+            cached = _params(owner.library_name)  # type: ignore[attr-defined]
+            owner._params_cache = cached  # type: ignore[attr-defined]
+        return cached
+
+
+class _AdapterMeta(type):
+    """Gives the generated classes a docstring built from ART's signature only when someone reads it."""
+
+    @property
+    def __doc__(cls) -> str | None:  # type: ignore[override]
+        build = cls.__dict__.get("_build_doc")
+        return build.__func__(cls) if build is not None else cls.__dict__.get("_static_doc")
+
+
+class ArtAttack(Attack, metaclass=_AdapterMeta):
+    """Base of the generated ``art:NAME`` classes; see :func:`adapter_class`."""
+
+    _static_doc = "Base of the generated ``art:NAME`` classes; see :func:`adapter_class`."
+    library_name: ClassVar[str]
+    facts: ClassVar[Facts]
+    note: ClassVar[str] = ""
+    params = _LazyParams()  # type: ignore[assignment]
+
+    def __init__(self, **params: Any):
+        if self.facts.norms and "norm" in params:
+            # Accept ART's spelling (inf, 2, 1) as well as robustkit's (linf, l2, l1).
+            params["norm"] = _NORM_ALIASES.get(str(params["norm"]).strip().lower(), params["norm"])
+        super().__init__(**params)
+        for name in self._tuple_params():
+            self.config[name] = _parse_tuple(self.config[name], f"{self.display_name()}: parameter '{name}'")
+        self.threat = self._threat_model()
+        self._check_requirements()
+        self._check_with_library()
+
+    # -- facts of this instance --------------------------------------------------------------
+
+    @property
+    def norm(self) -> str:
+        """The norm this instance bounds or minimizes (robustkit spelling)."""
+        if self.facts.norms and "norm" in self.config:
+            return str(self.config["norm"])
+        return self.threat_models[0]
+
+    def _threat_model(self) -> ThreatModel | None:
+        if _BUDGET not in self.config or self.norm not in NORMS or self.norm == "unbounded":
+            return None
+        try:
+            return ThreatModel(self.norm, float(self.config[_BUDGET]))
+        except ParameterError as err:
+            raise ParameterError(f"{self.display_name()}: {err}") from None
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "library": f"ART {LIBRARY_VERSION}", "norm": self.norm}
+
+    def _check_requirements(self) -> None:
+        if self.config.get("es") == 0 and _missing_modules(("cma",)):
+            raise ParameterError(f"{self.display_name()}: es=0 (CMA-ES) needs the cma package; pip install cma, "
+                                 "or use es=1 (differential evolution)")
+
+    def _check_with_library(self) -> None:
+        """Build once on a stand-in model so ART's own checks fail now, not mid-evaluation."""
+        shape = self.facts.input_shape or (1, 8, 8)
+        stand_in = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), 10))
+        classifier = make_classifier(stand_in, shape, 10, torch.device("cpu"))
+        try:
+            self.build(classifier, targeted=self.facts.targeted_only)
+        except (TypeError, ValueError, AssertionError, KeyError, IndexError, NotImplementedError) as err:
+            raise ParameterError(f"{self.display_name()}: ART rejects these parameters: {_one_line(err)}") from None
+
+    def library_kwargs(self, targeted: bool = False) -> dict[str, Any]:
+        """The keyword arguments ART's constructor gets (``targeted`` follows the call)."""
+        sig = inspect.signature(library_class(self.library_name).__init__).parameters
+        kwargs = {k: v for k, v in self.config.items() if k in sig}
+        if self.facts.norms and "norm" in kwargs:
+            kwargs["norm"] = _ART_NORM[kwargs["norm"]]
+        if "targeted" in sig:
+            kwargs["targeted"] = targeted
+        return kwargs
+
+    @classmethod
+    def _tuple_params(cls) -> list[str]:
+        sig = inspect.signature(library_class(cls.library_name).__init__).parameters
+        return [n for n, p in sig.items() if isinstance(p.default, tuple) and n not in cls.facts.hidden]
+
+    # -- running -----------------------------------------------------------------------------
+
+    def build(self, classifier: Any, targeted: bool = False) -> Any:
+        """The ART attack object for an ART ``classifier``."""
+        with patched_numpy(self.facts.patched_modules):
+            return library_class(self.library_name)(classifier, **self.library_kwargs(targeted))
+
+    def _check_inputs(self, images: torch.Tensor, target_labels: torch.Tensor | None) -> None:
+        name = self.display_name()
+        if self.facts.input_shape and tuple(images.shape[1:]) != self.facts.input_shape:
+            expected = " x ".join(map(str, self.facts.input_shape))
+            raise InputError(f"{name} works on {expected} images only, got {' x '.join(map(str, images.shape[1:]))}")
+        if self.facts.square and images.shape[2] != images.shape[3]:
+            raise InputError(f"{name} needs square images, got {images.shape[2]} x {images.shape[3]}")
+        if self.facts.targeted_only and target_labels is None:
+            raise InputError(f"{name} is a targeted attack only: pass target_labels")
+
+    def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                target_labels: torch.Tensor | None = None) -> AttackResult:
+        self._check_inputs(images, target_labels)
+        device = _device_of(model, images)
+        nb_classes = _num_classes(model, images)
+        targeted = target_labels is not None
+        for what, given in (("labels", labels), ("target labels", target_labels)):
+            if given is not None and (int(given.min()) < 0 or int(given.max()) >= nb_classes):
+                raise InputError(f"{what} must lie in 0..{nb_classes - 1} for this model")
+        classifier = make_classifier(model, tuple(images.shape[1:]), nb_classes, device,
+                                     probabilities=self.facts.probabilities)
+        with _on_device(device):
+            attack = self.build(classifier, targeted=targeted)
+        y = one_hot(target_labels if targeted else labels, nb_classes)
+        if not targeted and self.facts.untargeted_y == "none":
+            y = None
+        x = images.detach().cpu().numpy().astype(np.float32)
+        seed_everything(self.config["seed"])
+        try:
+            with _on_device(device), patched_numpy(self.facts.patched_modules):
+                if self.facts.one_at_a_time:
+                    adv = np.concatenate([attack.generate(x[i:i + 1], None if y is None else y[i:i + 1])
+                                          for i in range(len(x))])
+                else:
+                    adv = attack.generate(x, y)
+        except ValueError as err:  # ART reports unusable inputs as ValueError
+            raise InputError(f"{self.display_name()}: {_one_line(err)}") from err
+        return AttackResult(adversarial=torch.from_numpy(np.asarray(adv, dtype=np.float32)).to(images.device))
+
+
+def make_classifier(model: nn.Module, input_shape: tuple[int, ...], nb_classes: int, device: torch.device,
+                    probabilities: bool = False) -> Any:
+    """``model`` as ART's ``PyTorchClassifier``: clip values (0, 1), CE loss, no optimizer, ``device``'s type.
+
+    :param probabilities: put a softmax on top (for attacks that insist on probabilities).
+    """
+    from art.estimators.classification import PyTorchClassifier
+
+    net: nn.Module = _FloatInput(model)
+    if probabilities:
+        net = nn.Sequential(net, nn.Softmax(dim=1))
+    with _on_device(device):
+        return PyTorchClassifier(model=net, loss=nn.CrossEntropyLoss(), input_shape=tuple(input_shape),
+                                 nb_classes=nb_classes, clip_values=(0.0, 1.0),
+                                 device_type="gpu" if device.type == "cuda" else "cpu")
+
+
+class _FloatInput(nn.Module):
+    """Feed the model its own float dtype: some ART attacks hand over float64 arrays (NumPy 2 promotion)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+        self.dtype = next((t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()),
+                          torch.float32)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x if x.dtype == self.dtype else x.to(self.dtype))
+
+
+def one_hot(labels: torch.Tensor, nb_classes: int) -> np.ndarray:
+    """Class indices as ART's one-hot float32 labels."""
+    out = np.zeros((labels.shape[0], nb_classes), dtype=np.float32)
+    out[np.arange(labels.shape[0]), labels.detach().cpu().numpy().astype(np.int64)] = 1.0
+    return out
+
+
+def _on_device(device: torch.device) -> Any:
+    """Make ``device`` CUDA's current device, so ART (which uses the current one) picks the model's GPU."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
+class _SeededRandom:
+    """``numpy.random``, except that ``RandomState()`` without a seed draws its seed from the global RNG."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np.random, name)
+
+    @staticmethod
+    def RandomState(seed: Any = None) -> np.random.RandomState:  # noqa: N802 (numpy's name)
+        return np.random.RandomState(np.random.randint(2**31) if seed is None else seed)
+
+
+class _PatchedNumpy:
+    """``numpy`` with :class:`_SeededRandom` as ``random`` and ``mat`` (removed in NumPy 2) as ``asmatrix``."""
+
+    random = _SeededRandom()
+    mat = staticmethod(np.asmatrix)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(np, name)
+
+
+@contextlib.contextmanager
+def patched_numpy(module_names: tuple[str, ...]) -> Iterator[None]:
+    """Within the block, ART modules ``module_names`` see :class:`_PatchedNumpy` as ``np``."""
+    modules = [importlib.import_module(m) for m in module_names]
+    saved = [m.np for m in modules]  # type: ignore[attr-defined]
+    for module in modules:
+        module.np = _PatchedNumpy()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, original in zip(modules, saved):
+            module.np = original  # type: ignore[attr-defined]
+
+
+@torch.no_grad()
+def _num_classes(model: nn.Module, images: torch.Tensor) -> int:
+    return int(logits(model, images[:1].to(_device_of(model, images))).shape[1])
+
+
+def _device_of(model: nn.Module, images: torch.Tensor) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return images.device
+
+
+def _one_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _parse_tuple(value: Any, what: str) -> Any:
+    """``"-0.2,0.2"`` or ``"(-0.2, 0.2)"`` from the command line -> ``(-0.2, 0.2)``; other values pass."""
+    if not isinstance(value, str):
+        return tuple(value) if isinstance(value, list) else value
+    try:
+        parsed = ast.literal_eval(value if value.strip().startswith("(") else f"({value},)")
+    except (ValueError, SyntaxError):
+        raise ParameterError(f"{what} must be a tuple like 1,2; got {value!r}") from None
+    return parsed[0] if isinstance(parsed, tuple) and len(parsed) == 1 else parsed
+
+
+# --- parameters and docs, read from ART when asked for --------------------------------------------
+
+
+_SIMPLE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _annotation_type(annotation: Any) -> type | None:
+    """``int`` for ``'int | None'`` or ``Optional[int]``; None when it is not one simple type."""
+    text = str(annotation).strip("'\"").replace("typing.", "").replace("Optional[", "").rstrip("]")
+    parts = [p.strip() for p in text.split("|") if p.strip() not in ("None", "NoneType")]
+    return _SIMPLE_TYPES.get(parts[0]) if len(parts) == 1 else None
+
+
+def _params(name: str) -> tuple[Param, ...]:
+    facts = FACTS[name]
+    lib = library_class(name)
+    helps = _argument_help(lib)
+    signature = inspect.signature(lib.__init__).parameters
+    out: list[Param] = []
+    for p in params_from_signature(lib.__init__, skip=(*_ALWAYS_HIDDEN, *facts.hidden)):
+        annotation = _annotation_type(signature[p.name].annotation)
+        changes: dict[str, Any] = {"help": helps.get(p.name, ""), "optional": p.default is None}
+        if p.default is None and annotation is not None:
+            changes["type"] = annotation  # 'int | None': an int, or None
+        elif annotation is float and p.type is int:
+            changes.update(type=float, default=float(p.default))  # an int default of a real value
+        if p.name == "verbose":
+            changes["default"] = False
+        if p.name in ("eps", "eps_step"):
+            changes["low"] = 0.0
+        if p.name == "norm" and facts.norms:
+            art_default = _NORM_ALIASES.get(str(p.default).lower(), facts.norms[0])
+            aliases = tuple(k for k, v in _NORM_ALIASES.items() if v in facts.norms and k not in facts.norms)
+            changes.update(type=str, default=art_default, choices=facts.norms + aliases)
+        if (name, p.name) in _LOW:
+            changes["low"] = _LOW[(name, p.name)]
+        if (name, p.name) in _CHOICES:
+            changes["choices"] = _CHOICES[(name, p.name)]
+        if p.name in facts.defaults:
+            changes["default"] = facts.defaults[p.name]
+        out.append(dataclasses.replace(p, **changes))
+    out.append(Param("seed", int, 0, _SEED_HELP, low=0))
+    return tuple(out)
+
+
+_PARAM_DOC = re.compile(r":param (\w+):(.*?)(?=\n\s*:(?:param|type|return|raises)|\Z)", re.S)
+
+
+def _argument_help(lib: type) -> dict[str, str]:
+    """First sentence of each ``:param name:`` line of ART's constructor docstring."""
+    doc = inspect.getdoc(lib.__init__) or ""
+    out = {}
+    for match in _PARAM_DOC.finditer(doc):
+        text = " ".join(match[2].split())
+        out[match[1]] = re.split(r"(?<=[a-z0-9)`])\. ", text, maxsplit=1)[0].rstrip(".")
+    return out
+
+
+def _docstring(cls: type[ArtAttack]) -> str:
+    facts = cls.facts
+    lines = [
+        f"{facts.title} (ART {LIBRARY_VERSION} {cls.library_name}, adapted).",
+        "",
+        f"Threat models: {', '.join(facts.threat_models)}. Knowledge: {facts.knowledge}. Goal: {facts.goal}. "
+        f"Targeted: {'only' if facts.targeted_only else 'yes' if facts.targeted else 'no'}.",
+    ]
+    if facts.note:
+        lines.append(f"Note: {facts.note}.")
+    try:
+        params = cls.params
+    except ImportError as err:  # ART not installed: the facts above still hold
+        lines += ["", f"Arguments: ART's own (not readable here: {err})."]
+    else:
+        lines += ["", "Arguments:", "\n".join(
+            f"    {p.name} ({p.type.__name__ if p.type in (bool, int, float, str) else 'any'}): "
+            f"{p.help or 'passed to ART'} (Default: {p.default!r})" for p in params)]
+    lines += ["", _SHAPE_DOC]
+    return "\n".join(lines)
+
+
+# --- generating one class per ART attack ------------------------------------------------------
+
+
+def adapter_class(name: str) -> type[Attack]:
+    """The robustkit Attack class for ART's ``name`` (unavailable ones raise when built); imports no ART."""
+    facts = FACTS.get(name)
+    if facts is None:
+        unreviewed = f"the adapter has not been reviewed for it (ART {LIBRARY_VERSION})"
+        title, reason = UNAVAILABLE.get(name, (name, unreviewed))
+        return _unavailable_class(name, title, reason)
+    missing = _missing_modules(facts.requires)
+    if missing:
+        reason = f"it needs the {', '.join(missing)} package, which is not installed (pip install {' '.join(missing)})"
+        return _unavailable_class(name, facts.title, reason)
+    attrs = {
+        "__module__": __name__,
+        "__qualname__": f"Art{name}",
+        "_build_doc": classmethod(_docstring),
+        "name": PREFIX + name,
+        "library_name": name,
+        "facts": facts,
+        "threat_models": facts.threat_models,
+        "knowledge": facts.knowledge,
+        "goal": facts.goal,
+        "supports_targeted": facts.targeted,
+        "note": facts.note,
+    }
+    return _AdapterMeta(f"Art{name}", (ArtAttack,), attrs)
+
+
+def _unavailable_class(name: str, title: str, reason: str) -> type[Attack]:
+    def __init__(self: Attack, **params: Any) -> None:
+        raise RobustkitError(f"{PREFIX}{name} is not available through robustkit: {reason}")
+
+    return type(f"Art{name}", (Attack,), {
+        "__doc__": f"{title} (ART {LIBRARY_VERSION} {name}; unavailable: {reason}).",
+        "__module__": __name__, "__qualname__": f"Art{name}", "__init__": __init__,
+        "name": PREFIX + name, "available": False, "unavailable_reason": reason, "title": title,
+    })
+
+
+def adapter_classes() -> dict[str, type[Attack]]:
+    """``{"art:NAME": class}`` for every ART evasion attack (no ART import)."""
+    return {PREFIX + name: adapter_class(name) for name in ALL_NAMES}
+
+
+@hookimpl
+def register_attacks(register: Any) -> None:
+    """Register every ART evasion attack, the unavailable ones with their reason."""
+    for full_name, cls in adapter_classes().items():
+        if getattr(cls, "available", True) is False:
+            register(full_name, cls, description=f"{cls.title} (unavailable)",  # type: ignore[attr-defined]
+                     params=(), available=False, reason=cls.unavailable_reason)  # type: ignore[attr-defined]
+            continue
+        facts: Facts = cls.facts  # type: ignore[attr-defined]
+        info: dict[str, Any] = {
+            "threat_models": facts.threat_models, "knowledge": facts.knowledge, "goal": facts.goal,
+            "supports_targeted": facts.targeted, "available": True,
+        }
+        if facts.targeted_only:
+            info["targeted_only"] = True
+        if facts.note:
+            info["note"] = facts.note
+        register(full_name, cls, description=facts.title, **info)
