@@ -36,7 +36,6 @@ from torch import nn
 from robustkit.adversarial import input_gradient
 from robustkit.attacks import Attack, AttackResult
 from robustkit.errors import InputError
-from robustkit.metrics import pass_score
 from robustkit.models import logits
 from robustkit.params import Param
 
@@ -222,6 +221,8 @@ class LineSearchAttack(Attack):
         if tau is not None or self.config["report_pass"]:
             idx = found.nonzero().flatten()
             if idx.numel():
+                from robustkit.metrics import pass_score  # OpenCV and scikit-image load only when PASS is asked for
+
                 pass_values[idx.cpu()] = pass_score(candidate[idx], flat_x[idx])
         success = (found & wrong_now).cpu()
         if tau is not None:
