@@ -267,6 +267,16 @@ def test_stl10_round_trip_column_major_and_one_based(tmp_path):
     assert ds.train[0][0][0, 1, 0] == raw[1] / 255
 
 
+def test_torchvision_subclasses_are_built_once_and_skip_md5():
+    from torchvision import datasets as tvd  # the plugin imports torchvision only when a loader needs it
+
+    for library_name in ("CIFAR10", "CIFAR100"):
+        cls = plugin._cifar_class(library_name)
+        assert cls is plugin._cifar_class(library_name) and issubclass(cls, getattr(tvd, library_name))
+        assert cls.meta["md5"] is None and plugin.CIFAR_FOLDERS[library_name] == cls.base_folder
+    assert plugin._stl10_class() is plugin._stl10_class() and issubclass(plugin._stl10_class(), tvd.STL10)
+
+
 @pytest.mark.parametrize("name", ["mnist", "cifar10", "stl10"])
 def test_resize_torchvision_datasets(name, tmp_path):
     WRITERS[name](tmp_path)

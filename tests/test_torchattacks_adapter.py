@@ -99,6 +99,80 @@ def test_adapter_docstrings_are_uniform(host):
                 assert f"    {param.name} (" in doc
 
 
+# --- cheap registration: torchattacks is imported only when needed (see tests/test_startup.py) ----
+
+
+def test_names_are_read_from_the_source_and_all_reviewed():
+    assert adapter.library_names() == tuple(torchattacks.__all__)
+    assert set(adapter.FACTS) | set(adapter.UNAVAILABLE) == set(torchattacks.__all__)
+    assert not set(adapter.FACTS) & set(adapter.UNAVAILABLE)
+
+
+@pytest.mark.parametrize("source, names", [
+    ("__all__ = ['A', 'B']\n", ("A", "B")),
+    ('"""Doc."""\nfrom .x import A\n__all__ = ("A",)\n__version__ = "1"\n', ("A",)),
+    ("__all__ = ['A']\n__all__ += ['B']\n", None),
+    ("__all__ = ['A']\n__all__.append('B')\n", None),
+    ("__all__ = [n for n in dir()]\n", None),
+    ("__all__ = ['A', 1]\n", None),
+    ("x = 1\n", None),
+    ("def (:\n", None),
+])
+def test_static_all_reads_only_one_plain_literal(source, names):
+    assert adapter._static_all(source) == names
+
+
+def test_library_names_fall_back_to_importing(monkeypatch):
+    monkeypatch.setattr(adapter, "_static_all", lambda source: None)
+    assert adapter.library_names() == tuple(torchattacks.__all__)
+
+
+def test_static_tables_match_the_library():
+    assert adapter.LIBRARY_VERSION == torchattacks.__version__
+    assert set(adapter.TITLES) == set(torchattacks.__all__)
+    for name, title in adapter.TITLES.items():
+        assert title == adapter._first_line(getattr(torchattacks, name)), name
+
+
+def test_descriptions_are_the_docstrings_first_lines(host):
+    for entry in host.attacks.list("torchattacks:*"):
+        assert entry.description == entry.factory.__doc__.splitlines()[0], entry.name
+
+
+def test_library_details_are_filled_in_on_first_use():
+    cls = adapter.adapter_class("PGD")
+    assert issubclass(cls, adapter.TorchattacksAttack) and cls.__name__ == "TorchattacksPGD"
+    for attr in ("torchattacks_class", "params", "__doc__"):
+        assert isinstance(vars(cls)[attr], adapter._FromLibrary), attr
+    assert (cls.name, cls.threat_models, cls.supports_targeted) == ("torchattacks:PGD", ("linf",), True)
+    attack = cls(eps=0.1)  # reads cls.params: all three are computed and stored on the class
+    assert vars(cls)["torchattacks_class"] is torchattacks.PGD and attack.torchattacks_class is torchattacks.PGD
+    assert vars(cls)["params"] is cls.params and [p.name for p in cls.params][:3] == ["eps", "alpha", "steps"]
+    assert vars(cls)["__doc__"].startswith(adapter.TITLES["PGD"]) and "Arguments:" in cls.__doc__
+    # Reached through an instance first, the same happens.
+    fgsm = adapter.adapter_class("FGSM")
+    assert object.__new__(fgsm).torchattacks_class is torchattacks.FGSM and isinstance(vars(fgsm)["params"], tuple)
+
+
+def test_a_name_missing_from_the_library_is_a_clear_error():
+    cls = adapter.adapter_class("PGD")
+    cls.library_name = "Gone"
+    with pytest.raises(RobustkitError, match="has no attack named Gone"):
+        cls.params
+
+
+def test_an_unreviewed_name_is_registered_unavailable_without_the_library(monkeypatch):
+    monkeypatch.setattr(adapter, "library_names", lambda: ("PGD", "NewAttack"))
+    host = make_host(plugins=[("torchattacks", adapter)], entry_points=False)
+    assert host.attacks.names() == ["torchattacks:NewAttack", "torchattacks:PGD"]
+    entry = host.attacks.get("torchattacks:NewAttack")
+    assert entry.info["available"] is False and "not been reviewed" in entry.info["reason"]
+    assert entry.declared_params() == ()
+    assert entry.description.startswith("NewAttack (torchattacks") and "unavailable" in entry.description
+    with pytest.raises(RobustkitError, match="not available through robustkit: the adapter has not been reviewed"):
+        host.attacks.create("torchattacks:NewAttack")
+
+
 # --- the contract: every registered attack builds with defaults and (cheaply) runs -----------------
 
 

@@ -14,21 +14,24 @@ torchvision verifies MD5 checksums of the CIFAR and STL-10 files; here only thei
 checked (subclasses override ``_check_integrity``), so files in the official format load whatever
 their size. Anything wrong with a folder or a file is a one-line :class:`RobustkitError` that
 names the files expected and how to get them.
+
+torchvision is imported only inside the MNIST / CIFAR / STL-10 loaders (:func:`_tvd`): importing it
+takes seconds (it pulls in ``torch._dynamo``) and registration runs whenever the CLI starts.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import pickle
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
-from torchvision import datasets as tvd
-from torchvision.datasets.mnist import read_image_file, read_label_file
 
 from robustkit import hookimpl
 from robustkit.data import DatasetInfo, ImageDataset
@@ -51,6 +54,13 @@ RESIZE = Param("resize", int, None, "resize images to RESIZE x RESIZE (bilinear,
 
 
 # --- shared helpers ------------------------------------------------------------------------
+
+
+def _tvd() -> ModuleType:
+    """``torchvision.datasets``, imported on first use (seconds), never at registration."""
+    from torchvision import datasets
+
+    return datasets
 
 
 def resize_images(images: torch.Tensor, size: int | None) -> torch.Tensor:
@@ -210,10 +220,12 @@ MNIST_FILES = tuple(f"MNIST/raw/{split}-{kind}" for split in ("train", "t10k")
 def _mnist_howto(root: Path) -> str:
     return (f"get them with `python -c \"import torchvision; torchvision.datasets.MNIST('{root}', download=True)\"` "
             f"on a machine with internet and copy {root / 'MNIST'} here, or gunzip the files from "
-            f"{tvd.MNIST.mirrors[0]}")
+            f"{_tvd().MNIST.mirrors[0]}")
 
 
 def _probe_idx(path: Path) -> None:
+    from torchvision.datasets.mnist import read_image_file, read_label_file
+
     (read_image_file if "images" in path.name else read_label_file)(str(path))
 
 
@@ -224,7 +236,7 @@ def load_mnist(root: str | os.PathLike[str] | None = None, resize: int | None = 
     _require_files("mnist", path, MNIST_FILES, howto)
     splits = {}
     for train in (True, False):
-        ds = _load("mnist", path, MNIST_FILES, howto, lambda: tvd.MNIST(str(path), train=train), _probe_idx)
+        ds = _load("mnist", path, MNIST_FILES, howto, lambda: _tvd().MNIST(str(path), train=train), _probe_idx)
         images, labels = ds.data.unsqueeze(1), ds.targets
         files = f"{path}/MNIST/raw/{'train' if train else 't10k'}-*-ubyte"
         _check_split("mnist", images, labels, 10, files)
@@ -236,30 +248,35 @@ def load_mnist(root: str | os.PathLike[str] | None = None, resize: int | None = 
 # --- CIFAR-10 / CIFAR-100 ------------------------------------------------------------------
 
 
-def _files_exist(ds: tvd.CIFAR10) -> bool:
-    """torchvision's CIFAR integrity check without the MD5 part."""
-    return all(os.path.isfile(os.path.join(ds.root, ds.base_folder, f)) for f, _ in ds.train_list + ds.test_list)
+CIFAR_FOLDERS = {"CIFAR10": "cifar-10-batches-py", "CIFAR100": "cifar-100-python"}
+"""torchvision's ``base_folder`` of each CIFAR class, known without importing torchvision."""
 
 
-class _CIFAR10(tvd.CIFAR10):
-    """torchvision's CIFAR-10 with the MD5 checks replaced by existence checks."""
+class _CIFARFilesOnly:
+    """Mixin for torchvision's CIFAR classes: their integrity check without the MD5 part."""
 
-    meta = {**tvd.CIFAR10.meta, "md5": None}  # check_integrity(path, None) only tests existence
-
-    def _check_integrity(self) -> bool:
-        return _files_exist(self)
-
-
-class _CIFAR100(tvd.CIFAR100):
-    """torchvision's CIFAR-100 with the MD5 checks replaced by existence checks."""
-
-    meta = {**tvd.CIFAR100.meta, "md5": None}
+    root: str
+    base_folder: str
+    train_list: list[list[str]]
+    test_list: list[list[str]]
 
     def _check_integrity(self) -> bool:
-        return _files_exist(self)
+        return all(os.path.isfile(os.path.join(self.root, self.base_folder, f))
+                   for f, _ in self.train_list + self.test_list)
 
 
-def _cifar_files(cls: type[tvd.CIFAR10]) -> tuple[str, ...]:
+@functools.cache
+def _cifar_class(library_name: str) -> type:
+    """torchvision's ``CIFAR10`` / ``CIFAR100`` with the MD5 checks replaced by existence checks."""
+    base = getattr(_tvd(), library_name)
+    return type(f"_{library_name}", (_CIFARFilesOnly, base), {
+        "__module__": __name__,
+        "__doc__": f"torchvision's {library_name} with the MD5 checks replaced by existence checks.",
+        "meta": {**base.meta, "md5": None},  # check_integrity(path, None) only tests existence
+    })
+
+
+def _cifar_files(cls: type) -> tuple[str, ...]:
     names = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
     return tuple(f"{cls.base_folder}/{f}" for f in names)
 
@@ -281,10 +298,11 @@ def _probe_cifar(path: Path) -> None:
         raise ValueError(f"'data' must be uint8 rows of 3072 values, got {data.dtype} of shape {data.shape}")
 
 
-def _load_cifar(name: str, cls: type[tvd.CIFAR10], num_classes: int, mean: tuple[float, ...],
+def _load_cifar(name: str, library_name: str, num_classes: int, mean: tuple[float, ...],
                 std: tuple[float, ...], root: str | os.PathLike[str] | None, resize: int | None) -> ImageDataset:
-    base = cls.__mro__[1]  # the torchvision class, for its download URL and name
-    path = _require_root(name, root, cls.base_folder)
+    path = _require_root(name, root, CIFAR_FOLDERS[library_name])  # a missing --data-root needs no torchvision
+    cls = _cifar_class(library_name)
+    base = getattr(_tvd(), library_name)  # the torchvision class, for its download URL and name
     files = _cifar_files(cls)
     howto = (f"get them with `python -c \"import torchvision; torchvision.datasets.{base.__name__}('{path}', "
              f"download=True)\"` on a machine with internet, or extract {base.url} into {path}")
@@ -306,12 +324,12 @@ def _load_cifar(name: str, cls: type[tvd.CIFAR10], num_classes: int, mean: tuple
 
 def load_cifar10(root: str | os.PathLike[str] | None = None, resize: int | None = None) -> ImageDataset:
     """CIFAR-10 from ``ROOT/cifar-10-batches-py`` (32x32 colour images, 10 classes)."""
-    return _load_cifar("cifar10", _CIFAR10, 10, CIFAR10_MEAN, CIFAR10_STD, root, resize)
+    return _load_cifar("cifar10", "CIFAR10", 10, CIFAR10_MEAN, CIFAR10_STD, root, resize)
 
 
 def load_cifar100(root: str | os.PathLike[str] | None = None, resize: int | None = None) -> ImageDataset:
     """CIFAR-100 from ``ROOT/cifar-100-python`` (32x32 colour images, 100 fine classes)."""
-    return _load_cifar("cifar100", _CIFAR100, 100, CIFAR100_MEAN, CIFAR100_STD, root, resize)
+    return _load_cifar("cifar100", "CIFAR100", 100, CIFAR100_MEAN, CIFAR100_STD, root, resize)
 
 
 # --- STL-10 --------------------------------------------------------------------------------
@@ -321,15 +339,25 @@ STL10_FILES = tuple(f"stl10_binary/{f}" for pair in STL10_SPLIT_FILES.values() f
 _STL10_IMAGE_BYTES = 3 * 96 * 96
 
 
-class _STL10(tvd.STL10):
-    """torchvision's STL-10 needing only the labelled files, present in any size (no MD5 check).
+class _STL10LabelledOnly:
+    """Mixin for torchvision's STL10: needs only the labelled files, present in any size (no MD5 check).
 
     torchvision would also demand the 2.6 GB ``unlabeled_X.bin``, which the labelled splits never read.
     """
 
+    root: str
+    base_folder: str
+
     def _check_integrity(self) -> bool:
         return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in STL10_SPLIT_FILES[True]
                    + STL10_SPLIT_FILES[False])
+
+
+@functools.cache
+def _stl10_class() -> type:
+    """torchvision's STL10 with :class:`_STL10LabelledOnly`'s integrity check."""
+    return type("_STL10", (_STL10LabelledOnly, _tvd().STL10),
+                {"__module__": __name__, "__doc__": _STL10LabelledOnly.__doc__})
 
 
 def _probe_stl10(path: Path) -> None:
@@ -344,7 +372,7 @@ def load_stl10(root: str | os.PathLike[str] | None = None, resize: int | None = 
     """STL-10's labelled splits from ``ROOT/stl10_binary`` (96x96 colour images, 10 classes)."""
     path = _require_root("stl10", root, "stl10_binary")
     howto = (f"get them with `python -c \"import torchvision; torchvision.datasets.STL10('{path}', split='train', "
-             f"download=True)\"` on a machine with internet, or extract {tvd.STL10.url} into {path}")
+             f"download=True)\"` on a machine with internet, or extract {_tvd().STL10.url} into {path}")
     _require_files("stl10", path, STL10_FILES, howto)
     splits = {}
     classes: Sequence[str] = STL10_NAMES
@@ -352,8 +380,8 @@ def load_stl10(root: str | os.PathLike[str] | None = None, resize: int | None = 
         split_files = tuple(f"stl10_binary/{f}" for f in STL10_SPLIT_FILES[train])
         # Check sizes first: torchvision's reshape would fail without naming the file.
         _blame("stl10", path, split_files, howto, _probe_stl10)
-        ds = _load("stl10", path, split_files, howto, lambda: _STL10(str(path), split="train" if train else "test"),
-                   _probe_stl10)
+        split = "train" if train else "test"
+        ds = _load("stl10", path, split_files, howto, lambda: _stl10_class()(str(path), split=split), _probe_stl10)
         # torchvision already turned the column-major files into N x C x H x W and labels 1..10 into 0..9
         # (as uint8, so a stray 0 wraps to 255 and fails the range check below).
         images = torch.from_numpy(ds.data)  # a transposed view; items are copied one at a time

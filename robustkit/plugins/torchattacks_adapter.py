@@ -19,6 +19,22 @@ Conventions the adapter fixes:
 
 Attacks the adapter cannot express through parameters are still registered, marked
 ``available=False`` with the reason, and raise that reason when built.
+
+Registration must stay cheap (it runs whenever the CLI starts) and importing torchattacks takes
+seconds (it pulls in SciPy), so torchattacks is imported only when it is needed:
+
+- the names are ``torchattacks.__all__`` read from the package's ``__init__.py`` without running it
+  (:func:`library_names`; it falls back to importing when ``__all__`` is not a plain literal);
+- facts and descriptions come from the static tables :data:`FACTS` and :data:`TITLES`, and the
+  version from the distribution's metadata (:data:`LIBRARY_VERSION`);
+- a generated class's ``torchattacks_class``, ``params`` and ``__doc__`` are filled in from the
+  library on first access (:class:`_FromLibrary`): when an attack is created, when its parameters
+  are listed (``robustkit attacks list --params`` / ``--json``) or when its help is read.
+
+A name in ``__all__`` without :data:`FACTS` (a newer torchattacks) is registered as unavailable
+("not reviewed") without importing anything; ``tests/test_torchattacks_adapter.py`` checks that
+:data:`FACTS` and :data:`UNAVAILABLE` cover the installed ``__all__`` exactly and that
+:data:`TITLES` match the library's docstrings.
 """
 
 from __future__ import annotations
@@ -30,10 +46,12 @@ import inspect
 import io
 import re
 from dataclasses import dataclass
+from importlib import metadata, util
+from pathlib import Path
+from types import ModuleType
 from typing import Any, ClassVar
 
 import torch
-import torchattacks
 from torch import nn
 
 from robustkit import hookimpl
@@ -44,8 +62,26 @@ from robustkit.models import logits
 from robustkit.params import Param, params_from_signature
 from robustkit.threat import NORMS, ThreatModel
 
+if util.find_spec("torchattacks") is None:  # a missing library still fails at load, as an eager import would
+    raise ModuleNotFoundError("No module named 'torchattacks'", name="torchattacks")
+
+
+def _library() -> ModuleType:
+    """The torchattacks module, imported on first use (seconds: it pulls in SciPy)."""
+    import torchattacks
+
+    return torchattacks
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("torchattacks")
+    except metadata.PackageNotFoundError:  # importable but not installed as a distribution
+        return str(getattr(_library(), "__version__", "unknown"))
+
+
 PREFIX = "torchattacks:"
-LIBRARY_VERSION: str = getattr(torchattacks, "__version__", "unknown")
+LIBRARY_VERSION: str = _installed_version()
 
 WHITE, SCORE, DECISION = "white-box", "score-based", "decision-based"
 FIXED, MINIMAL = "fixed-budget", "minimal-distortion"
@@ -126,6 +162,60 @@ UNAVAILABLE: dict[str, str] = {
     "MultiAttack": "it combines already-built torchattacks objects; evaluate several attacks and read the "
                    "worst case instead (robustkit.evaluation.evaluate)",
     "LGV": "it needs a training DataLoader and trains surrogate models before attacking; use torchattacks.LGV directly",
+}
+
+#: First line of each torchattacks docstring (3.5.1), for descriptions without importing the library.
+#: A test checks them against the installed torchattacks.
+TITLES: dict[str, str] = {
+    "VANILA": "Vanila version of Attack",
+    "GN": "Add Gaussian Noise",
+    "FGSM": "FGSM in the paper 'Explaining and harnessing adversarial examples'",
+    "BIM": "BIM or iterative-FGSM in the paper 'Adversarial Examples in the Physical World'",
+    "RFGSM": "R+FGSM in the paper 'Ensemble Adversarial Training : Attacks and Defences'",
+    "PGD": "PGD in the paper 'Towards Deep Learning Models Resistant to Adversarial Attacks'",
+    "EOTPGD": 'Comment on "Adv-BNN: Improved Adversarial Defense through Robust Bayesian Neural Network"',
+    "FFGSM": "New FGSM proposed in 'Fast is better than free: Revisiting adversarial training'",
+    "TPGD": "PGD based on KL-Divergence loss in the paper 'Theoretically Principled Trade-off between Robustness "
+            "and Accuracy'",
+    "MIFGSM": "MI-FGSM in the paper 'Boosting Adversarial Attacks with Momentum'",
+    "UPGD": "Ultimate PGD that supports various options of gradient-based adversarial attacks",
+    "APGD": "APGD in the paper 'Reliable evaluation of adversarial robustness with an ensemble of diverse "
+            "parameter-free attacks'",
+    "APGDT": "APGD-Targeted in the paper 'Reliable evaluation of adversarial robustness with an ensemble of diverse "
+             "parameter-free attacks.'",
+    "DIFGSM": "DI2-FGSM in the paper 'Improving Transferability of Adversarial Examples with Input Diversity'",
+    "TIFGSM": "TIFGSM in the paper 'Evading Defenses to Transferable Adversarial Examples by Translation-Invariant "
+              "Attacks'",
+    "Jitter": "Jitter in the paper 'Exploring Misclassifications of Robust Neural Networks to Enhance Adversarial "
+              "Attacks'",
+    "NIFGSM": "NI-FGSM in the paper 'NESTEROV ACCELERATED GRADIENT AND SCALEINVARIANCE FOR ADVERSARIAL ATTACKS'",
+    "PGDRS": "PGD for randmized smoothing in the paper 'Provably Robust Deep Learning via Adversarially Trained "
+             "Smoothed Classifiers'",
+    "SINIFGSM": "SI-NI-FGSM in the paper 'NESTEROV ACCELERATED GRADIENT AND SCALEINVARIANCE FOR ADVERSARIAL ATTACKS'",
+    "VMIFGSM": "VMI-FGSM in the paper 'Enhancing the Transferability of Adversarial Attacks through Variance Tuning",
+    "VNIFGSM": "VNI-FGSM in the paper 'Enhancing the Transferability of Adversarial Attacks through Variance Tuning",
+    "SPSA": "SPSA in the paper 'Adversarial Risk and the Dangers of Evaluating Against Weak Attacks'",
+    "JSMA": "Jacobian Saliency Map Attack in the paper 'The Limitations of Deep Learning in Adversarial Settings'",
+    "EADL1": "EAD attack in the paper 'EAD: Elastic-Net Attacks to Deep Neural Networks'",
+    "EADEN": "EAD attack in the paper 'EAD: Elastic-Net Attacks to Deep Neural Networks'",
+    "PIFGSM": "PIFGSM in the paper 'Patch-wise Attack for Fooling Deep Neural Network'",
+    "PIFGSMPP": "Patch-wise++ Perturbation for Adversarial Targeted Attacks",
+    "CW": "CW in the paper 'Towards Evaluating the Robustness of Neural Networks'",
+    "PGDL2": "PGD in the paper 'Towards Deep Learning Models Resistant to Adversarial Attacks'",
+    "DeepFool": "'DeepFool: A Simple and Accurate Method to Fool Deep Neural Networks'",
+    "PGDRSL2": "PGD for randmized smoothing in the paper 'Provably Robust Deep Learning via Adversarially Trained "
+               "Smoothed Classifiers'",
+    "SparseFool": "Attack in the paper 'SparseFool: a few pixels make a big difference'",
+    "OnePixel": "Attack in the paper 'One pixel attack for fooling deep neural networks'",
+    "Pixle": "Pixle: a fast and effective black-box attack based on rearranging pixels",
+    "FAB": "Fast Adaptive Boundary Attack in the paper 'Minimally distorted Adversarial Examples with a Fast "
+           "Adaptive Boundary Attack'",
+    "AutoAttack": "AutoAttack in the paper 'Reliable evaluation of adversarial robustness with an ensemble of diverse "
+                  "parameter-free attacks'",
+    "Square": "Square Attack in the paper 'Square Attack: a query-efficient black-box adversarial attack via random "
+              "search'",
+    "MultiAttack": "MultiAttack is a class to attack a model with various attacks agains same images and labels",
+    "LGV": "LGV attack in the paper 'LGV: Boosting Adversarial Example Transferability from Large Geometric Vicinity'",
 }
 
 # torchattacks spells norms 'Linf'/'L2'/'L1'; robustkit spells them lower-case.
@@ -267,24 +357,92 @@ def _parse_tuple(value: Any, what: str) -> Any:
     return parsed[0] if isinstance(parsed, tuple) and len(parsed) == 1 else parsed
 
 
+# --- names, read without importing torchattacks ---------------------------------------------
+
+
+def _static_all(source: str) -> tuple[str, ...] | None:
+    """``__all__`` of a module's source if it is assigned once, as a literal of strings, and never changed."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return None
+    uses = [n for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id == "__all__"]
+    assigns = [n for n in tree.body if isinstance(n, ast.Assign) and len(n.targets) == 1
+               and isinstance(n.targets[0], ast.Name) and n.targets[0].id == "__all__"]
+    if len(uses) != 1 or len(assigns) != 1:  # computed, extended or reassigned: only running the module tells
+        return None
+    try:
+        names = ast.literal_eval(assigns[0].value)
+    except (ValueError, TypeError, SyntaxError):
+        return None
+    if isinstance(names, (list, tuple)) and all(isinstance(n, str) for n in names):
+        return tuple(names)
+    return None
+
+
+def library_names() -> tuple[str, ...]:
+    """``torchattacks.__all__``, read from the package's ``__init__.py`` without importing it.
+
+    Falls back to importing torchattacks when the source does not spell ``__all__`` as one literal.
+    """
+    spec = util.find_spec("torchattacks")
+    names = None
+    if spec is not None and spec.origin:
+        try:
+            names = _static_all(Path(spec.origin).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError):
+            names = None
+    return names if names is not None else tuple(_library().__all__)
+
+
 # --- generating one class per torchattacks attack -------------------------------------------
 
 
+class _FromLibrary:
+    """Placeholder for a generated class's attribute that needs torchattacks.
+
+    The first read of ``torchattacks_class``, ``params`` or ``__doc__`` (on the class or an
+    instance) imports torchattacks, computes all three (:func:`_bind_library`) and stores them on
+    the class in place of the placeholders, so later reads are plain attribute reads.
+    """
+
+    def __set_name__(self, owner: type, attr: str) -> None:
+        self.owner, self.attr = owner, attr
+
+    def __get__(self, instance: Any, owner: type | None = None) -> Any:
+        _bind_library(self.owner)
+        return getattr(self.owner, self.attr)
+
+
+def _bind_library(cls: Any) -> None:
+    """Fill in ``torchattacks_class``, ``params`` and ``__doc__`` of a generated class from torchattacks."""
+    name = cls.library_name
+    library_class = getattr(_library(), name, None)
+    if library_class is None:
+        raise RobustkitError(f"torchattacks {LIBRARY_VERSION} has no attack named {name}")
+    params = _params(name, library_class)
+    cls.torchattacks_class = library_class
+    cls.params = params
+    cls.__doc__ = _docstring(name, library_class, FACTS[name], params)
+
+
 def adapter_class(name: str) -> type[Attack]:
-    """The robustkit Attack class for ``torchattacks.<name>`` (unavailable ones raise when built)."""
-    library_class = getattr(torchattacks, name)
+    """The robustkit Attack class for ``torchattacks.<name>`` (unavailable ones raise when built).
+
+    Builds the class from :data:`FACTS` alone; what needs torchattacks itself (the library class,
+    the parameters read from its signature and the docstring) is filled in on first access.
+    """
     facts = FACTS.get(name)
     if name in UNAVAILABLE or facts is None:
         reason = UNAVAILABLE.get(name) or f"the adapter has not been reviewed for it (torchattacks {LIBRARY_VERSION})"
         return _unavailable_class(name, reason)
-    params = _params(name, library_class)
     attrs = {
-        "__doc__": _docstring(name, library_class, facts, params),
+        "__doc__": _FromLibrary(),
         "__module__": __name__,
         "__qualname__": f"Torchattacks{name}",
         "name": PREFIX + name,
         "library_name": name,
-        "torchattacks_class": library_class,
+        "torchattacks_class": _FromLibrary(),
         "threat_models": facts.threat_models,
         "knowledge": facts.knowledge,
         "goal": facts.goal,
@@ -292,7 +450,7 @@ def adapter_class(name: str) -> type[Attack]:
         "note": facts.note,
         "rgb_only": facts.rgb_only,
         "min_classes": facts.min_classes,
-        "params": params,
+        "params": _FromLibrary(),
     }
     return type(f"Torchattacks{name}", (TorchattacksAttack,), attrs)
 
@@ -335,6 +493,18 @@ def _first_line(library_class: type) -> str:
     return line.rstrip(".")
 
 
+def _title(name: str, library_class: type | None = None) -> str:
+    """The attack's title: :data:`TITLES`, else the library docstring's first line, else the name."""
+    if name in TITLES:
+        return TITLES[name]
+    return _first_line(library_class) if library_class is not None else name
+
+
+def _summary(name: str) -> str:
+    """The listing's one-line description of an available attack (its docstring's first line)."""
+    return f"{_title(name)} (torchattacks {LIBRARY_VERSION} {name}, adapted)."
+
+
 def _docstring(name: str, library_class: type, facts: Facts, params: tuple[Param, ...]) -> str:
     args = "\n".join(
         f"    {p.name} ({p.type.__name__ if p.type in (bool, int, float, str) else 'any'}): "
@@ -342,7 +512,7 @@ def _docstring(name: str, library_class: type, facts: Facts, params: tuple[Param
         for p in params
     )
     lines = [
-        f"{_first_line(library_class)} (torchattacks {LIBRARY_VERSION} {name}, adapted).",
+        f"{_title(name, library_class)} (torchattacks {LIBRARY_VERSION} {name}, adapted).",
         "",
         f"Threat models: {', '.join(facts.threat_models)}. Knowledge: {facts.knowledge}. Goal: {facts.goal}. "
         f"Targeted: {'yes' if facts.targeted else 'no'}.",
@@ -357,7 +527,7 @@ def _unavailable_class(name: str, reason: str) -> type[Attack]:
     def __init__(self: Attack, **params: Any) -> None:
         raise RobustkitError(f"{PREFIX}{name} is not available through robustkit: {reason}")
 
-    doc = f"{_first_line(getattr(torchattacks, name))} (torchattacks {LIBRARY_VERSION} {name}; unavailable: {reason})."
+    doc = f"{_title(name)} (torchattacks {LIBRARY_VERSION} {name}; unavailable: {reason})."
     return type(f"Torchattacks{name}", (Attack,), {
         "__doc__": doc, "__module__": __name__, "__qualname__": f"Torchattacks{name}", "__init__": __init__,
         "name": PREFIX + name, "available": False, "unavailable_reason": reason,
@@ -366,15 +536,19 @@ def _unavailable_class(name: str, reason: str) -> type[Attack]:
 
 def adapter_classes() -> dict[str, type[Attack]]:
     """``{"torchattacks:NAME": class}`` for every name in ``torchattacks.__all__``."""
-    return {PREFIX + name: adapter_class(name) for name in torchattacks.__all__}
+    return {PREFIX + name: adapter_class(name) for name in library_names()}
 
 
 @hookimpl
 def register_attacks(register: Any) -> None:
-    """Register every torchattacks attack, the unavailable ones with their reason."""
+    """Register every torchattacks attack, the unavailable ones with their reason, without importing torchattacks.
+
+    Descriptions and facts are static; the parameters of an available attack are left to the
+    class's lazily computed ``params`` (read when the attack is created or its parameters listed).
+    """
     for full_name, cls in adapter_classes().items():
         if getattr(cls, "available", True) is False:
-            register(full_name, cls, params=(), available=False,
+            register(full_name, cls, description=cls.__doc__, params=(), available=False,
                      reason=cls.unavailable_reason)  # type: ignore[attr-defined]
             continue
         info: dict[str, Any] = {
@@ -383,4 +557,4 @@ def register_attacks(register: Any) -> None:
         }
         if cls.note:  # type: ignore[attr-defined]
             info["note"] = cls.note  # type: ignore[attr-defined]
-        register(full_name, cls, **info)
+        register(full_name, cls, description=_summary(cls.library_name), **info)  # type: ignore[attr-defined]
