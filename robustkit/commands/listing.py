@@ -65,7 +65,7 @@ def _make_group(kind: str) -> None:
 def _safe_params(entry):
     try:
         return entry.declared_params(("num_classes", "in_channels", "image_size", "root"))
-    except (TypeError, ValueError):  # a factory whose signature cannot be read
+    except Exception:  # a missing library or unreadable signature must not stop the whole listing
         return ()
 
 
