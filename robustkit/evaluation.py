@@ -15,6 +15,9 @@ Conventions:
 - Accuracies are fractions in [0, 1] here; :mod:`robustkit.leaderboard` reports percent.
 - Before each attack call the global RNGs are seeded with ``seed + batch_index``, so an attack's
   result depends neither on the other attacks in the suite nor on their order.
+- ``keep_examples=N`` keeps the first N clean-correct examples with every attack's adversarial
+  (:class:`Examples`, on the CPU) for figures, topped up with misclassified (unattacked) ones when
+  fewer than N are correct; they stay out of the summary and records files.
 """
 
 from __future__ import annotations
@@ -131,8 +134,37 @@ class AttackSummary:
 
 
 @dataclass
+class Examples:
+    """The first clean-correct examples and each attack's adversarials, for figures (CPU tensors).
+
+    When fewer were classified correctly, the first misclassified ones follow; they were not
+    attacked, so their "adversarial" is the clean image.
+
+    :param indices: positions in the evaluated dataset.
+    :param images: clean images ``N x C x H x W``.
+    :param labels: true classes.
+    :param clean_pred: predictions on the clean images.
+    :param adversarial: adversarial images per attack name.
+    :param adv_pred: predictions on them per attack name.
+    """
+
+    indices: torch.Tensor
+    images: torch.Tensor
+    labels: torch.Tensor
+    clean_pred: torch.Tensor
+    adversarial: dict[str, torch.Tensor]
+    adv_pred: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass
 class EvaluationResult:
-    """What :func:`evaluate` measured; accuracies are fractions in [0, 1]."""
+    """What :func:`evaluate` measured; accuracies are fractions in [0, 1].
+
+    ``examples`` holds the kept examples (``keep_examples``), never written to the summary.
+    """
 
     n_examples: int
     clean_accuracy: float
@@ -143,6 +175,7 @@ class EvaluationResult:
     seed: int
     device: str
     seconds: float
+    examples: Examples | None = None
 
     @property
     def robust_accuracy(self) -> dict[str, float]:
@@ -178,7 +211,8 @@ class EvaluationResult:
 
 
 def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_examples: int | None = None,
-             batch_size: int = 128, device: str | torch.device = "auto", seed: int = 0) -> EvaluationResult:
+             batch_size: int = 128, device: str | torch.device = "auto", seed: int = 0,
+             keep_examples: int = 0) -> EvaluationResult:
     """Clean accuracy and robust accuracy of ``model`` under each attack in ``attacks``.
 
     :param model: images in [0, 1] -> logits; moved to ``device`` and put in eval mode meanwhile.
@@ -189,9 +223,13 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     :param batch_size: examples per batch.
     :param device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     :param seed: base seed; see the module notes.
+    :param keep_examples: keep the first this many clean-correct examples (topped up with misclassified
+        ones) and their adversarials in ``result.examples`` (for :func:`robustkit.plots.save_example_grid`).
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
+    if keep_examples < 0:
+        raise InputError(f"keep_examples must be >= 0, got {keep_examples}")
     device = resolve_device(device)
     dataset = take(_as_dataset(data), n_examples)
     if len(dataset) == 0:  # type: ignore[arg-type]
@@ -199,6 +237,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
     records: list[SampleRecord] = []
     seconds = {name: 0.0 for name in attacks}
+    kept: list[dict[str, Any]] = []
     start = time.perf_counter()
     was_training = model.training
     model.to(device).eval()
@@ -208,17 +247,69 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
             images, labels = images.to(device), torch.as_tensor(labels).long().to(device)
             check_images(images, labels)  # also when every prediction is wrong and no attack runs
             batch_records = _clean_records(model, images, labels, offset=len(records))
+            adversarials: dict[str, torch.Tensor | None] = {}
             for name, attack in attacks.items():
                 seed_everything(seed + batch_index)
                 tick = time.perf_counter()
-                _attack_batch(model, attack, name, images, labels, batch_records)
+                adversarials[name] = _attack_batch(model, attack, name, images, labels, batch_records)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # time the work, not the launch
                 seconds[name] += time.perf_counter() - tick
+            if keep_examples:
+                _keep(images, batch_records, adversarials, keep_examples, kept)
             records.extend(batch_records)
     finally:
         model.train(was_training)
-    return _result(records, attacks, seconds, seed, device, time.perf_counter() - start)
+    result = _result(records, attacks, seconds, seed, device, time.perf_counter() - start)
+    if keep_examples:
+        result.examples = _examples(kept, keep_examples, list(attacks), images.shape[1:])
+    return result
+
+
+def _keep(images: torch.Tensor, records: list[SampleRecord], adversarials: Mapping[str, torch.Tensor | None],
+          limit: int, kept: list[dict[str, Any]]) -> None:
+    """Add up to ``limit`` clean-correct and ``limit`` clean-wrong examples of one batch to ``kept`` (on the CPU).
+
+    Clean-wrong ones are not attacked: their "adversarial" is the clean image. They only fill in
+    when fewer than ``limit`` examples were classified correctly (see :func:`_examples`).
+    """
+    correct = sum(k["label"] == k["clean_pred"] for k in kept)
+    wrong = len(kept) - correct
+    j = -1
+    for i, r in enumerate(records):
+        if r.clean_correct:
+            j += 1  # position among the attacked examples
+            if correct == limit:
+                continue
+            correct += 1
+            adv = {name: a[j].detach().cpu() for name, a in adversarials.items() if a is not None}
+        else:
+            if wrong == limit:
+                continue
+            wrong += 1
+            adv = {name: images[i].detach().cpu() for name in adversarials}
+        kept.append({"index": r.index, "image": images[i].detach().cpu(), "label": r.label,
+                     "clean_pred": r.clean_pred, "adversarial": adv,
+                     "adv_pred": {name: o.adv_pred for name, o in r.attacks.items()}})
+
+
+def _examples(kept: list[dict[str, Any]], limit: int, names: list[str], shape: torch.Size) -> Examples:
+    """The first ``limit`` clean-correct examples, topped up with the first clean-wrong ones."""
+    correct = [k for k in kept if k["label"] == k["clean_pred"]][:limit]
+    chosen = correct + [k for k in kept if k["label"] != k["clean_pred"]][:limit - len(correct)]
+
+    def longs(values: list[int]) -> torch.Tensor:
+        return torch.tensor(values, dtype=torch.long)
+
+    def images(values: list[torch.Tensor]) -> torch.Tensor:
+        return torch.stack(values) if values else torch.empty(0, *shape)
+
+    return Examples(
+        indices=longs([k["index"] for k in chosen]), images=images([k["image"] for k in chosen]),
+        labels=longs([k["label"] for k in chosen]), clean_pred=longs([k["clean_pred"] for k in chosen]),
+        adversarial={n: images([k["adversarial"][n] for k in chosen]) for n in names},
+        adv_pred={n: longs([k["adv_pred"][n] for k in chosen]) for n in names},
+    )
 
 
 def _as_dataset(data: Data) -> Dataset:
@@ -242,14 +333,17 @@ def _clean_records(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Tensor, labels: torch.Tensor,
-                  records: list[SampleRecord]) -> None:
-    """Run ``attack`` on the clean-correct examples of one batch and fill in their outcomes."""
+                  records: list[SampleRecord]) -> torch.Tensor | None:
+    """Run ``attack`` on the clean-correct examples of one batch and fill in their outcomes.
+
+    :returns: the adversarials of the clean-correct examples, in batch order (None if there were none).
+    """
     for record in records:
         if not record.clean_correct:
             record.attacks[name] = AttackOutcome(False, record.clean_pred, False, 0.0, 0.0)
     todo = [i for i, r in enumerate(records) if r.clean_correct]
     if not todo:
-        return
+        return None
     idx = torch.tensor(todo, device=images.device)
     x, y = images[idx], labels[idx]
     result = attack(model, x, y)
@@ -262,6 +356,7 @@ def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Ten
             attacked=True, adv_pred=pred, success=pred != records[i].label, l2=float(dist["l2"][j]),
             linf=float(dist["linf"][j]), queries=None if queries[j] is None else int(queries[j]),
         )
+    return result.adversarial
 
 
 def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], seconds: Mapping[str, float], seed: int,

@@ -47,11 +47,15 @@ def print_evaluation(result: EvaluationResult) -> None:
 @click.option("--n-examples", type=int, default=None, help="Evaluate the first N test images (default: all).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
-              help="Write summary.json and records.jsonl (per-sample results) here.")
+              help="Write summary.json, records.jsonl (per-sample results) and grid.png here.")
+@click.option("--grid", "grid_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="PATH.png", help="Write the example grid here (default with --out: OUT/grid.png).")
+@click.option("--grid-examples", type=click.IntRange(0), default=8, show_default=True,
+              help="Images in the example grid: the first clean-correct ones (0: no grid).")
 @seed_option
 @device_option
 def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, dataset_params, n_examples, batch_size,
-           out_dir, seed, device) -> None:
+           out_dir, grid_path, grid_examples, seed, device) -> None:
     """Attack a model with one or more attacks: clean, robust and worst-case accuracy.
 
     CHECKPOINT is a last.json / last.safetensors written by `robustkit train`. Each --attack is
@@ -62,6 +66,10 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
       robustkit attack runs/digits-madry-cnn-pgd-at-s0/last.json \\
           --attack 'torchattacks:PGD eps=0.1 alpha=0.01 steps=40' --attack 'torchattacks:FGSM eps=0.1'
       robustkit attack --model lenet --attack 'torchattacks:PGDL2 eps=1.0' --n-examples 100
+      robustkit attack --model lenet --attack autoattack --attack 'torchattacks:FGSM eps=0.1' --grid grid.png
+
+    The example grid shows the first clean-correct images, each attack's adversarials and their
+    perturbations amplified so the largest change is black or white (grey: unchanged).
     """
     host = get_host()
     if (checkpoint is None) == (model_name is None):
@@ -79,10 +87,37 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
         dataset = load_dataset(host, dataset_name or "digits", dataset_params, data_root)
         seed_everything(seed)
         model = build_model(host, model_name, dataset.info)
-    result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed)
+    if grid_path is None and out_dir is not None:
+        grid_path = out_dir / "grid.png"
+    if grid_path is not None and grid_path.suffix.lower() != ".png":
+        raise RobustkitError(f"--grid {grid_path}: give a .png file name")
+    keep = grid_examples if grid_path is not None else 0
+    result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
+                      keep_examples=keep)
     print_evaluation(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         result.save_summary(out_dir / "summary.json")
         result.save_records(out_dir / "records.jsonl")
         click.echo(f"wrote {out_dir / 'summary.json'} and {out_dir / 'records.jsonl'}")
+    if keep:
+        write_grid(result, grid_path, class_names=dataset.info.class_names)
+
+
+def write_grid(result: EvaluationResult, path: Path, class_names: tuple[str, ...] = ()) -> None:
+    """The kept examples as one PNG: the clean row, then adversarial and perturbation rows per attack.
+
+    The examples are the first clean-correct ones; misclassified ones (not attacked) fill in when
+    fewer were correct.
+    """
+    from robustkit.plots import save_example_grid
+
+    examples = result.examples
+    if examples is None or len(examples) == 0:
+        return
+    wrong = int((examples.clean_pred != examples.labels).sum())
+    save_example_grid(path, examples.images, examples.adversarial, labels=examples.labels,
+                      clean_pred=examples.clean_pred, adv_pred=examples.adv_pred, max_images=len(examples),
+                      class_names=class_names)
+    note = f"; {wrong} of them misclassified before any attack, so not attacked" if wrong else ""
+    click.echo(f"wrote example grid {path} ({len(examples)} images x {len(examples.adversarial)} attack(s){note})")
