@@ -1,4 +1,4 @@
-"""PGN: the generator's shapes and range, separate classifier/generator updates, resume, the attack, the effect, the CLI."""
+"""PGN: generator shapes and range, separate classifier/generator updates, resume, the attack, the effect, the CLI."""
 
 from __future__ import annotations
 
@@ -93,6 +93,7 @@ def test_entry_point_registers_the_defense_and_the_attack(monkeypatch: pytest.Mo
     assert defense.knob == "c_L" and defense.cost() == 5.0
     assert host.defenses.create("pgn", {"detach_grad": "true", "c_L": "70"}).cost() == 3.0
     assert defense.reference["title"] == "Adversarial Training with Perturbation Generator Networks"
+    assert defense.reference["authors"] == "Hyeungill Lee, Sungyeob Han, Jungwoo Lee"
     attack = host.attacks.get("pgn")
     assert attack.info["threat_models"] == ("unbounded",) and attack.info["knowledge"] == "white-box"
     assert [p.name for p in attack.declared_params()] == ["checkpoint", "use_ema"]
@@ -201,8 +202,12 @@ def test_generator_and_classifier_updates_do_not_interfere(detach_grad: bool, ad
 
     spied: list[list[torch.Tensor]] = []
     step = defense.gen_optimizer.step
-    defense.gen_optimizer.step = lambda *a, **k: (spied.append([p.grad.clone() for p in defense.generator.parameters()]),
-                                                  step(*a, **k))[1]
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        spied.append([p.grad.clone() for p in defense.generator.parameters()])
+        return step(*args, **kwargs)
+
+    defense.gen_optimizer.step = spy
     theta = [p.detach().clone() for p in model.parameters()]
     ema_before = [p.detach().clone() for p in defense.generator_ema.parameters()]
 
@@ -216,7 +221,7 @@ def test_generator_and_classifier_updates_do_not_interfere(detach_grad: bool, ad
     assert not all(torch.equal(a, b) for a, b in zip(phi, g0.parameters()))  # it did move
     for avg, before, live in zip(defense.generator_ema.parameters(), ema_before, phi):
         assert torch.allclose(avg, 0.9 * before + 0.1 * live, atol=1e-6)
-    assert float(out.loss) == pytest.approx(float(classifier_loss), abs=1e-6)
+    assert float(out.loss.detach()) == pytest.approx(float(classifier_loss.detach()), abs=1e-6)
 
     out.loss.backward()  # the loop's backward and step: the classifier only
     classifier_opt.step()

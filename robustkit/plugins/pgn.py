@@ -136,8 +136,8 @@ def true_class_probability_gradient(model: nn.Module, x: torch.Tensor, labels: t
 class PGN(Defense):
     """Adversarial training with a perturbation generator network (PGN): classifier and generator compete.
 
-    Paper: "Adversarial Training with Perturbation Generator Networks", anonymous ICLR 2020 submission
-    (OpenReview); reference code ATPGN/ATPGN (TF1 + cleverhans).
+    Paper: H. Lee, S. Han, J. Lee, "Adversarial Training with Perturbation Generator Networks", ICLR 2020
+    submission (OpenReview S1xXiREKDB; the PDF is anonymous); reference code ATPGN/ATPGN (TF1 + cleverhans).
 
     Each batch (x, y), with the model in training mode as the loop hands it over:
 
@@ -199,8 +199,8 @@ class PGN(Defense):
 
     name = "pgn"
     reference = {"title": "Adversarial Training with Perturbation Generator Networks",
-                 "authors": "Anonymous (ICLR 2020 submission)",
-                 "venue": "ICLR 2020 submission (OpenReview)", "link": "https://github.com/ATPGN/ATPGN"}
+                 "authors": "Hyeungill Lee, Sungyeob Han, Jungwoo Lee",
+                 "venue": "ICLR 2020 submission (OpenReview)", "link": "https://openreview.net/forum?id=S1xXiREKDB"}
     knob = "c_L"
     passes_per_batch = 5.0  # with the default (double backprop); cost() reads the actual parameters
     params = (
@@ -218,7 +218,8 @@ class PGN(Defense):
     def __init__(self, **params: Any):
         super().__init__(**params)
         if self.config["ema_decay"] >= 1:
-            raise ParameterError(f"{self.display_name()}: parameter 'ema_decay' must be < 1, got {self.config['ema_decay']}")
+            raise ParameterError(f"{self.display_name()}: parameter 'ema_decay' must be < 1, "
+                                 f"got {self.config['ema_decay']}")
         self.generator: Generator | None = None
         self.generator_ema: Generator | None = None
         self.gen_optimizer: torch.optim.Optimizer | None = None
@@ -382,7 +383,7 @@ def load_generator(path: str | Path, *, use_ema: bool = True) -> tuple[Generator
 
 
 class PGNAttack(Attack):
-    """PGN attack: the perturbation generator of a ``pgn`` training run, applied to any model (white-box).
+    """PGN attack: the perturbation generator of a pgn training run, applied to any model (white-box).
 
     x_adv = (tanh(atanh((2x - 1) * 0.999999) + G(grad, x, y)) + 1) / 2, where grad is the gradient of
     the attacked model's true-class softmax probability w.r.t. x. One forward and backward of the

@@ -64,7 +64,7 @@ class RobustOpt(Defense):
     knob = "radius"
     passes_per_batch = 2.0
     params = (
-        Param("norm", str, "linf", "ball of the ascent step: linf (sign), l2 (normalized gradient), l1 (top coordinate)",
+        Param("norm", str, "linf", "ascent step: linf (sign), l2 (normalized gradient), l1 (top coordinate)",
               choices=("linf", "l2", "l1")),
         Param("radius", float, None, "ascent radius r (pixel units); none: linf 0.06, l2 0.6, l1 0.6",
               low=0.0, low_open=True, optional=True),
