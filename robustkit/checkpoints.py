@@ -19,17 +19,15 @@ import contextlib
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import platform
-import secrets
 import signal
 import struct
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Iterator, Mapping
 
 import safetensors
 import safetensors.torch
@@ -37,6 +35,7 @@ import torch
 from torch import nn
 
 import robustkit
+from robustkit.files import atomic_write, atomic_write_text, jsonable
 from robustkit.data import DatasetInfo
 from robustkit.errors import RobustkitError
 
@@ -74,50 +73,6 @@ class CheckpointPaths:
             stem = p
         return cls(stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json"),
                    stem.with_name(stem.name + ".optim.safetensors"))
-
-
-# --- writing ------------------------------------------------------------------------------------
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file next to ``path``, then rename it over ``path``.
-
-    The rename is atomic on POSIX and Windows, so readers see the old file or the new one, never a
-    half-written one; on any error (or Ctrl-C) the temporary file is removed and ``path`` is untouched.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # A plain name rather than mkstemp: mkstemp's 0600 mode would survive the rename.
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable; not every platform can open a directory, which is fine."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextlib.contextmanager
@@ -439,30 +394,6 @@ def versions() -> dict[str, str]:
         "safetensors": getattr(safetensors, "__version__", "unknown"),
         "python": platform.python_version(),
     }
-
-
-def jsonable(obj: Any) -> Any:
-    """``obj`` with tuples as lists, paths as strings, tensors and NumPy scalars as numbers, NaN as None."""
-    if obj is None or isinstance(obj, (bool, str)):
-        return obj
-    if isinstance(obj, int):
-        return int(obj)
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        return [jsonable(v) for v in obj]
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return jsonable(dataclasses.asdict(obj))
-    if isinstance(obj, os.PathLike):
-        return os.fspath(obj)
-    if isinstance(obj, torch.Tensor) and obj.numel() == 1:
-        return jsonable(obj.item())
-    if hasattr(obj, "item") and callable(obj.item):  # NumPy scalars
-        with contextlib.suppress(Exception):
-            return jsonable(obj.item())
-    return str(obj)
 
 
 def _sha256(path: Path) -> str:

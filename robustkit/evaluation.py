@@ -26,9 +26,7 @@ import csv
 import io
 import json
 import math
-import os
 import statistics
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,6 +39,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from robustkit.attacks import Attack
 from robustkit.data import ImageDataset, check_images, take
 from robustkit.devices import resolve_device, seed_everything
+from robustkit.files import atomic_write_text
 from robustkit.errors import InputError, RobustkitError
 from robustkit.models import logits
 from robustkit.progress import progress
@@ -191,7 +190,7 @@ class EvaluationResult:
 
     def save_summary(self, path: str | Path) -> Path:
         """Write :meth:`summary` as JSON (atomically)."""
-        return write_text_atomic(path, json.dumps(self.summary(), indent=2, default=str) + "\n")
+        return atomic_write_text(path, json.dumps(self.summary(), indent=2, default=str) + "\n")
 
     def save_records(self, path: str | Path) -> Path:
         """Write the per-sample records: JSON lines for ``.jsonl``, CSV for ``.csv``."""
@@ -207,7 +206,7 @@ class EvaluationResult:
             text = out.getvalue()
         else:
             raise RobustkitError(f"records file {path}: use a .jsonl or .csv name")
-        return write_text_atomic(path, text)
+        return atomic_write_text(path, text)
 
 
 def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_examples: int | None = None,
@@ -391,20 +390,3 @@ def _mean(values: list[float]) -> float | None:
 
 def _median(values: list[float]) -> float | None:
     return float(statistics.median(values)) if values else None
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to ``path`` via a temporary file in the same folder, so readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -29,7 +29,8 @@ import torch
 
 from robustkit import __version__
 from robustkit.errors import RobustkitError
-from robustkit.evaluation import EvaluationResult, write_text_atomic
+from robustkit.evaluation import EvaluationResult
+from robustkit.files import atomic_write_text, jsonable
 
 SCHEMA_FILE = "schemas/leaderboard.schema.json"
 AUTOATTACK = "autoattack"
@@ -48,17 +49,6 @@ def _percent(fraction: float) -> float:
 
 def _utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _jsonable(value: Any) -> Any:
-    """Attack parameters as JSON values: tuples become lists, anything else unusual becomes text."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    return str(value)
 
 
 def leaderboard_entry(result: EvaluationResult, *, defense: str, model: str, dataset: str, eps: float,
@@ -109,7 +99,7 @@ def leaderboard_entry(result: EvaluationResult, *, defense: str, model: str, dat
             "n_examples": result.n_examples,
             "attacks": [
                 {"name": key, "attack": s.description.get("name", key),
-                 **_jsonable({k: v for k, v in s.description.items() if k != "name"})}
+                 **jsonable({k: v for k, v in s.description.items() if k != "name"})}
                 for key, s in result.attacks.items()
             ],
             "device": result.device,
@@ -174,7 +164,7 @@ def validate_leaderboard(doc_or_path: dict[str, Any] | str | Path) -> dict[str, 
 def write_leaderboard(path: str | Path, entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
     """Rank, validate and write ``entries`` as a leaderboard file (atomically); return the document."""
     doc = validate_leaderboard(leaderboard_document(entries))
-    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(doc, indent=2) + "\n")
     return doc
 
 

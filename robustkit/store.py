@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from robustkit.checkpoints import atomic_write_text, jsonable
+from robustkit.files import atomic_write_text, jsonable
 from robustkit.errors import RobustkitError
 
 RECORDS_DIR = "cells"

@@ -30,8 +30,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from robustkit.adversarial import pgd
-from robustkit.checkpoints import (CheckpointPaths, atomic_write, atomic_write_text, defer_interrupts, jsonable,
-                                   load_training_state, load_weights, read_metadata, save_checkpoint)
+from robustkit.checkpoints import (CheckpointPaths, defer_interrupts, load_training_state, load_weights, read_metadata,
+                                   save_checkpoint)
+from robustkit.files import atomic_write, atomic_write_text, jsonable
 from robustkit.data import ImageDataset, check_images, take
 from robustkit.defenses import Defense
 from robustkit.devices import resolve_device, seed_everything

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 
 import robustkit
-from robustkit.checkpoints import (CheckpointPaths, atomic_write, dataset_info_from_dict, defer_interrupts,
+from robustkit.files import atomic_write
+from robustkit.checkpoints import (CheckpointPaths, dataset_info_from_dict, defer_interrupts,
                                    load_model, load_training_state, load_weights, read_metadata, save_checkpoint)
 from robustkit.data import DatasetInfo
 from robustkit.errors import RobustkitError
