@@ -54,6 +54,11 @@ class RobustkitGroup(click.Group):
             return super().invoke(ctx)
         except RobustkitError as err:
             raise UserError(str(err)) from None
+        except OSError as err:
+            if err.filename is None:  # not about a path the user gave: a real failure, keep the traceback
+                raise
+            raise UserError(f"cannot use {err.filename}: {err.strerror or err}; check the path and its "
+                            "permissions (results written before this point are kept)") from None
         except KeyboardInterrupt:
             raise UserError("interrupted; finished results were kept, rerun the same command to continue") from None
 

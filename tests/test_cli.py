@@ -107,6 +107,9 @@ def test_quickstart_end_to_end_writes_a_valid_leaderboard(tmp_path):
     (["train", "--model", "lenet", "--defense", "pgd-at", "--param", "eps=-1"], "'eps' must be >"),
     (["train", "--model", "lenet", "--dataset", "mnist"], "--data-root"),
     (["train", "--model", "no-such-model", "--epochs", "1"], "unknown model 'no-such-model'"),
+    (["attack", "--model", "lenet", "--attack", "torchattacks:FGSM", "--n-examples", "0"], "--n-examples"),
+    (["attack", "--model", "lenet", "--attack", "torchattacks:FGSM", "--n-examples", "3",
+      "--grid", "/dev/null/grid.png"], "cannot use /dev/null"),
 ])
 def test_bad_input_is_one_line_with_exit_code_2(args, message):
     result = CliRunner().invoke(cli, args)

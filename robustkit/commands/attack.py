@@ -44,7 +44,7 @@ def print_evaluation(result: EvaluationResult) -> None:
 @click.option("--dataset", "dataset_name", default=None,
               help="Dataset to attack on; default: the checkpoint's (digits for --model).")
 @data_options
-@click.option("--n-examples", type=int, default=None, help="Evaluate the first N test images (default: all).")
+@click.option("--n-examples", type=click.IntRange(min=1), default=None, help="Evaluate the first N test images (default: all).")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Write summary.json, records.jsonl (per-sample results) and grid.png here.")

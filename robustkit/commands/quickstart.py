@@ -18,7 +18,7 @@ from robustkit.quickstart import QuickstartSettings, run_quickstart
 @click.option("--epochs", type=int, default=QuickstartSettings.epochs, show_default=True)
 @click.option("--eps", type=float, default=QuickstartSettings.eps, show_default=True,
               help="Linf budget for training and attack (pixel units of [0, 1] images).")
-@click.option("--n-examples", type=int, default=None, help="Test images to attack (default: all 450).")
+@click.option("--n-examples", type=click.IntRange(min=1), default=None, help="Test images to attack (default: all 450).")
 @seed_option
 @device_option
 def quickstart(out_dir, epochs, eps, n_examples, seed, device) -> None:
