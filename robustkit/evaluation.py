@@ -58,6 +58,7 @@ class AttackOutcome:
     :param l2: L2 distance to the clean image.
     :param linf: Linf distance to the clean image.
     :param queries: model queries the attack reported, if it counts them.
+    :param pass_score: PASS of a successful adversarial (perceptual similarity after alignment), when asked for.
     """
 
     attacked: bool
@@ -66,6 +67,7 @@ class AttackOutcome:
     l2: float
     linf: float
     queries: int | None = None
+    pass_score: float | None = None
 
 
 @dataclass
@@ -130,6 +132,8 @@ class AttackSummary:
     median_linf: float | None
     mean_queries: float | None
     seconds: float
+    mean_pass: float | None = None
+    median_pass: float | None = None
 
 
 @dataclass
@@ -211,7 +215,7 @@ class EvaluationResult:
 
 def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_examples: int | None = None,
              batch_size: int = 128, device: str | torch.device = "auto", seed: int = 0,
-             keep_examples: int = 0) -> EvaluationResult:
+             keep_examples: int = 0, with_pass: bool = False) -> EvaluationResult:
     """Clean accuracy and robust accuracy of ``model`` under each attack in ``attacks``.
 
     :param model: images in [0, 1] -> logits; moved to ``device`` and put in eval mode meanwhile.
@@ -224,6 +228,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     :param seed: base seed; see the module notes.
     :param keep_examples: keep the first this many clean-correct examples (topped up with misclassified
         ones) and their adversarials in ``result.examples`` (for :func:`robustkit.plots.save_example_grid`).
+    :param with_pass: also measure PASS (:func:`robustkit.metrics.pass_score`) of every successful adversarial.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -250,7 +255,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
             for name, attack in attacks.items():
                 seed_everything(seed + batch_index)
                 tick = time.perf_counter()
-                adversarials[name] = _attack_batch(model, attack, name, images, labels, batch_records)
+                adversarials[name] = _attack_batch(model, attack, name, images, labels, batch_records, with_pass)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # time the work, not the launch
                 seconds[name] += time.perf_counter() - tick
@@ -332,7 +337,7 @@ def _clean_records(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Tensor, labels: torch.Tensor,
-                  records: list[SampleRecord]) -> torch.Tensor | None:
+                  records: list[SampleRecord], with_pass: bool = False) -> torch.Tensor | None:
     """Run ``attack`` on the clean-correct examples of one batch and fill in their outcomes.
 
     :returns: the adversarials of the clean-correct examples, in batch order (None if there were none).
@@ -349,11 +354,20 @@ def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Ten
     adv_preds = _predict(model, result.adversarial).tolist()
     dist = distances(result.adversarial, x)
     queries = result.queries.tolist() if result.queries is not None else [None] * len(todo)
+    passes = [None] * len(todo)
+    fooled = [j for j, i in enumerate(todo) if int(adv_preds[j]) != records[i].label]
+    if with_pass and fooled:
+        from robustkit.metrics import pass_score  # OpenCV and scikit-image load only when PASS is asked for
+
+        sel = torch.tensor(fooled, device=x.device)
+        for j, value in zip(fooled, pass_score(result.adversarial[sel], x[sel]).tolist()):
+            passes[j] = float(value)
     for j, i in enumerate(todo):
         pred = int(adv_preds[j])
         records[i].attacks[name] = AttackOutcome(
             attacked=True, adv_pred=pred, success=pred != records[i].label, l2=float(dist["l2"][j]),
             linf=float(dist["linf"][j]), queries=None if queries[j] is None else int(queries[j]),
+            pass_score=passes[j],
         )
     return result.adversarial
 
@@ -367,6 +381,7 @@ def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], seconds:
         outcomes = [r.attacks[name] for r in records]
         hits = [o for o in outcomes if o.success]
         counted = [o.queries for o in outcomes if o.attacked and o.queries is not None]
+        passes = [o.pass_score for o in hits if o.pass_score is not None]
         summaries[name] = AttackSummary(
             description=attack.describe(),
             robust_accuracy=sum(r.clean_correct and not r.attacks[name].success for r in records) / n,
@@ -376,6 +391,7 @@ def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], seconds:
             mean_linf=_mean([o.linf for o in hits]), median_linf=_median([o.linf for o in hits]),
             mean_queries=_mean([float(q) for q in counted]),
             seconds=seconds[name],
+            mean_pass=_mean(passes), median_pass=_median(passes),
         )
     return EvaluationResult(
         n_examples=n, clean_accuracy=n_correct / n, worst_case_accuracy=sum(r.robust for r in records) / n,

@@ -161,7 +161,8 @@ def test_records_and_summary_files(tmp_path):
     assert rows[1] == {"index": 1, "label": 5, "clean_pred": 5, "clean_correct": True, "robust": False,
                        "attacks": {"to-zero": {"attacked": True, "adv_pred": 0, "success": True,
                                                "l2": pytest.approx(8 * 5 / 9, rel=1e-5),
-                                               "linf": pytest.approx(5 / 9), "queries": None}}}
+                                               "linf": pytest.approx(5 / 9), "queries": None,
+                                               "pass_score": None}}}
     assert rows[2]["clean_correct"] is False and rows[2]["attacks"]["to-zero"]["attacked"] is False
 
     with open(result.save_records(tmp_path / "records.csv"), newline="") as handle:
@@ -210,3 +211,25 @@ def test_with_torchattacks_attacks_and_training_mode_restored(monkeypatch):
         for outcome in record.attacks.values():
             assert outcome.linf <= 0.05 + 1e-6
     assert result.attacks["pgd"].description["params"]["steps"] == 5
+
+
+def test_pass_is_measured_on_successful_adversarials_when_asked():
+    from robustkit.metrics import pass_score
+
+    images, labels = grey_images(LABELS)
+    plain = evaluate(Brightness(), (images, labels), {"to-zero": FixedImage(target=0)}, device="cpu")
+    assert plain.attacks["to-zero"].mean_pass is None
+    assert all(r.attacks["to-zero"].pass_score is None for r in plain.records)
+
+    result = evaluate(Brightness(), (images, labels), {"to-zero": FixedImage(target=0)}, device="cpu",
+                      with_pass=True)
+    expected = pass_score(torch.zeros_like(images), images)
+    for record in result.records:
+        outcome = record.attacks["to-zero"]
+        if outcome.success:
+            assert outcome.pass_score == pytest.approx(float(expected[record.index]))
+        else:  # class 0 is already the replacement: not fooled, nothing to measure
+            assert outcome.pass_score is None
+    fooled = [float(expected[i]) for i, y in enumerate(LABELS) if y != 0]
+    assert result.attacks["to-zero"].mean_pass == pytest.approx(sum(fooled) / len(fooled))
+    assert "mean_pass" in result.summary()["attacks"]["to-zero"]

@@ -25,13 +25,16 @@ def print_evaluation(result: EvaluationResult) -> None:
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"
 
-    rows = [["(clean)", pct(result.clean_accuracy), "-", "-", "-", "-"]]
+    with_pass = any(s.mean_pass is not None for s in result.attacks.values())
+    blank = ["-"] * (6 if with_pass else 5)
+    rows = [["(clean)", pct(result.clean_accuracy), *blank[1:]]]
     for name, s in result.attacks.items():
-        rows.append([name, pct(s.robust_accuracy), pct(s.success_rate), num(s.mean_l2), num(s.median_l2),
-                     f"{s.seconds:.1f}"])
+        row = [name, pct(s.robust_accuracy), pct(s.success_rate), num(s.mean_l2), num(s.median_l2)]
+        rows.append(row + ([num(s.mean_pass)] if with_pass else []) + [f"{s.seconds:.1f}"])
     if len(result.attacks) > 1:
-        rows.append(["(worst case)", pct(result.worst_case_accuracy), "-", "-", "-", "-"])
-    echo_table(rows, ["attack", "accuracy %", "success %", "mean L2", "median L2", "seconds"])
+        rows.append(["(worst case)", pct(result.worst_case_accuracy), *blank[1:]])
+    headers = ["attack", "accuracy %", "success %", "mean L2", "median L2"]
+    echo_table(rows, headers + (["mean PASS"] if with_pass else []) + ["seconds"])
     click.echo(f"{result.n_examples} examples, {result.n_clean_wrong} misclassified before any attack, "
                f"device {result.device}, {result.seconds:.1f} s")
 
@@ -50,12 +53,14 @@ def print_evaluation(result: EvaluationResult) -> None:
               help="Write summary.json, records.jsonl (per-sample results) and grid.png here.")
 @click.option("--grid", "grid_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               metavar="PATH.png", help="Write the example grid here (default with --out: OUT/grid.png).")
+@click.option("--pass", "with_pass", is_flag=True,
+              help="Also measure PASS (alignment-aware perceptual similarity) of each successful adversarial.")
 @click.option("--grid-examples", type=click.IntRange(0), default=8, show_default=True,
               help="Images in the example grid: the first clean-correct ones (0: no grid).")
 @seed_option
 @device_option
 def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, dataset_params, n_examples, batch_size,
-           out_dir, grid_path, grid_examples, seed, device) -> None:
+           out_dir, grid_path, with_pass, grid_examples, seed, device) -> None:
     """Attack a model with one or more attacks: clean, robust and worst-case accuracy.
 
     CHECKPOINT is a last.json / last.safetensors written by `robustkit train`. Each --attack is
@@ -93,7 +98,7 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
         raise RobustkitError(f"--grid {grid_path}: give a .png file name")
     keep = grid_examples if grid_path is not None else 0
     result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
-                      keep_examples=keep)
+                      keep_examples=keep, with_pass=with_pass)
     print_evaluation(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
