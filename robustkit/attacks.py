@@ -8,6 +8,7 @@ checks the output, so every attack gets the same guarantees.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -18,6 +19,9 @@ from robustkit.data import check_images
 from robustkit.errors import InputError, ParameterError
 from robustkit.models import logits
 from robustkit.params import Param, resolve_params
+
+# Models already seen to return an N x K logits tensor (weak: forgotten with the model).
+_MODELS_WITH_LOGITS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 KNOWLEDGE = ("white-box", "score-based", "decision-based", "transfer")
 GOALS = ("fixed-budget", "minimal-distortion")
@@ -78,13 +82,17 @@ class Attack:
         if target_labels is not None and not self.supports_targeted:
             raise ParameterError(f"{self.display_name()} has no targeted mode")
         was_training = model.training
-        model.eval()
+        if was_training:  # train()/eval() walk every submodule: skip when there is nothing to switch
+            model.eval()
         try:
-            with torch.no_grad():  # one image is enough to catch a model that returns no logits tensor
-                logits(model, images[:1])
+            if model not in _MODELS_WITH_LOGITS:  # once per model: a model that returns no logits tensor
+                with torch.no_grad():
+                    logits(model, images[:1])
+                _MODELS_WITH_LOGITS.add(model)
             result = self.perturb(model, images, labels, target_labels)
         finally:
-            model.train(was_training)
+            if was_training:
+                model.train()
         if not isinstance(result, AttackResult):
             result = AttackResult(adversarial=result)
         adv = result.adversarial

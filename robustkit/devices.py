@@ -38,4 +38,8 @@ def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (all devices) so a run can be repeated."""
     random.seed(seed)
     np.random.seed(seed % (2**32))
-    torch.manual_seed(seed)
+    # torch.manual_seed also queues lazy seeding for every accelerator backend (capturing a stack trace
+    # each time, ~0.6 ms); seed the CPU generator and only the CUDA devices that exist.
+    torch.random.default_generator.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
