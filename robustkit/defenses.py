@@ -9,7 +9,7 @@ knows what to sweep.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -79,3 +79,17 @@ class Defense:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned, when a run resumes."""
+
+    def prepare(self, model: nn.Module, dataset: Any, device: torch.device) -> None:
+        """Called once per training call, after :meth:`setup` and before a checkpoint is resumed, so the
+        model still holds its starting weights; build what depends on the training data here (e.g. a
+        generated training set). ``dataset`` is the :class:`robustkit.data.ImageDataset` being trained on."""
+
+    def after_step(self, model: nn.Module) -> None:
+        """Called after every optimizer step (e.g. to update a moving average of the weights)."""
+
+    def published_weights(self, model: nn.Module) -> Mapping[str, torch.Tensor] | None:
+        """Weights to validate, save as the model and return after training instead of the live ones
+        (e.g. a moving average); ``None`` (the default) means the live weights. The loop keeps the live
+        weights in the checkpoint's training state, so a resumed run continues from them."""
+        return None

@@ -10,12 +10,16 @@ weights, optimizer and scheduler restored from the checkpoint of epoch ``e - 1``
 bit-for-bit the run that was never stopped (on CPU; CUDA kernels may add their own nondeterminism).
 
 Defenses that own more than a loss (a generator network, its optimizer) use :class:`Defense`'s
-``setup(model, device)``, called once before the first epoch of this call, and ``state_dict()`` /
-``load_state_dict(state)``, saved with each checkpoint and handed back on resume.
+``setup(model, device)`` and ``prepare(model, dataset, device)``, called once before the first epoch of
+this call (before a checkpoint is resumed), ``after_step(model)`` after every optimizer step, and
+``state_dict()`` / ``load_state_dict(state)``, saved with each checkpoint and handed back on resume.
+A defense whose ``published_weights(model)`` is not ``None`` (a moving average) has those weights
+validated, saved as the model and returned; the live weights travel in the training state.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -23,7 +27,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
@@ -46,6 +50,8 @@ CHECKPOINT_STEM = "last"
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 CURVES_EVERY_S = 60.0  # refresh curves.png at most this often during a run
+#: Where a checkpoint's training state keeps the live weights when the defense publishes others.
+LIVE_WEIGHTS_KEY = "robustkit_live_weights"
 
 
 @dataclass
@@ -188,11 +194,13 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
     optimizer = _make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     defense.setup(model, device)
+    defense.prepare(model, dataset, device)
 
     history: list[dict[str, Any]] = []
     if paths is not None and resume and paths.meta.exists():
         history = _resume(paths, identity, model, optimizer, scheduler, defense)
         if len(history) >= config.epochs:  # finished before: nothing to do
+            _publish(model, defense)
             model.eval()
             return TrainResult(model, history, len(history), paths.meta)
     start = len(history)
@@ -207,7 +215,8 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
         for epoch in epochs:
             row = _train_epoch(model, defense, optimizer, dataset, loader_args, config, epoch, device, paths, completed)
             scheduler.step()
-            row.update(_validate(model, val_set, config, epoch, device))
+            with _published(model, defense):
+                row.update(_validate(model, val_set, config, epoch, device))
             history.append(row)
             with defer_interrupts():  # a Ctrl-C while saving lands after the save, so `completed` is true
                 if paths is not None:
@@ -224,6 +233,7 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
         # (finished, stopped by NaN or interrupted) always leaves the curves of every saved epoch.
         if paths is not None and completed > start:
             write_curves([row for row in history if row["epoch"] <= completed], paths.meta.parent / CURVES_FILE)
+    _publish(model, defense)
     model.eval()
     return TrainResult(model, history, start, paths.meta if paths is not None else None)
 
@@ -278,6 +288,10 @@ def _resume(paths: CheckpointPaths, identity: dict[str, Any], model: nn.Module, 
         )
     load_weights(model, paths.meta)
     state = load_training_state(paths.meta, optimizer, scheduler)
+    if state is not None and LIVE_WEIGHTS_KEY in state:  # the saved model weights were the published ones
+        state = dict(state)
+        model.load_state_dict(state.pop(LIVE_WEIGHTS_KEY))
+        state = state or None
     if state is not None:
         defense.load_state_dict(state)
     return [dict(row) for row in meta.get("history") or []]
@@ -326,6 +340,7 @@ def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Opti
             raise RobustkitError(_nonfinite_message(loss_value, epoch, batch, completed, paths, lr))
         out.loss.backward()
         optimizer.step()
+        defense.after_step(model)
         n = labels.shape[0]
         total_loss += loss_value * n
         seen += n
@@ -389,21 +404,47 @@ def _save(paths: CheckpointPaths, model: nn.Module, defense: Defense, optimizer:
           scheduler: Any, config: TrainConfig, identity: dict[str, Any], history: list[dict[str, Any]],
           host: Any) -> None:
     epoch = history[-1]["epoch"]
-    save_checkpoint(
-        paths.meta, model, defense=defense, epoch=epoch, seed=config.seed, metrics=history[-1],
-        optimizer=optimizer, scheduler=scheduler, defense_state=defense.state_dict(),
-        extra={
-            "run": identity,
-            "finished": epoch >= config.epochs,
-            "training": jsonable(dataclasses.asdict(config)),
-            "defense_cost": defense.cost() if hasattr(defense, "cost") else None,
-            "history": jsonable(history),
-            "plugins": host.plugin_versions() if host is not None else None,
-        },
-    )
+    defense_state = defense.state_dict()
+    with _published(model, defense) as live:
+        if live is not None:
+            defense_state = {**(defense_state or {}), LIVE_WEIGHTS_KEY: live}
+        save_checkpoint(
+            paths.meta, model, defense=defense, epoch=epoch, seed=config.seed, metrics=history[-1],
+            optimizer=optimizer, scheduler=scheduler, defense_state=defense_state,
+            extra={
+                "run": identity,
+                "finished": epoch >= config.epochs,
+                "training": jsonable(dataclasses.asdict(config)),
+                "defense_cost": defense.cost() if hasattr(defense, "cost") else None,
+                "history": jsonable(history),
+                "plugins": host.plugin_versions() if host is not None else None,
+            },
+        )
     # A derived view of the history in the checkpoint (the checkpoint is the source of truth on resume).
     lines = "".join(json.dumps(jsonable(row), allow_nan=False) + "\n" for row in history)
     atomic_write_text(paths.meta.parent / METRICS_FILE, lines)
+
+
+@contextlib.contextmanager
+def _published(model: nn.Module, defense: Defense) -> Iterator[dict[str, torch.Tensor] | None]:
+    """Swap the defense's published weights into ``model`` for the block; yield the live ones (or ``None``)."""
+    weights = defense.published_weights(model)
+    if weights is None:
+        yield None
+        return
+    live = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(weights)
+    try:
+        yield live
+    finally:
+        model.load_state_dict(live)
+
+
+def _publish(model: nn.Module, defense: Defense) -> None:
+    """Leave the published weights in ``model`` for good (the end of training)."""
+    weights = defense.published_weights(model)
+    if weights is not None:
+        model.load_state_dict(weights)
 
 
 def write_curves(history: list[Mapping[str, Any]], path: Path) -> None:

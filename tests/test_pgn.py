@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from robustkit.adversarial import pgd
-from robustkit.checkpoints import load_training_state, read_metadata
+from robustkit.checkpoints import load_training_state, load_weights, read_metadata
 from robustkit.cli import cli
 from robustkit.data import DatasetInfo, ImageDataset
 from robustkit.errors import ParameterError, RobustkitError
@@ -88,8 +88,8 @@ def test_entry_point_registers_the_defense_and_the_attack(monkeypatch: pytest.Mo
     entry = host.defenses.get("pgn")
     assert entry.plugin == "pgn" and entry.description.startswith("Adversarial training with a perturbation generator")
     defense = host.defenses.create("pgn")
-    assert defense.config == {"c_L": 50.0, "gen_lr": 5e-4, "ema_decay": 0.998, "detach_grad": False,
-                              "adv_coeff": 1.0, "gen_width": 128}
+    assert defense.config == {"c_L": 50.0, "gen_lr": 5e-4, "ema_decay": 0.998, "ema_warmup": True,
+                              "ema_classifier": True, "detach_grad": False, "adv_coeff": 1.0, "gen_width": 128}
     assert defense.knob == "c_L" and defense.cost() == 5.0
     assert host.defenses.create("pgn", {"detach_grad": "true", "c_L": "70"}).cost() == 3.0
     assert defense.reference["title"] == "Adversarial Training with Perturbation Generator Networks"
@@ -181,7 +181,7 @@ def test_adversarial_images_stay_in_the_unit_interval_even_at_0_and_1() -> None:
 def test_generator_and_classifier_updates_do_not_interfere(detach_grad: bool, adv_coeff: float) -> None:
     model, (x, y) = mlp(), batch()
     classifier_opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    defense = small_pgn(c_L=3.0, detach_grad=detach_grad, adv_coeff=adv_coeff, ema_decay=0.9)
+    defense = small_pgn(c_L=3.0, detach_grad=detach_grad, adv_coeff=adv_coeff, ema_decay=0.9, ema_warmup=False)
     defense.setup(model, torch.device("cpu"))
     defense.batch_loss(model, x, y)  # builds the generator (a bare model has no spec); one step
     model.zero_grad(set_to_none=True)
@@ -280,7 +280,8 @@ def test_resume_gives_exactly_the_straight_run(tmp_path: Path) -> None:
         train(linear_model(), data(64), InterruptedPGN(interrupt_at=5, **params), run_config(tmp_path / "split"))
     assert read_metadata(tmp_path / "split")["epoch"] == 1
     saved = load_training_state(tmp_path / "split")
-    assert set(saved) >= {"architecture", "generator", "generator_ema", "optimizer", "steps"} and saved["steps"] == 4
+    assert set(saved) >= {"architecture", "generator", "generator_ema", "optimizer", "steps", "classifier_ema",
+                          "robustkit_live_weights"} and saved["steps"] == saved["classifier_steps"] == 4
 
     torch.manual_seed(999)  # a different model init and global RNG state (so a different fresh generator)
     resumed_defense = InterruptedPGN(**params)
@@ -298,6 +299,44 @@ def test_resume_gives_exactly_the_straight_run(tmp_path: Path) -> None:
             assert torch.equal(value, theirs["optimizer"]["state"][index][name]), (index, name)
     strip = [{k: v for k, v in row.items() if "time" not in k} for row in resumed.history]
     assert strip == [{k: v for k, v in row.items() if "time" not in k} for row in straight.history]
+
+
+class RecordingPGN(PGN):
+    """PGN that remembers the live classifier weights after every optimizer step."""
+
+    def after_step(self, model: nn.Module) -> None:
+        self.seen = getattr(self, "seen", []) + [{k: v.detach().clone() for k, v in model.named_parameters()}]
+        super().after_step(model)
+
+
+def test_classifier_moving_average_is_published_and_the_live_weights_are_kept(tmp_path: Path) -> None:
+    """The loop validates, saves and returns the average (warm-up decay); the checkpoint keeps the live weights."""
+    params = dict(c_L=10.0, gen_lr=1e-2, ema_decay=0.5, gen_width=8)
+    averaged = RecordingPGN(**params)
+    model = linear_model()
+    expected = {k: v.detach().clone() for k, v in model.named_parameters()}
+    result = train(model, data(64), averaged, run_config(tmp_path / "ema", epochs=1))
+    for t, live_now in enumerate(averaged.seen):  # replay: avg <- d avg + (1 - d) live, d = min(0.5, (1+t)/(10+t))
+        decay = min(0.5, (1 + t) / (10 + t))
+        expected = {k: decay * expected[k] + (1 - decay) * live_now[k] for k in expected}
+    live = load_training_state(tmp_path / "ema")["robustkit_live_weights"]
+    for name, value in result.model.named_parameters():
+        assert torch.allclose(value, expected[name], atol=1e-6)
+        assert torch.equal(live[name], averaged.seen[-1][name]) and not torch.equal(value, live[name])
+    saved = linear_model(seed=5)
+    load_weights(saved, tmp_path / "ema")
+    for a, b in zip(saved.state_dict().values(), result.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+    off = train(linear_model(), data(64), PGN(ema_classifier=False, **params), run_config(tmp_path / "live", epochs=1))
+    assert "robustkit_live_weights" not in (load_training_state(tmp_path / "live") or {})
+    assert not any(torch.equal(a, b) for a, b in zip(off.model.parameters(), result.model.parameters()))
+
+
+def test_moving_average_warm_up_follows_tensorflow() -> None:
+    defense = PGN(ema_decay=0.998)
+    assert [round(defense._decay(t), 6) for t in (0, 1, 10, 10_000)] == [0.1, round(2 / 11, 6), round(11 / 20, 6), 0.998]
+    assert PGN(ema_decay=0.998, ema_warmup=False)._decay(0) == 0.998
 
 
 # --- the attack -----------------------------------------------------------------------------------

@@ -168,18 +168,24 @@ class PGN(Defense):
       the reference's ``main.py`` defaults to 70.
     - ``gen_lr``: the generator's Adam learning rate (reference 5e-4; the reference's classifier uses the
       same optimizer settings: give the loop ``lr=5e-4`` with Adam to match).
-    - ``ema_decay``: decay of the generator's exponential moving average, updated after every
-      generator step (reference 0.998); the ``pgn`` attack uses the average by default.
+    - ``ema_decay``: decay of the moving averages of the classifier (after every loop step) and of
+      the generator (after every generator step); reference 0.998. The ``pgn`` attack uses the
+      generator's average by default.
+    - ``ema_warmup``: use decay min(ema_decay, (1 + t) / (10 + t)) at step t (TensorFlow's
+      ``ExponentialMovingAverage`` with ``num_updates``). **Choice**, default on: with a constant
+      0.998, a short CPU-scale run (a few hundred steps) would publish mostly the random initial
+      weights; ``false`` gives the constant decay.
+    - ``ema_classifier``: publish the classifier's moving average (validated, saved and returned by the
+      loop, as the reference evaluates and saves it); ``false`` publishes the live weights.
     - ``detach_grad``: drop the double-backprop path (see above).
     - ``adv_coeff``: weight of the adversarial term of the classifier loss (reference flag, default 1).
     - ``gen_width``: channels of the generator's hidden convolutions, with 8 * gen_width units in its
       first dense layer (reference 128 and 1024); smaller is cheaper on small images (8 x 8 digits).
 
-    EMA: the reference keeps a 0.998 moving average of the classifier *and* the generator and
-    evaluates (and saves) the classifier's average. Here only the generator's average is kept: the
-    shared loop validates and saves the live classifier weights, and averaging them would need the
-    loop to call the defense after each optimizer step and to swap the averaged weights in for
-    validation and saving.
+    EMA: as in the reference, moving averages of the classifier's parameters and of the generator are
+    kept, and the classifier's average is what the loop validates, saves and returns (buffers such
+    as batch-norm statistics are taken live). The live weights stay in the checkpoint's training
+    state, so a resumed run continues from them.
 
     Logged per epoch (batch means): ``delta_l2`` (mean ||delta||_2), ``gen_loss`` and
     ``train_clean_acc`` (accuracy on the clean batch; ``train_acc`` is on x_adv).
@@ -206,8 +212,10 @@ class PGN(Defense):
     params = (
         Param("c_L", float, 50.0, "price of the perturbation's squared L2 norm in the generator loss", low=0.0),
         Param("gen_lr", float, 5e-4, "the generator's Adam learning rate", low=0.0, low_open=True, high=1.0),
-        Param("ema_decay", float, 0.998, "decay of the generator's moving average (used by the pgn attack)",
+        Param("ema_decay", float, 0.998, "decay of the classifier's and the generator's moving averages",
               low=0.0, high=1.0),
+        Param("ema_warmup", bool, True, "decay min(ema_decay, (1+t)/(10+t)) at step t, as TensorFlow's num_updates"),
+        Param("ema_classifier", bool, True, "publish the classifier's moving average instead of its live weights"),
         Param("detach_grad", bool, False, "no double backprop: x_adv is a constant for the classifier"),
         Param("adv_coeff", float, 1.0, "weight of CE(x_adv) in the classifier loss; the rest goes to CE(x)",
               low=0.0, high=1.0),
@@ -224,6 +232,8 @@ class PGN(Defense):
         self.generator_ema: Generator | None = None
         self.gen_optimizer: torch.optim.Optimizer | None = None
         self.steps = 0
+        self.classifier_ema: dict[str, torch.Tensor] | None = None
+        self.classifier_steps = 0
         self._device = torch.device("cpu")
 
     def cost(self) -> float:
@@ -239,6 +249,9 @@ class PGN(Defense):
         """
         self._device = torch.device(device)
         self.generator = self.generator_ema = self.gen_optimizer = None
+        self.classifier_ema = ({name: p.detach().clone() for name, p in model.named_parameters()}
+                               if self.config["ema_classifier"] else None)
+        self.classifier_steps = 0
         info = getattr(getattr(model, "spec", None), "dataset", None)
         if info is not None:
             self._build(info.input_shape, info.num_classes)
@@ -262,6 +275,8 @@ class PGN(Defense):
             "generator": dict(self.generator.state_dict()),
             "generator_ema": dict(self.generator_ema.state_dict()),
             "optimizer": self.gen_optimizer.state_dict(),
+            **({"classifier_ema": dict(self.classifier_ema), "classifier_steps": self.classifier_steps}
+               if self.classifier_ema is not None else {}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -279,6 +294,12 @@ class PGN(Defense):
                 for group in optim_state["param_groups"]]
             self.gen_optimizer.load_state_dict(optim_state)
             self.steps = int(state.get("steps", 0))
+            if self.classifier_ema is not None:
+                saved = state["classifier_ema"]
+                if set(saved) != set(self.classifier_ema):
+                    raise ValueError("the classifier's moving average has other parameters than the model")
+                self.classifier_ema = {name: saved[name].to(self.classifier_ema[name]) for name in self.classifier_ema}
+                self.classifier_steps = int(state.get("classifier_steps", 0))
         except (KeyError, TypeError, ValueError, RuntimeError) as err:
             detail = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RobustkitError(f"pgn: the saved generator state does not fit ({detail}); start a new run "
@@ -339,11 +360,31 @@ class PGN(Defense):
             p.grad = g.detach()
         self.gen_optimizer.step()
         self.gen_optimizer.zero_grad(set_to_none=True)
-        decay = self.config["ema_decay"]
+        decay = self._decay(self.steps)
         with torch.no_grad():
             for avg, p in zip(self.generator_ema.parameters(), self.generator.parameters()):
                 avg.lerp_(p, 1.0 - decay)
         self.steps += 1
+
+    def _decay(self, step: int) -> float:
+        decay = self.config["ema_decay"]
+        return min(decay, (1 + step) / (10 + step)) if self.config["ema_warmup"] else decay
+
+    # --- the classifier's moving average ---
+
+    def after_step(self, model: nn.Module) -> None:
+        if self.classifier_ema is None:
+            return
+        decay = self._decay(self.classifier_steps)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                self.classifier_ema[name].lerp_(p.detach(), 1.0 - decay)
+        self.classifier_steps += 1
+
+    def published_weights(self, model: nn.Module) -> dict[str, torch.Tensor] | None:
+        if self.classifier_ema is None:
+            return None
+        return {**model.state_dict(), **self.classifier_ema}
 
 
 # --- the attack -----------------------------------------------------------------------------------
