@@ -84,6 +84,18 @@ def register_defenses(register: Register) -> None:
     """
 
 
+@hookspec
+def register_benchmarks(register: Register) -> None:
+    """Register benchmark presets (``robustkit bench list``, ``robustkit bench run NAME``).
+
+    The factory takes no arguments and returns the spec as a dict, exactly what a TOML or YAML spec
+    file would hold (see :mod:`robustkit.bench.spec`); :func:`robustkit.bench.spec.preset_from_file`
+    makes one from a spec file shipped with the plugin. It is validated when the preset is used.
+
+    :param register: callback ``register(name, factory, *, description=None, **info)``.
+    """
+
+
 # --- Registration: command line -------------------------------------------------------------
 
 
@@ -100,6 +112,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_datasets": "dataset",
     "register_attacks": "attack",
     "register_defenses": "defense",
+    "register_benchmarks": "benchmark",
 }
 """Registration hooks that fill a registry, and the kind of component each one registers."""
 

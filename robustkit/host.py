@@ -58,6 +58,10 @@ def _env_names(var: str) -> set[str] | None:
     return {n.strip() for n in value.split(",") if n.strip()}
 
 
+#: Listing commands that are not ``robustkit KINDs list``.
+LIST_COMMANDS = {"benchmark": "robustkit bench list"}
+
+
 class Host:
     """Plugins and the registries they filled.
 
@@ -110,7 +114,7 @@ class Host:
         self.records[name] = PluginRecord(name, distribution, version, module, hooks)
 
     def _fill_registry(self, hook_name: str, kind: str) -> Registry[Any]:
-        registry: Registry[Any] = Registry(kind)
+        registry: Registry[Any] = Registry(kind, LIST_COMMANDS.get(kind))
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():  # registration order: the first plugin wins a duplicate
             record = self.records[impl.plugin_name]
@@ -170,6 +174,10 @@ class Host:
     @property
     def defenses(self) -> Registry[Any]:
         return self.registries["defense"]
+
+    @property
+    def benchmarks(self) -> Registry[Any]:
+        return self.registries["benchmark"]
 
     def plugin_versions(self) -> dict[str, str | None]:
         """``{plugin: version}`` for provenance records."""

@@ -56,10 +56,12 @@ class Registry(Generic[T]):
     """Components of one kind, by name.
 
     :param kind: singular noun used in messages ("attack", "defense").
+    :param list_command: the command that lists them, for messages (default ``robustkit KINDs list``).
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, list_command: str | None = None):
         self.kind = kind
+        self.list_command = list_command or f"robustkit {kind}s list"
         self._entries: dict[str, Entry[T]] = {}
 
     def add(self, entry: Entry[T]) -> None:
@@ -107,7 +109,7 @@ class Registry(Generic[T]):
             names = [self._entries[c].name for c in close]
             hint = f"did you mean {', '.join(names)}? " if names else ""
             raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; {hint}run `robustkit {self.kind}s list` to see them all"
+                f"unknown {self.kind} '{name}'; {hint}run `{self.list_command}` to see them all"
             ) from None
 
     def create(self, name: str, params: Mapping[str, Any] | None = None, **context: Any) -> T:

@@ -1,0 +1,196 @@
+"""One benchmark cell: spec in, record out.
+
+:func:`run_cell` trains one defense at one knob value and seed, evaluates it under the attack suite,
+draws its accuracy-versus-eps curve and audits it for gradient masking. It needs only the cell's
+settings (plain JSON, see :meth:`robustkit.bench.spec.BenchmarkSpec.cells`) and a work folder, so a
+cluster engine can run cells anywhere and bring the records back.
+
+Training goes to ``WORK/train/<train key>/`` through the shared loop, so an interrupted cell resumes
+its training, and a cell whose evaluation settings changed reuses the finished weights.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import torch
+
+from robustkit import __version__
+from robustkit.bench.audit import audit_model
+from robustkit.data import stack, take
+from robustkit.devices import resolve_device, seed_everything
+from robustkit.evaluation import evaluate
+from robustkit.models import build_model
+from robustkit.store import cell_key
+from robustkit.training import TrainConfig, train
+
+TRAIN_DIR = "train"
+
+
+@contextlib.contextmanager
+def training_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` (parallel cells may share a surrogate's training)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: cells of one run never share a folder except the surrogate
+        yield
+        return
+    with open(folder / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def train_cell_model(host: Any, dataset: Any, train_settings: Mapping[str, Any], work_dir: Path,
+                     device: str) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train (or resume, or reload) the model ``train_settings`` describe; return it and training facts."""
+    key = cell_key(train_settings)
+    out_dir = work_dir / TRAIN_DIR / key
+    seed = int(train_settings["seed"])
+    defense = host.defenses.create(train_settings["defense"]["name"], train_settings["defense"]["params"])
+    config = TrainConfig(**{**train_settings["training"], "milestones": tuple(train_settings["training"]["milestones"])},
+                         seed=seed, device=device, out_dir=out_dir)
+    with training_lock(out_dir):
+        seed_everything(seed)  # the initial weights are part of the run
+        model = build_model(host, train_settings["model"]["name"], dataset.info, train_settings["model"]["params"])
+        tick = time.perf_counter()
+        result = train(model, dataset, defense, config, host=host)
+        seconds = time.perf_counter() - tick
+    history = result.history
+    epoch_times = [row["epoch_time"] for row in history if row.get("epoch_time") is not None]
+    facts = {
+        "train_key": key,
+        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
+        "epochs": len(history),
+        "seconds_this_call": round(seconds, 3),
+        "seconds_per_epoch": round(sum(epoch_times) / len(epoch_times), 4) if epoch_times else None,
+        "cost_passes_per_batch": defense.cost(),
+        "final": {k: v for k, v in history[-1].items() if k != "epoch"} if history else {},
+    }
+    return result.model, facts
+
+
+def run_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str = "auto",
+             data_root: str | None = None, host: Any = None) -> dict[str, Any]:
+    """Train, evaluate, draw the eps curve and audit one cell; return its record (JSON-ready)."""
+    if host is None:
+        from robustkit.host import get_host
+
+        host = get_host()
+    started = time.perf_counter()
+    work_dir = Path(work_dir)
+    resolved = resolve_device(device)
+    dataset = host.datasets.create(settings["dataset"]["name"], settings["dataset"]["params"],
+                                   root=Path(data_root) if data_root else None)
+    seed = int(settings["seed"])
+    train_settings = {"format": settings["format"], "dataset": settings["dataset"], "model": settings["model"],
+                      "training": settings["training"], "seed": seed,
+                      "defense": {"name": settings["defense"]["name"], "params": settings["defense"]["params"]}}
+    model, training = train_cell_model(host, dataset, train_settings, work_dir, str(resolved))
+
+    evaluation = settings["evaluation"]
+    attacks = {a["label"]: host.attacks.create(a["name"], a["params"]) for a in settings["attacks"]}
+    result = evaluate(model, dataset, attacks, n_examples=evaluation["n_examples"],
+                      batch_size=evaluation["batch_size"], device=resolved, seed=seed)
+    per_attack, worst_case = _within_threat(result, attacks, settings["threat"])
+    images, labels = stack(take(dataset.test, evaluation["n_examples"]))
+    images, labels = images.to(resolved), labels.to(resolved)
+    eps_curve = _eps_curve(host, model, images, labels, settings, resolved, seed)
+    audit = _audit(host, model, images, labels, settings, per_attack, train_settings, dataset, work_dir,
+                   str(resolved), seed)
+    return {
+        "defense": settings["defense"]["label"], "defense_name": settings["defense"]["name"],
+        "knob": settings["defense"]["knob"], "knob_value": settings["defense"]["value"], "seed": seed,
+        "n_examples": result.n_examples, "clean_accuracy": result.clean_accuracy,
+        "worst_case_accuracy": worst_case, "n_clean_wrong": result.n_clean_wrong,
+        "attacks": per_attack, "eps_curve": eps_curve, "audit": audit, "training": training,
+        "evaluation_seconds": round(result.seconds, 3),
+        "seconds": round(time.perf_counter() - started, 3),
+        "device": str(resolved), "device_name": _device_name(resolved),
+        "versions": {"robustkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
+                     "plugins": host.plugin_versions()},
+    }
+
+
+def _within_threat(result: Any, attacks: Mapping[str, Any],
+                   threat: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], float]:
+    """Per-attack facts and the worst case, counting only adversarials inside the threat model.
+
+    A minimal-distortion attack (DeepFool, CW-L2) always "succeeds" eventually; at the benchmark's eps
+    it breaks only the examples whose adversarial lies within eps in the threat norm. Fixed-budget
+    attacks stay within eps by construction. Its distances (rho) keep every success.
+    """
+    norm, eps = threat["norm"], float(threat["eps"]) * (1 + 1e-6)  # float round-off at the boundary
+
+    def breaks(outcome: Any, goal: str) -> bool:
+        if not outcome.success:
+            return False
+        if goal != "minimal-distortion":
+            return True
+        distance = {"linf": outcome.linf, "l2": outcome.l2}.get(norm)
+        return distance is not None and distance <= eps
+
+    goals = {label: getattr(attack, "goal", "fixed-budget") for label, attack in attacks.items()}
+    n = max(len(result.records), 1)
+    per_attack = {}
+    for label, summary in result.attacks.items():
+        broken = sum(breaks(r.attacks[label], goals[label]) for r in result.records)
+        correct = sum(r.clean_correct for r in result.records)
+        per_attack[label] = {
+            "robust_accuracy": (correct - broken) / n, "success_rate": summary.success_rate,
+            "n_success": summary.n_success, "mean_l2": summary.mean_l2, "median_l2": summary.median_l2,
+            "mean_linf": summary.mean_linf, "mean_queries": summary.mean_queries,
+            "seconds": round(summary.seconds, 3), "goal": goals[label],
+            "knowledge": getattr(attacks[label], "knowledge", "white-box"),
+        }
+    robust = sum(r.clean_correct and not any(breaks(r.attacks[a], goals[a]) for a in attacks) for r in result.records)
+    return per_attack, robust / n
+
+
+def _eps_curve(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               settings: Mapping[str, Any], device: torch.device, seed: int) -> list[dict[str, float]]:
+    evaluation = settings["evaluation"]
+    if not evaluation["eps_curve"]:
+        return []
+    spec = next(a for a in settings["attacks"] if a["label"] == evaluation["curve_attack"])
+    points = []
+    for eps in evaluation["eps_curve"]:
+        attack = host.attacks.create(spec["name"], {**spec["params"], "eps": eps})
+        result = evaluate(model, (images, labels), {spec["label"]: attack}, batch_size=evaluation["batch_size"],
+                          device=device, seed=seed)
+        points.append({"eps": float(eps), "accuracy": result.worst_case_accuracy})
+    return points
+
+
+def _audit(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: Mapping[str, Any],
+           per_attack: Mapping[str, Any], train_settings: Mapping[str, Any], dataset: Any, work_dir: Path,
+           device: str, seed: int) -> dict[str, Any] | None:
+    audit = settings["audit"]
+    if not audit["enabled"]:
+        return None
+    white = [a["robust_accuracy"] for a in per_attack.values()
+             if a["knowledge"] == "white-box" and a["goal"] == "fixed-budget"]
+    black_box = None
+    if audit.get("black_box"):
+        black_box = host.attacks.create(audit["black_box"]["name"], audit["black_box"]["params"])
+    surrogate = None
+    natural = {**train_settings, "defense": {"name": "natural", "params": {}}}
+    if audit["transfer"] and cell_key(natural) != cell_key(train_settings):
+        surrogate, _ = train_cell_model(host, dataset, natural, work_dir, device)
+    return audit_model(model, images, labels, threat=settings["threat"], settings=audit,
+                       white_box_accuracy=min(white) if white else None, black_box=black_box,
+                       surrogate=surrogate, seed=seed)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()

@@ -1,0 +1,170 @@
+"""Run every cell of a benchmark, resumably, in one process or several.
+
+Results go to ``OUT/cells/<key>.json`` (:class:`robustkit.store.ResultStore`: one record per finished
+cell, written atomically, never overwritten), trained weights to ``OUT/train/``, and the validated spec
+to ``OUT/benchmark.json`` (what ``bench report`` and ``leaderboard export`` read). Killing a run loses
+at most the unfinished part of the cells in progress (their training resumes from the last epoch);
+running the same command again skips every recorded cell.
+
+Natural cells run first: they are the default accuracy target and the audit's transfer surrogate.
+The overall bar weighs each cell by its training cost (epochs x forward/backward passes per batch),
+so its time estimate does not assume a PGD-AT cell is as quick as a natural one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from robustkit.bench.cells import run_cell
+from robustkit.bench.spec import BenchmarkSpec, Cell
+from robustkit.errors import RobustkitError
+from robustkit.files import atomic_write_text, jsonable
+from robustkit.progress import progress
+from robustkit.store import ResultStore
+
+BENCHMARK_FILE = "benchmark.json"
+
+
+@dataclass
+class RunSummary:
+    """What :func:`run_benchmark` did."""
+
+    total: int
+    reused: int
+    finished: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+def describe_benchmark(spec: BenchmarkSpec, host: Any) -> dict[str, Any]:
+    """The spec as ``OUT/benchmark.json`` keeps it: enough to analyse the records without the plugins."""
+    defenses = []
+    for d in spec.defenses:
+        factory = host.defenses.get(d.name).factory
+        defenses.append({"label": d.label, "name": d.name, "knob": d.knob, "sweep": jsonable(list(d.sweep)),
+                         "params": jsonable(d.params), "reference": dict(getattr(factory, "reference", {}) or {}),
+                         "cost": _cost(host, d)})
+    return {
+        "name": spec.name, "description": spec.description, "paper": spec.paper, "source": spec.source,
+        "fingerprint": spec.fingerprint(), "spec_hash": spec.spec_hash(), "document": spec.document,
+        "dataset": spec.dataset, "model": spec.model, "threat": spec.threat, "seeds": list(spec.seeds),
+        "attacks": [{**a.settings(), "goal": a.goal, "knowledge": a.knowledge} for a in spec.attacks],
+        "evaluation": jsonable(spec.evaluation), "audit_enabled": bool(spec.audit["enabled"]),
+        "targets": list(spec.targets), "rank_by": spec.rank_by, "defenses": defenses,
+        "cells": [c.key for c in spec.cells()],
+    }
+
+
+def _cost(host: Any, d: Any) -> float:
+    try:
+        return float(host.defenses.create(d.name, d.params_at(d.sweep[0])).cost())
+    except Exception:  # a cost estimate must never stop a run
+        return 1.0
+
+
+def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: int = 1, device: str = "auto",
+                  say: Callable[[str], None] = print) -> RunSummary:
+    """Run the cells of ``spec`` that ``out_dir`` has no record of; return what happened.
+
+    :param jobs: worker processes (1 runs in this process, with per-cell progress bars).
+    :raises RobustkitError: on Ctrl-C, after keeping every finished record (rerun to continue).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    described = describe_benchmark(spec, host)
+    atomic_write_text(out_dir / BENCHMARK_FILE, json.dumps(described, indent=2, sort_keys=True) + "\n")
+    store = ResultStore(out_dir)
+    cells = sorted(spec.cells(), key=lambda c: c.settings["defense"]["name"] != "natural")  # stable
+    todo = [c for c in cells if not store.has(c.key)]
+    summary = RunSummary(total=len(cells), reused=len(cells) - len(todo))
+    costs = {d["label"]: d["cost"] for d in described["defenses"]}
+    weight = {c.key: spec.training["epochs"] * costs.get(c.defense, 1.0) for c in todo}
+    say(f"benchmark {spec.name}: {len(cells)} cells, {summary.reused} already recorded in {out_dir}, "
+        f"{len(todo)} to run" + (f" on {jobs} processes" if jobs > 1 and todo else ""))
+    if not todo:
+        return summary
+    started = time.perf_counter()
+    bar = progress(total=round(sum(weight.values()), 3), desc=f"{spec.name} (cost-weighted)", unit="pass",
+                   leave=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]")
+
+    def finished(cell: Cell, record: dict[str, Any] | None, error: str | None) -> None:
+        bar.update(weight[cell.key])
+        name = f"{cell.defense}" + (f" {cell.knob}={cell.value}" if cell.knob else "") + f" seed {cell.seed}"
+        if error is not None:
+            summary.failed[name] = error
+            say(f"  failed: {name}: {error}")
+            return
+        store.put(cell.key, cell.settings, record)
+        summary.finished.append(cell.key)
+        attacks = ", ".join(f"{k} {100 * v['robust_accuracy']:.1f}%" for k, v in record["attacks"].items())
+        flags = record["audit"]["flags"] if record.get("audit") else []
+        say(f"  done {len(summary.finished) + summary.reused}/{summary.total}: {name}: clean "
+            f"{100 * record['clean_accuracy']:.1f}%, {attacks}" + (f" [audit: {', '.join(flags)}]" if flags else ""))
+
+    try:
+        if jobs <= 1:
+            for cell in todo:
+                try:
+                    record = run_cell(cell.settings, out_dir, device=device, data_root=spec.data_root, host=host)
+                except RobustkitError as err:
+                    finished(cell, None, str(err))
+                    continue
+                finished(cell, record, None)
+        else:
+            _run_parallel(todo, out_dir, jobs, device, spec.data_root, finished)
+    except KeyboardInterrupt:
+        bar.close()
+        raise RobustkitError(f"benchmark interrupted: {len(summary.finished) + summary.reused} of {summary.total} "
+                             f"cells are recorded in {out_dir}; rerun the same command to continue") from None
+    bar.close()
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    os.environ["ROBUSTKIT_PROGRESS"] = "0"  # bars of several processes would garble the terminal
+    torch.set_num_threads(threads)
+
+
+def _worker(settings: dict[str, Any], out_dir: str, device: str, data_root: str | None) -> tuple[Any, str | None]:
+    try:
+        return run_cell(settings, out_dir, device=device, data_root=data_root), None
+    except RobustkitError as err:
+        return None, str(err)
+
+
+def _run_parallel(todo: list[Cell], out_dir: Path, jobs: int, device: str, data_root: str | None,
+                  finished: Callable[[Cell, Any, str | None], None]) -> None:
+    import multiprocessing
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
+    naturals = [c for c in todo if c.settings["defense"]["name"] == "natural"]
+    rest = [c for c in todo if c.settings["defense"]["name"] != "natural"]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
+                             initargs=(threads,)) as pool:
+        try:
+            # Natural cells first and to the end: the others' audits reuse their weights as transfer surrogates.
+            for batch in (naturals, rest):
+                pending: dict[Future[Any], Cell] = {
+                    pool.submit(_worker, c.settings, str(out_dir), device, data_root): c for c in batch}
+                while pending:
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        cell = pending.pop(future)
+                        try:
+                            record, error = future.result()
+                        except Exception as err:  # a worker that died (out of memory, killed)
+                            record, error = None, f"worker failed: {type(err).__name__}: {err}"
+                        finished(cell, record, error)
+        except KeyboardInterrupt:
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise

@@ -1,0 +1,370 @@
+"""Benchmark specs: one file (TOML, YAML or JSON) that fixes everything an accuracy-matched comparison needs.
+
+A spec names the dataset, model, training budget, threat model, attack suite, evaluation subset, seeds,
+and for each defense the values of its trade-off knob to sweep, plus the target clean accuracies the
+curves are read at. :func:`load_spec` reads a file or a registered preset, checks it against the shipped
+JSON schema (``robustkit/schemas/benchmark.schema.json``) and then against the plugins (every name
+registered, every parameter valid), so a typo fails in a second with one line, not after an hour.
+
+Example (TOML)::
+
+    name = "my-bench"
+    seeds = [0]
+    dataset = {name = "digits"}
+    model = {name = "madry-cnn"}
+    training = {epochs = 10, batch_size = 64, lr = 1e-3}
+    threat = {norm = "linf", eps = 0.1}
+    evaluation = {n_examples = 200}
+    protocol = {targets = ["natural", 0.95]}
+
+    [[attacks]]
+    name = "torchattacks:PGD"          # eps comes from [threat] when the attack takes one
+    label = "pgd"
+    params = {alpha = 0.01, steps = 20}
+
+    [[defenses]]
+    name = "natural"
+
+    [[defenses]]
+    name = "pgd-at"
+    params = {steps = 5}
+    sweep = [0.02, 0.05, 0.1]         # values of the defense's knob (eps for PGD-AT)
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Mapping
+
+from robustkit.errors import RobustkitError, UnknownNameError
+from robustkit.files import jsonable
+from robustkit.store import cell_key
+
+SCHEMA_FILE = "schemas/benchmark.schema.json"
+SUFFIXES = (".toml", ".yaml", ".yml", ".json")
+WORST_CASE = "worst-case"
+
+#: Training settings a spec may leave out, and what they default to.
+TRAINING_DEFAULTS: dict[str, Any] = {
+    "epochs": 10, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
+    "schedule": "constant", "milestones": [], "gamma": 0.1, "val_examples": 200, "val_eps": None, "val_steps": 10,
+}
+EVALUATION_DEFAULTS: dict[str, Any] = {"n_examples": 500, "batch_size": 128, "eps_curve": [], "curve_attack": None}
+AUDIT_DEFAULTS: dict[str, Any] = {
+    "enabled": True,
+    "unbounded_eps": 1.0,            # linf 1 covers [0, 1]: any image is reachable
+    "unbounded_max_accuracy": 0.05,  # "falls to ~0"
+    "steps": 10, "more_steps": 100,  # PGD steps of the "more steps must not help the model" check
+    "black_box": {"name": "torchattacks:Square", "label": "square", "params": {"n_queries": 1000}},
+    "transfer": True,
+    "tolerance": 0.05,               # accuracy differences below this are noise on small subsets
+}
+
+
+class SpecError(RobustkitError):
+    """A benchmark spec that cannot run; the message names the file and the field."""
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack of the suite: ``label`` keys results; ``params`` are final (eps filled in)."""
+
+    label: str
+    name: str
+    params: dict[str, Any]
+    goal: str = "fixed-budget"
+    knowledge: str = "white-box"
+
+    def settings(self) -> dict[str, Any]:
+        return {"label": self.label, "name": self.name, "params": jsonable(self.params)}
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """One defense: fixed ``params`` plus the ``knob`` values to ``sweep`` (``(None,)`` without a knob)."""
+
+    label: str
+    name: str
+    params: dict[str, Any]
+    knob: str | None
+    sweep: tuple[Any, ...]
+
+    def params_at(self, value: Any) -> dict[str, Any]:
+        return {**self.params, self.knob: value} if self.knob is not None and value is not None else dict(self.params)
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work: train one defense at one knob value and seed, then evaluate it.
+
+    ``settings`` is everything that determines the record (spec in, record out); ``key`` hashes it.
+    ``train_settings``/``train_key`` are the part that determines the trained weights, so a changed
+    attack suite re-evaluates without retraining.
+    """
+
+    defense: str
+    knob: str | None
+    value: Any
+    seed: int
+    settings: dict[str, Any]
+    key: str
+    train_settings: dict[str, Any]
+    train_key: str
+
+
+@dataclass
+class BenchmarkSpec:
+    """A validated benchmark; build it with :func:`load_spec` or :func:`parse_spec`."""
+
+    name: str
+    description: str
+    source: str
+    dataset: dict[str, Any]
+    data_root: str | None
+    model: dict[str, Any]
+    training: dict[str, Any]
+    threat: dict[str, Any]
+    attacks: tuple[AttackSpec, ...]
+    evaluation: dict[str, Any]
+    audit: dict[str, Any]
+    seeds: tuple[int, ...]
+    defenses: tuple[DefenseSpec, ...]
+    targets: tuple[float | str, ...]
+    rank_by: str
+    paper: str = ""
+    document: dict[str, Any] = field(default_factory=dict)
+
+    def common_settings(self) -> dict[str, Any]:
+        """What every cell shares: the protocol without the defenses and seeds."""
+        return {
+            "format": 1,
+            "dataset": {"name": self.dataset["name"], "params": jsonable(self.dataset.get("params", {}))},
+            "model": {"name": self.model["name"], "params": jsonable(self.model.get("params", {}))},
+            "training": jsonable(self.training),
+            "threat": dict(self.threat),
+            "attacks": [a.settings() for a in self.attacks],
+            "evaluation": jsonable(self.evaluation),
+            "audit": jsonable(self.audit),
+        }
+
+    def fingerprint(self) -> str:
+        """Hash of the protocol (data, model, budget, threat, attacks, evaluation, audit): results with equal
+        fingerprints are comparable, whatever defenses and seeds produced them."""
+        return cell_key(self.common_settings())
+
+    def spec_hash(self) -> str:
+        """Hash of the whole spec as validated (protocol, defenses, sweeps, seeds, targets)."""
+        return cell_key(self.document)
+
+    def cells(self) -> list[Cell]:
+        """Every (defense, knob value, seed), seeds outermost and defenses in spec order."""
+        common = self.common_settings()
+        out = []
+        for seed in self.seeds:
+            for defense in self.defenses:
+                for value in defense.sweep:
+                    train_settings = {"format": 1, "dataset": common["dataset"], "model": common["model"],
+                                      "training": common["training"], "seed": seed,
+                                      "defense": {"name": defense.name, "params": jsonable(defense.params_at(value))}}
+                    settings = {**common, "seed": seed,
+                                "defense": {"label": defense.label, "name": defense.name, "knob": defense.knob,
+                                            "value": jsonable(value), "params": jsonable(defense.params_at(value))}}
+                    out.append(Cell(defense.label, defense.knob, value, seed, settings, cell_key(settings),
+                                    train_settings, cell_key(train_settings)))
+        return out
+
+    def attack(self, label: str) -> AttackSpec:
+        return next(a for a in self.attacks if a.label == label)
+
+
+# --- reading ---------------------------------------------------------------------------------------
+
+
+def read_document(path: Path) -> dict[str, Any]:
+    """Parse a spec file by its suffix; one line on a syntax error."""
+    if path.suffix not in SUFFIXES:
+        raise SpecError(f"{path}: a benchmark spec must be {', '.join(SUFFIXES)}; got {path.suffix or 'no suffix'}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise SpecError(f"{path}: cannot read the benchmark spec: {err.strerror or err}") from None
+    try:
+        if path.suffix == ".toml":
+            doc = tomllib.loads(text)
+        elif path.suffix == ".json":
+            doc = json.loads(text)
+        else:
+            import yaml  # only YAML specs need it
+
+            doc = yaml.safe_load(text)
+    except tomllib.TOMLDecodeError as err:
+        raise SpecError(f"{path}: not valid TOML: {err}") from None
+    except json.JSONDecodeError as err:
+        raise SpecError(f"{path}: not valid JSON: {err.msg} at line {err.lineno}") from None
+    except Exception as err:  # yaml.YAMLError and friends
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SpecError(f"{path}: not valid YAML: {first}") from None
+    if not isinstance(doc, dict):
+        raise SpecError(f"{path}: a benchmark spec is a table of settings, got {type(doc).__name__}")
+    return doc
+
+
+def load_spec(source: str | Path, host: Any, *, data_root: str | None = None) -> BenchmarkSpec:
+    """A spec from a file path or a registered preset name (``robustkit bench list``).
+
+    :param data_root: overrides the spec's ``dataset.root`` (the CLI's ``--data-root``).
+    """
+    path = Path(source)
+    if path.suffix in SUFFIXES and path.exists():
+        return parse_spec(read_document(path), str(path), host, data_root=data_root)
+    if isinstance(source, str) and source in host.benchmarks:
+        doc = host.benchmarks.create(source)
+        return parse_spec(copy.deepcopy(doc), f"preset {source}", host, data_root=data_root)
+    if path.suffix in SUFFIXES:
+        raise SpecError(f"benchmark spec {path} does not exist")
+    try:
+        host.benchmarks.get(str(source))
+    except UnknownNameError as err:
+        raise SpecError(f"{err}; or give the path of a .toml/.yaml spec file") from None
+    raise AssertionError("unreachable")
+
+
+@functools.lru_cache(maxsize=1)
+def benchmark_schema() -> dict[str, Any]:
+    return json.loads(resources.files("robustkit").joinpath(SCHEMA_FILE).read_text(encoding="utf-8"))
+
+
+def check_schema(doc: Mapping[str, Any], source: str) -> None:
+    import jsonschema  # the validator costs a few hundred ms to import
+
+    validator = jsonschema.Draft202012Validator(benchmark_schema())
+    error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
+    if error is not None:
+        message = " ".join(error.message.split())
+        raise SpecError(f"{source}: {error.json_path}: {message[:200]}")
+
+
+def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | None = None) -> BenchmarkSpec:
+    """Validate ``doc`` against the schema and the registered plugins; fill in defaults."""
+    check_schema(doc, source)
+
+    def fail(where: str, message: str) -> SpecError:
+        return SpecError(f"{source}: {where}: {message}")
+
+    def registered(registry: Any, name: str, where: str) -> Any:
+        try:
+            return registry.get(name)
+        except UnknownNameError as err:
+            raise fail(where, str(err)) from None
+
+    registered(host.datasets, doc["dataset"]["name"], "$.dataset.name")
+    registered(host.models, doc["model"]["name"], "$.model.name")
+    threat = {"norm": doc["threat"]["norm"], "eps": float(doc["threat"]["eps"])}
+    if threat["norm"] == "linf" and threat["eps"] > 1:
+        raise fail("$.threat.eps", f"a linf eps of {threat['eps']} exceeds the data range [0, 1]; write 8/255 as 0.0314")
+    training = {**TRAINING_DEFAULTS, **doc["training"]}
+    if "val_eps" not in doc["training"] and threat["norm"] == "linf":
+        training["val_eps"] = threat["eps"]  # the loop's per-epoch check is linf PGD
+
+    attacks = tuple(_attack(host, a, threat, f"$.attacks[{i}]", fail) for i, a in enumerate(doc["attacks"]))
+    _unique([a.label for a in attacks], "$.attacks", "attack label", fail)
+    evaluation = {**EVALUATION_DEFAULTS, **doc.get("evaluation", {})}
+    if evaluation["eps_curve"]:
+        label = evaluation["curve_attack"] or next((a.label for a in attacks if a.goal == "fixed-budget"), None)
+        if label is None or label not in {a.label for a in attacks}:
+            raise fail("$.evaluation.curve_attack", f"{label!r} is not an attack label of this spec; labels: "
+                       f"{', '.join(a.label for a in attacks)}")
+        if "eps" not in attacks_params(host, next(a for a in attacks if a.label == label).name):
+            raise fail("$.evaluation.curve_attack", f"attack {label!r} takes no eps, so it cannot draw an eps curve")
+        evaluation["curve_attack"] = label
+    audit = {**AUDIT_DEFAULTS, **doc.get("audit", {})}
+    if audit["enabled"] and audit.get("black_box"):
+        bb = _attack(host, audit["black_box"], threat, "$.audit.black_box", fail)
+        audit["black_box"] = bb.settings()
+
+    defenses = tuple(_defense(host, d, f"$.defenses[{i}]", fail) for i, d in enumerate(doc["defenses"]))
+    _unique([d.label for d in defenses], "$.defenses", "defense label (add label = \"...\" to tell them apart)", fail)
+    protocol = doc.get("protocol", {})
+    targets = tuple(protocol.get("targets", ["natural"] if any(d.label == "natural" for d in defenses) else []))
+    for i, target in enumerate(targets):
+        if isinstance(target, str) and target not in {d.label for d in defenses}:
+            raise fail(f"$.protocol.targets[{i}]", f"{target!r} is neither an accuracy nor a defense label of this "
+                       f"spec; labels: {', '.join(d.label for d in defenses)}")
+    if not targets:
+        raise fail("$.protocol.targets", "no target clean accuracy: add protocol.targets (e.g. [0.9]) or a "
+                   "'natural' defense to match at its accuracy")
+    rank_by = protocol.get("rank_by", WORST_CASE)
+    if rank_by != WORST_CASE and rank_by not in {a.label for a in attacks}:
+        raise fail("$.protocol.rank_by", f"{rank_by!r} is neither {WORST_CASE!r} nor an attack label")
+
+    dataset = dict(doc["dataset"])
+    root = data_root or dataset.pop("root", None)
+    dataset.pop("root", None)
+    return BenchmarkSpec(
+        name=doc["name"], description=doc.get("description", ""), source=source, dataset=dataset,
+        data_root=str(Path(root).expanduser()) if root else None, model=dict(doc["model"]), training=training,
+        threat=threat, attacks=attacks, evaluation=evaluation, audit=audit, seeds=tuple(doc.get("seeds", [0])),
+        defenses=defenses, targets=targets, rank_by=rank_by, paper=doc.get("paper", ""),
+        document=jsonable({k: v for k, v in doc.items() if k != "description"}),
+    )
+
+
+def attacks_params(host: Any, name: str) -> set[str]:
+    return {p.name for p in host.attacks.get(name).declared_params()}
+
+
+def _attack(host: Any, doc: Mapping[str, Any], threat: Mapping[str, Any], where: str, fail: Any) -> AttackSpec:
+    try:
+        entry = host.attacks.get(doc["name"])
+    except UnknownNameError as err:
+        raise fail(f"{where}.name", str(err)) from None
+    params = dict(doc.get("params", {}))
+    if "eps" in {p.name for p in entry.declared_params()} and "eps" not in params:
+        params["eps"] = threat["eps"]  # the suite shares the threat model's budget
+    try:
+        attack = host.attacks.create(doc["name"], params)
+    except RobustkitError as err:
+        raise fail(f"{where}.params", str(err)) from None
+    goal = getattr(attack, "goal", entry.info.get("goal", "fixed-budget"))
+    knowledge = getattr(attack, "knowledge", entry.info.get("knowledge", "white-box"))
+    return AttackSpec(doc.get("label", doc["name"]), doc["name"], params, goal, knowledge)
+
+
+def _defense(host: Any, doc: Mapping[str, Any], where: str, fail: Any) -> DefenseSpec:
+    try:
+        entry = host.defenses.get(doc["name"])
+    except UnknownNameError as err:
+        raise fail(f"{where}.name", str(err)) from None
+    params = dict(doc.get("params", {}))
+    sweep = doc.get("sweep")
+    knob = doc.get("knob") or getattr(entry.factory, "knob", None)
+    if sweep is not None:
+        if knob is None:
+            raise fail(f"{where}.sweep", f"defense {doc['name']!r} declares no trade-off knob; name one with knob = ...")
+        declared = {p.name for p in entry.declared_params()}
+        if knob not in declared:
+            raise fail(f"{where}.knob", f"defense {doc['name']!r} has no parameter {knob!r}; it has "
+                       f"{', '.join(sorted(declared)) or 'none'}")
+        if knob in params:
+            raise fail(f"{where}.params", f"{knob!r} is swept, so it may not also be fixed in params")
+    values = tuple(sweep) if sweep is not None else (None,)
+    for value in values:  # every point is checked before anything trains
+        try:
+            host.defenses.create(doc["name"], {**params, knob: value} if value is not None else params)
+        except RobustkitError as err:
+            raise fail(where, str(err)) from None
+    return DefenseSpec(doc.get("label", doc["name"]), doc["name"], params, knob if sweep is not None else None, values)
+
+
+def _unique(labels: list[str], where: str, what: str, fail: Any) -> None:
+    seen = set()
+    for label in labels:
+        if label in seen:
+            raise fail(where, f"{what} {label!r} appears twice")
+        seen.add(label)

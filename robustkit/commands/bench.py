@@ -1,0 +1,136 @@
+"""``robustkit bench list|show|run|report``: the accuracy-matched benchmark."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from robustkit.cli import cli, echo_json, echo_table
+from robustkit.commands.common import device_option
+from robustkit.errors import RobustkitError
+from robustkit.host import get_host
+
+
+@cli.group()
+def bench() -> None:
+    """Accuracy-matched benchmarks: train every defense over its knob sweep, attack, compare at equal clean accuracy.
+
+    \b
+    Examples:
+      robustkit bench list
+      robustkit bench run quick --out runs/quick
+      robustkit bench report runs/quick
+      robustkit bench run my-spec.toml --out runs/mine --jobs 2
+    """
+
+
+@bench.command(name="list")
+@click.argument("pattern", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def list_presets(pattern: str | None, as_json: bool) -> None:
+    """List benchmark presets (from plugins), optionally filtered by a wildcard PATTERN.
+
+    \b
+    Examples:
+      robustkit bench list
+      robustkit bench list 'rlfat*'
+    """
+    entries = get_host().benchmarks.list(pattern)
+    if as_json:
+        echo_json([{"name": e.name, "plugin": e.plugin, "description": e.description} for e in entries])
+        return
+    if not entries:
+        click.echo(f"no benchmark presets match {pattern!r}" if pattern else "no benchmark presets registered")
+        return
+    echo_table([[e.name, e.plugin, e.description] for e in entries], ["preset", "plugin", "description"])
+
+
+def _load(spec: str, data_root: Path | None):
+    from robustkit.bench.spec import load_spec
+
+    return load_spec(spec, get_host(), data_root=str(data_root) if data_root else None)
+
+
+data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                                help="Folder holding real datasets (overrides the spec's dataset.root).")
+
+
+@bench.command()
+@click.argument("spec")
+@data_root_option
+def show(spec: str, data_root: Path | None) -> None:
+    """Validate SPEC (a preset name or a .toml/.yaml file) and print its cells, without running anything.
+
+    \b
+    Examples:
+      robustkit bench show quick
+      robustkit bench show my-spec.toml
+    """
+    loaded = _load(spec, data_root)
+    click.echo(f"{loaded.name}: {loaded.description}")
+    click.echo(f"dataset {loaded.dataset['name']}, model {loaded.model['name']}, {loaded.training['epochs']} epochs, "
+               f"threat {loaded.threat['norm']} eps {loaded.threat['eps']:g}, seeds {list(loaded.seeds)}")
+    click.echo(f"attacks: {', '.join(f'{a.label} ({a.name})' for a in loaded.attacks)}")
+    click.echo(f"targets: {', '.join(str(t) for t in loaded.targets)}; ranked by {loaded.rank_by}")
+    click.echo(f"protocol fingerprint {loaded.fingerprint()}, spec hash {loaded.spec_hash()}\n")
+    rows = [[c.defense, f"{c.knob}={c.value}" if c.knob else "-", str(c.seed), c.key] for c in loaded.cells()]
+    echo_table(rows, ["defense", "knob", "seed", "cell key"])
+
+
+@bench.command()
+@click.argument("spec")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
+              help="Results folder; default runs/bench-NAME. Rerunning into it skips finished cells.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Cells to run in parallel processes.")
+@data_root_option
+@device_option
+@click.option("--report/--no-report", default=True, show_default=True, help="Write the report when done.")
+def run(spec: str, out_dir: Path | None, jobs: int, data_root: Path | None, device: str, report: bool) -> None:
+    """Train and evaluate every cell of SPEC (a preset name or a .toml/.yaml file), resumably.
+
+    Each finished cell (defense x knob value x seed) is recorded atomically under --out; killing the
+    run and running the same command again recomputes nothing that finished. Cells whose settings a
+    changed spec leaves untouched are reused.
+
+    \b
+    Examples:
+      robustkit bench run quick
+      robustkit bench run quick --out runs/quick --jobs 2
+      robustkit bench run my-spec.yaml --data-root ~/data --device cuda
+    """
+    from robustkit.bench.runner import run_benchmark
+
+    host = get_host()
+    loaded = _load(spec, data_root)
+    out_dir = out_dir or Path("runs") / f"bench-{loaded.name}"
+    summary = run_benchmark(loaded, out_dir, host, jobs=jobs, device=device, say=click.echo)
+    if report and summary.total - len(summary.failed) > 0:
+        _report(out_dir)
+    if summary.failed:
+        raise RobustkitError(f"{len(summary.failed)} of {summary.total} cells failed (first: "
+                             f"{next(iter(summary.failed.items()))[0]}: {next(iter(summary.failed.values()))}); "
+                             f"the others are recorded in {out_dir}; fix the cause and rerun the same command")
+
+
+@bench.command(name="report")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+def report_command(out_dir: Path) -> None:
+    """Print the accuracy-matched comparison of a benchmark folder; write report.md and PNG plots into it.
+
+    \b
+    Examples:
+      robustkit bench report runs/quick
+    """
+    _report(out_dir)
+
+
+def _report(out_dir: Path) -> None:
+    from robustkit.bench.report import write_report
+
+    text, files = write_report(out_dir)
+    click.echo("")
+    click.echo(text)
+    for path in files:
+        click.echo(f"wrote {path}")
