@@ -120,9 +120,11 @@ def _number(value: Any) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("-inf")
 
 
-def leaderboard_document(entries: Iterable[dict[str, Any]]) -> dict[str, Any]:
-    """The whole leaderboard: entries ranked by robust accuracy, then clean accuracy (both descending)."""
-    ranked = sorted(entries, key=lambda e: (-_number(e.get("robust_acc")), -_number(e.get("clean_acc"))))
+def leaderboard_document(entries: Iterable[dict[str, Any]], *, presorted: bool = False) -> dict[str, Any]:
+    """The whole leaderboard: entries ranked by robust accuracy, then clean accuracy (both descending),
+    or in the given order with ``presorted`` (benchmark exports rank by matched robustness)."""
+    ranked = list(entries) if presorted else sorted(
+        entries, key=lambda e: (-_number(e.get("robust_acc")), -_number(e.get("clean_acc"))))
     return {"schema": "robustkit-leaderboard", "schema_version": 1, "units": dict(UNITS),
             "generated": _utc_now(), "entries": ranked}
 
