@@ -101,7 +101,7 @@ def test_entry_point_registers_hard_positives(monkeypatch: pytest.MonkeyPatch) -
     assert entry.plugin == "hard-positives"
     assert entry.description.startswith("Hard positives (Rozsa et al.)")
     defense = host.defenses.create("hard-positives", {"types": "fgv,hc-s-5", "scale": "1.1", "mix": "0.25"})
-    assert defense.knob == "scale" and set(defense.knobs) == {"scale", "pass_low", "pass_high"}
+    assert defense.knob == "scale"
     assert defense.cost() == pytest.approx(4 / 3) and defense.passes_per_batch == 2.0
     assert HardPositives().cost() == 2.0 and HardPositives(mix=1).cost() == 1.0 and HardPositives(mix=0).cost() == 1.0
     assert defense.reference["authors"] == "Andras Rozsa, Ethan M. Rudd, Terrance E. Boult"
