@@ -10,6 +10,12 @@ torch.set_num_threads(min(2, torch.get_num_threads()))
 
 
 @pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory, monkeypatch):
+    """Caches (hard positives) go to a temporary folder, never to the user's ~/.cache."""
+    monkeypatch.setenv("ROBUSTKIT_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "robustkit-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _fresh_host():
     """Each test sees a freshly built process-wide host."""
     from robustkit.host import reset_host
