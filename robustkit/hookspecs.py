@@ -89,7 +89,7 @@ def register_benchmarks(register: Register) -> None:
     """Register benchmark presets (``robustkit bench list``, ``robustkit bench run NAME``).
 
     The factory takes no arguments and returns the spec as a dict, exactly what a TOML or YAML spec
-    file would hold (see :mod:`robustkit.bench.spec`); :func:`robustkit.bench.spec.preset_from_file`
+    file would hold (see :mod:`robustkit.bench.spec`); :class:`robustkit.bench.presets.preset_from_file`
     makes one from a spec file shipped with the plugin. It is validated when the preset is used.
 
     :param register: callback ``register(name, factory, *, description=None, **info)``.

@@ -25,6 +25,7 @@ from robustkit.protocol import Point, Summary, match, rank
 from robustkit.store import ResultStore
 
 WORST_CASE = "worst-case"
+RHO_SUFFIXES = ("rho-median", "rho")  # metric = "<label>:<suffix>"
 
 
 @dataclass
@@ -73,7 +74,12 @@ def metric_value(record: Mapping[str, Any], metric: str) -> float | None:
     """One record's value of ``metric`` (``None`` when it has none, e.g. rho without any success)."""
     if metric == WORST_CASE:
         return record["worst_case_accuracy"]
-    label, _, kind = metric.partition(":")
+    # Labels may hold colons themselves (an unlabelled attack is labelled by its name, torchattacks:PGD).
+    label, kind = metric, ""
+    for suffix in RHO_SUFFIXES:
+        if metric.endswith(f":{suffix}"):
+            label, kind = metric[:-len(suffix) - 1], suffix
+            break
     attack = record["attacks"].get(label)
     if attack is None:
         return None
@@ -85,7 +91,7 @@ def metric_value(record: Mapping[str, Any], metric: str) -> float | None:
 
 
 def is_accuracy(metric: str) -> bool:
-    return ":rho" not in metric
+    return not metric.endswith(tuple(f":{suffix}" for suffix in RHO_SUFFIXES))
 
 
 def points_by_seed(records: Sequence[Mapping[str, Any]], defense: str, metric: str) -> dict[int, list[Point]]:

@@ -22,6 +22,7 @@ import torch
 
 from robustkit import __version__
 from robustkit.bench.audit import audit_model
+from robustkit.bench.spec import NATURAL_MODEL
 from robustkit.data import stack, take
 from robustkit.devices import resolve_device, seed_everything
 from robustkit.evaluation import evaluate
@@ -55,7 +56,12 @@ def train_cell_model(host: Any, dataset: Any, train_settings: Mapping[str, Any],
     key = cell_key(train_settings)
     out_dir = work_dir / TRAIN_DIR / key
     seed = int(train_settings["seed"])
-    defense = host.defenses.create(train_settings["defense"]["name"], train_settings["defense"]["params"])
+    params = dict(train_settings["defense"]["params"])
+    for name, value in params.items():
+        if value == NATURAL_MODEL:  # e.g. hard positives' base: the natural model of these settings
+            _, natural = train_cell_model(host, dataset, natural_settings(train_settings), work_dir, device)
+            params[name] = natural["checkpoint"]
+    defense = host.defenses.create(train_settings["defense"]["name"], params)
     config = TrainConfig(**{**train_settings["training"], "milestones": tuple(train_settings["training"]["milestones"])},
                          seed=seed, device=device, out_dir=out_dir)
     with training_lock(out_dir):
@@ -76,6 +82,11 @@ def train_cell_model(host: Any, dataset: Any, train_settings: Mapping[str, Any],
         "final": {k: v for k, v in history[-1].items() if k != "epoch"} if history else {},
     }
     return result.model, facts
+
+
+def natural_settings(train_settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The training settings of the naturally trained model that matches ``train_settings``."""
+    return {**train_settings, "defense": {"name": "natural", "params": {}}}
 
 
 def run_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str = "auto",
@@ -182,7 +193,7 @@ def _audit(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torc
     if audit.get("black_box"):
         black_box = host.attacks.create(audit["black_box"]["name"], audit["black_box"]["params"])
     surrogate = None
-    natural = {**train_settings, "defense": {"name": "natural", "params": {}}}
+    natural = natural_settings(train_settings)
     if audit["transfer"] and cell_key(natural) != cell_key(train_settings):
         surrogate, _ = train_cell_model(host, dataset, natural, work_dir, device)
     return audit_model(model, images, labels, threat=settings["threat"], settings=audit,

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from robustkit.bench.cells import run_cell
-from robustkit.bench.spec import BenchmarkSpec, Cell
+from robustkit.bench.spec import NATURAL_MODEL, BenchmarkSpec, Cell
 from robustkit.errors import RobustkitError
 from robustkit.files import atomic_write_text, jsonable
 from robustkit.progress import progress
@@ -63,7 +63,8 @@ def describe_benchmark(spec: BenchmarkSpec, host: Any) -> dict[str, Any]:
 
 def _cost(host: Any, d: Any) -> float:
     try:
-        return float(host.defenses.create(d.name, d.params_at(d.sweep[0])).cost())
+        params = {k: (None if v == NATURAL_MODEL else v) for k, v in d.params_at(d.sweep[0]).items()}
+        return float(host.defenses.create(d.name, params).cost())
     except Exception:  # a cost estimate must never stop a run
         return 1.0
 
@@ -113,6 +114,8 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
                 try:
                     record = run_cell(cell.settings, out_dir, device=device, data_root=spec.data_root, host=host)
                 except RobustkitError as err:
+                    if _interrupted(err):  # the training loop turns Ctrl-C into a RobustkitError: stop, don't skip
+                        raise KeyboardInterrupt from None
                     finished(cell, None, str(err))
                     continue
                 finished(cell, record, None)
@@ -125,6 +128,16 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _interrupted(err: BaseException) -> bool:
+    """Whether ``err`` was raised while handling a KeyboardInterrupt."""
+    context = err.__context__
+    while context is not None:
+        if isinstance(context, KeyboardInterrupt):
+            return True
+        context = context.__context__
+    return False
 
 
 def _worker_init(threads: int) -> None:

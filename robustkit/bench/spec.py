@@ -29,6 +29,9 @@ Example (TOML)::
     name = "pgd-at"
     params = {steps = 5}
     sweep = [0.02, 0.05, 0.1]         # values of the defense's knob (eps for PGD-AT)
+
+A defense parameter written ``"@natural"`` receives the checkpoint of the naturally trained model with
+the same settings and seed (hard positives fine-tune it: ``params = {base = "@natural"}``).
 """
 
 from __future__ import annotations
@@ -49,6 +52,10 @@ from robustkit.store import cell_key
 SCHEMA_FILE = "schemas/benchmark.schema.json"
 SUFFIXES = (".toml", ".yaml", ".yml", ".json")
 WORST_CASE = "worst-case"
+#: A defense parameter with this value gets the checkpoint of the naturally trained model of the same
+#: settings and seed (e.g. hard positives' ``base``): cells stay self-contained, the natural model is
+#: trained once and shared.
+NATURAL_MODEL = "@natural"
 
 #: Training settings a spec may leave out, and what they default to.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -223,7 +230,8 @@ def load_spec(source: str | Path, host: Any, *, data_root: str | None = None) ->
     path = Path(source)
     if path.suffix in SUFFIXES and path.exists():
         return parse_spec(read_document(path), str(path), host, data_root=data_root)
-    if isinstance(source, str) and source in host.benchmarks:
+    if str(source) in host.benchmarks:  # Path("quick") names the preset too
+        source = str(source)
         doc = host.benchmarks.create(source)
         return parse_spec(copy.deepcopy(doc), f"preset {source}", host, data_root=data_root)
     if path.suffix in SUFFIXES:
@@ -263,14 +271,29 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
         except UnknownNameError as err:
             raise fail(where, str(err)) from None
 
-    registered(host.datasets, doc["dataset"]["name"], "$.dataset.name")
-    registered(host.models, doc["model"]["name"], "$.model.name")
+    # Parameters too, not just names: a typo in model.params would otherwise fail in every cell.
+    for kind, registry, context in (("dataset", host.datasets, ("root",)),
+                                    ("model", host.models, ("num_classes", "in_channels", "image_size"))):
+        try:
+            registered(registry, doc[kind]["name"], f"$.{kind}.name").resolve(doc[kind].get("params", {}), context)
+        except RobustkitError as err:
+            if isinstance(err, SpecError):
+                raise
+            raise fail(f"$.{kind}.params", str(err)) from None
     threat = {"norm": doc["threat"]["norm"], "eps": float(doc["threat"]["eps"])}
     if threat["norm"] == "linf" and threat["eps"] > 1:
         raise fail("$.threat.eps", f"a linf eps of {threat['eps']} exceeds the data range [0, 1]; write 8/255 as 0.0314")
     training = {**TRAINING_DEFAULTS, **doc["training"]}
     if "val_eps" not in doc["training"] and threat["norm"] == "linf":
         training["val_eps"] = threat["eps"]  # the loop's per-epoch check is linf PGD
+    if training["val_examples"] == 0:
+        training["val_eps"] = None  # no validation: the threat must not change the training key
+    from robustkit.training import TrainConfig  # the loop's own checks (the schema lets epochs = 10.0 through)
+
+    try:
+        TrainConfig(**{**training, "milestones": tuple(training["milestones"])}).check()
+    except RobustkitError as err:
+        raise fail("$.training", str(err)) from None
 
     attacks = tuple(_attack(host, a, threat, f"$.attacks[{i}]", fail) for i, a in enumerate(doc["attacks"]))
     _unique([a.label for a in attacks], "$.attacks", "attack label", fail)
@@ -284,6 +307,9 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
             raise fail("$.evaluation.curve_attack", f"attack {label!r} takes no eps, so it cannot draw an eps curve")
         evaluation["curve_attack"] = label
     audit = {**AUDIT_DEFAULTS, **doc.get("audit", {})}
+    if audit["enabled"] and threat["norm"] not in ("linf", "l2"):
+        raise fail("$.audit", f"the audit's PGD supports linf and l2 threat models, not {threat['norm']}; "
+                   "set audit.enabled = false")
     if audit["enabled"] and audit.get("black_box"):
         bb = _attack(host, audit["black_box"], threat, "$.audit.black_box", fail)
         audit["black_box"] = bb.settings()
@@ -300,8 +326,10 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
         raise fail("$.protocol.targets", "no target clean accuracy: add protocol.targets (e.g. [0.9]) or a "
                    "'natural' defense to match at its accuracy")
     rank_by = protocol.get("rank_by", WORST_CASE)
-    if rank_by != WORST_CASE and rank_by not in {a.label for a in attacks}:
-        raise fail("$.protocol.rank_by", f"{rank_by!r} is neither {WORST_CASE!r} nor an attack label")
+    rankable = [WORST_CASE] + [m for a in attacks for m in (
+        (f"{a.label}:rho", f"{a.label}:rho-median") if a.goal == "minimal-distortion" else (a.label,))]
+    if rank_by not in rankable:
+        raise fail("$.protocol.rank_by", f"{rank_by!r} is not a metric of this spec; choose one of {', '.join(rankable)}")
 
     dataset = dict(doc["dataset"])
     root = data_root or dataset.pop("root", None)
@@ -354,9 +382,11 @@ def _defense(host: Any, doc: Mapping[str, Any], where: str, fail: Any) -> Defens
         if knob in params:
             raise fail(f"{where}.params", f"{knob!r} is swept, so it may not also be fixed in params")
     values = tuple(sweep) if sweep is not None else (None,)
+    _unique(list(values), f"{where}.sweep", "sweep value", fail)  # two equal points would be one cell, stored twice
     for value in values:  # every point is checked before anything trains
         try:
-            host.defenses.create(doc["name"], {**params, knob: value} if value is not None else params)
+            given = {**params, knob: value} if value is not None else params
+            host.defenses.create(doc["name"], {k: (None if v == NATURAL_MODEL else v) for k, v in given.items()})
         except RobustkitError as err:
             raise fail(where, str(err)) from None
     return DefenseSpec(doc.get("label", doc["name"]), doc["name"], params, knob if sweep is not None else None, values)
