@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 import robustkit
-from robustkit.files import atomic_write, atomic_write_text, jsonable
+from robustkit.files import atomic_write, atomic_write_text, jsonable, sha256_file
 from robustkit.data import DatasetInfo
 from robustkit.errors import RobustkitError
 
@@ -154,9 +154,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, defense: 
         if with_state:
             atomic_write(paths.state, lambda tmp: safetensors.torch.save_file(state_tensors, tmp, state_header))
             meta["files"]["state"] = paths.state.name
-            meta["files"]["state_sha256"] = _sha256(paths.state)
+            meta["files"]["state_sha256"] = sha256_file(paths.state)
         atomic_write(paths.weights, lambda tmp: safetensors.torch.save_file(weights, tmp, {"format": FORMAT}))
-        meta["files"]["weights_sha256"] = _sha256(paths.weights)
+        meta["files"]["weights_sha256"] = sha256_file(paths.weights)
         # The JSON goes last: it is the commit point, naming the checksums of what is now on disk.
         atomic_write_text(paths.meta, json.dumps(jsonable(meta), indent=2, allow_nan=False) + "\n")
         if not with_state:
@@ -394,14 +394,6 @@ def versions() -> dict[str, str]:
         "safetensors": getattr(safetensors, "__version__", "unknown"),
         "python": platform.python_version(),
     }
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _few(names: list[str], n: int = 3) -> str:

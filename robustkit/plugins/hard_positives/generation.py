@@ -27,7 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from robustkit.checkpoints import dataset_info_to_dict
-from robustkit.files import atomic_write, atomic_write_text, jsonable
+from robustkit.files import atomic_write, atomic_write_text, jsonable, sha256_file
 from robustkit.models import logits
 from robustkit.plugins.hard_positives.kinds import HardPositiveType
 from robustkit.progress import progress
@@ -259,7 +259,7 @@ class SetCache:
                    "sources": hard.sources.contiguous()}
         atomic_write(tensor_path, lambda tmp: safetensors.torch.save_file(tensors, tmp, {"format": FORMAT}))
         meta = {"format": FORMAT, "generator": GENERATOR_VERSION, "key": key,
-                "tensors_sha256": _sha256(tensor_path), "names": hard.names, "stats": hard.stats,
+                "tensors_sha256": sha256_file(tensor_path), "names": hard.names, "stats": hard.stats,
                 "summary": hard.summary(), "identity": identity, "provenance": provenance or {},
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")}
         atomic_write_text(meta_path, json.dumps(jsonable(meta), indent=2, allow_nan=False) + "\n")
@@ -283,14 +283,6 @@ def _check_tensors(tensors: dict[str, torch.Tensor], shape: tuple[int, ...], num
         raise CacheDamaged("the cached labels or types are out of range")
     return {"images": images, "labels": labels, "kinds": kinds, "pass": tensors["pass"].double(),
             "sources": tensors["sources"].long()}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _one_line(err: BaseException) -> str:
