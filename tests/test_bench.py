@@ -83,13 +83,7 @@ sweep = [0.05, 0.1]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors here are tiny: one thread beats two that wait on each other (and on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Every host here, in this process or another, leaves out the timm plugin: nothing here uses it, and
@@ -436,7 +430,7 @@ def test_broken_preset_file_is_a_plugin_failure(tmp_path, no_timm):
 
 
 @pytest.fixture(scope="module")
-def e2e(tmp_path_factory, host, _one_thread):
+def e2e(tmp_path_factory, host, one_torch_thread):
     """One ``bench run`` of TINY through the CLI: (out folder, spec, CLI output)."""
     folder = tmp_path_factory.mktemp("bench-e2e")
     path = write(folder, TINY)

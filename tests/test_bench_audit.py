@@ -23,12 +23,7 @@ SETTINGS = {"unbounded_eps": 1.0, "unbounded_max_accuracy": 0.05, "steps": 5, "m
 THREAT = {"norm": "linf", "eps": 0.3}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def toy_data(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

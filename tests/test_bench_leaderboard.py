@@ -24,12 +24,7 @@ from test_bench import TINY, edited, write
 TIMING = ("timestamp", "generated", "runtime_seconds", "seconds_per_epoch")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

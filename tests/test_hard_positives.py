@@ -30,13 +30,7 @@ CPU = torch.device("cpu")
 INFO = DatasetInfo("toy", num_classes=3, channels=1, image_size=(8, 8), mean=(0.5,), std=(0.25,))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors here are tiny: one thread beats two that wait on each other (and on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

@@ -27,13 +27,7 @@ from robustkit.threat import ThreatModel
 from robustkit.training import TrainConfig, train
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tensors here are tiny: one thread beats two that wait on each other (and on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # Two channels of 4 x 4. Channel 0 is a fragile feature: +-0.02 around 0.5 with little noise, but its
