@@ -886,3 +886,22 @@ def test_ctrl_c_during_training_stops_the_benchmark(tmp_path, host, monkeypatch)
         run_benchmark(spec, out, host, say=lambda line: None)
     assert calls == [1]
     assert record_files(out) == {}
+
+
+def test_a_digits_spec_runs_on_a_real_dataset_from_a_data_root(tmp_path, host):
+    """`bench run SPEC --dataset mnist --data-root DIR`: the same protocol on MNIST files in the real format."""
+    from test_datasets import write_mnist
+
+    write_mnist(tmp_path / "data", n_train=40, n_test=12)
+    text = edited(TINY, ("n_examples = 40, eps_curve = [0.05, 0.2]", "n_examples = 12"),
+                  ("audit = {steps", "audit = {enabled = false, steps"), ("sweep = [0.05, 0.1]", "sweep = [0.1]"))
+    spec_path = write(tmp_path, text)
+    result = invoke(host, ["bench", "run", str(spec_path), "--dataset", "mnist", "--data-root", str(tmp_path / "data"),
+                           "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    bench = json.loads((tmp_path / "out" / "benchmark.json").read_text())
+    assert bench["dataset"] == {"name": "mnist"} and "on mnist" in bench["source"]
+    records = [json.loads(p.read_text())["result"] for p in (tmp_path / "out" / "cells").glob("*.json")]
+    assert len(records) == 2 and all(r["n_examples"] == 12 for r in records)
+    missing = invoke(host, ["bench", "show", str(spec_path), "--dataset", "mnist"])
+    assert missing.exit_code == 0  # show validates names only; the data are read when cells run

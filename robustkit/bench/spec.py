@@ -222,25 +222,31 @@ def read_document(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_spec(source: str | Path, host: Any, *, data_root: str | None = None) -> BenchmarkSpec:
+def load_spec(source: str | Path, host: Any, *, data_root: str | None = None,
+              dataset: str | None = None) -> BenchmarkSpec:
     """A spec from a file path or a registered preset name (``robustkit bench list``).
 
     :param data_root: overrides the spec's ``dataset.root`` (the CLI's ``--data-root``).
+    :param dataset: runs the spec on another registered dataset (its parameters are dropped), e.g. a
+        digits preset on ``mnist``; the models adapt to the input size, channels and classes.
     """
     path = Path(source)
     if path.suffix in SUFFIXES and path.exists():
-        return parse_spec(read_document(path), str(path), host, data_root=data_root)
-    if str(source) in host.benchmarks:  # Path("quick") names the preset too
-        source = str(source)
-        doc = host.benchmarks.create(source)
-        return parse_spec(copy.deepcopy(doc), f"preset {source}", host, data_root=data_root)
-    if path.suffix in SUFFIXES:
+        doc, where = read_document(path), str(path)
+    elif str(source) in host.benchmarks:  # Path("quick") names the preset too
+        doc, where = copy.deepcopy(host.benchmarks.create(str(source))), f"preset {source}"
+    elif path.suffix in SUFFIXES:
         raise SpecError(f"benchmark spec {path} does not exist")
-    try:
-        host.benchmarks.get(str(source))
-    except UnknownNameError as err:
-        raise SpecError(f"{err}; or give the path of a .toml/.yaml spec file") from None
-    raise AssertionError("unreachable")
+    else:
+        try:
+            host.benchmarks.get(str(source))
+        except UnknownNameError as err:
+            raise SpecError(f"{err}; or give the path of a .toml/.yaml spec file") from None
+        raise AssertionError("unreachable")
+    if dataset is not None:
+        doc["dataset"] = {"name": dataset}
+        where += f" on {dataset}"
+    return parse_spec(doc, where, host, data_root=data_root)
 
 
 @functools.lru_cache(maxsize=1)

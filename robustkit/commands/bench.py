@@ -46,20 +46,23 @@ def list_presets(pattern: str | None, as_json: bool) -> None:
     echo_table([[e.name, e.plugin, e.description] for e in entries], ["preset", "plugin", "description"])
 
 
-def _load(spec: str, data_root: Path | None):
+def _load(spec: str, data_root: Path | None, dataset: str | None):
     from robustkit.bench.spec import load_spec
 
-    return load_spec(spec, get_host(), data_root=str(data_root) if data_root else None)
+    return load_spec(spec, get_host(), data_root=str(data_root) if data_root else None, dataset=dataset)
 
 
-data_root_option = click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                                help="Folder holding real datasets (overrides the spec's dataset.root).")
+def data_options(f):
+    f = click.option("--dataset", "dataset", default=None,
+                     help="Run the spec on this registered dataset instead (e.g. mnist with --data-root).")(f)
+    return click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                        help="Folder holding real datasets (overrides the spec's dataset.root).")(f)
 
 
 @bench.command()
 @click.argument("spec")
-@data_root_option
-def show(spec: str, data_root: Path | None) -> None:
+@data_options
+def show(spec: str, data_root: Path | None, dataset: str | None) -> None:
     """Validate SPEC (a preset name or a .toml/.yaml file) and print its cells, without running anything.
 
     \b
@@ -67,7 +70,7 @@ def show(spec: str, data_root: Path | None) -> None:
       robustkit bench show quick
       robustkit bench show my-spec.toml
     """
-    loaded = _load(spec, data_root)
+    loaded = _load(spec, data_root, dataset)
     click.echo(f"{loaded.name}: {loaded.description}")
     click.echo(f"dataset {loaded.dataset['name']}, model {loaded.model['name']}, {loaded.training['epochs']} epochs, "
                f"threat {loaded.threat['norm']} eps {loaded.threat['eps']:g}, seeds {list(loaded.seeds)}")
@@ -84,10 +87,11 @@ def show(spec: str, data_root: Path | None) -> None:
               help="Results folder; default runs/bench-NAME. Rerunning into it skips finished cells.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cells to run in parallel processes.")
-@data_root_option
+@data_options
 @device_option
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report when done.")
-def run(spec: str, out_dir: Path | None, jobs: int, data_root: Path | None, device: str, report: bool) -> None:
+def run(spec: str, out_dir: Path | None, jobs: int, data_root: Path | None, dataset: str | None, device: str,
+        report: bool) -> None:
     """Train and evaluate every cell of SPEC (a preset name or a .toml/.yaml file), resumably.
 
     Each finished cell (defense x knob value x seed) is recorded atomically under --out; killing the
@@ -99,12 +103,13 @@ def run(spec: str, out_dir: Path | None, jobs: int, data_root: Path | None, devi
       robustkit bench run quick
       robustkit bench run quick --out runs/quick --jobs 2
       robustkit bench run my-spec.yaml --data-root ~/data --device cuda
+      robustkit bench run localized-at --dataset mnist --data-root ~/data --out runs/lat-mnist
     """
     from robustkit.bench.runner import run_benchmark
 
     host = get_host()
-    loaded = _load(spec, data_root)
-    out_dir = out_dir or Path("runs") / f"bench-{loaded.name}"
+    loaded = _load(spec, data_root, dataset)
+    out_dir = out_dir or Path("runs") / (f"bench-{loaded.name}" + (f"-{dataset}" if dataset else ""))
     summary = run_benchmark(loaded, out_dir, host, jobs=jobs, device=device, say=click.echo)
     if report and summary.total - len(summary.failed) > 0:
         _report(out_dir)
