@@ -42,6 +42,7 @@ from robustkit.devices import resolve_device, seed_everything
 from robustkit.files import atomic_write_text
 from robustkit.errors import InputError, RobustkitError
 from robustkit.models import logits
+from robustkit.precision import PRECISIONS, wrap
 from robustkit.progress import progress
 from robustkit.threat import distances
 
@@ -215,7 +216,8 @@ class EvaluationResult:
 
 def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_examples: int | None = None,
              batch_size: int = 128, device: str | torch.device = "auto", seed: int = 0,
-             keep_examples: int = 0, with_pass: bool = False) -> EvaluationResult:
+             keep_examples: int = 0, with_pass: bool = False, precision: str = "fp32",
+             channels_last: bool = False) -> EvaluationResult:
     """Clean accuracy and robust accuracy of ``model`` under each attack in ``attacks``.
 
     :param model: images in [0, 1] -> logits; moved to ``device`` and put in eval mode meanwhile.
@@ -229,11 +231,16 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     :param keep_examples: keep the first this many clean-correct examples (topped up with misclassified
         ones) and their adversarials in ``result.examples`` (for :func:`robustkit.plots.save_example_grid`).
     :param with_pass: also measure PASS (:func:`robustkit.metrics.pass_score`) of every successful adversarial.
+    :param precision: ``fp32``, ``bf16`` or ``fp16``: the model runs under autocast (attacks still see
+        float32 logits; see :mod:`robustkit.precision` on why fp16 can weaken gradient attacks).
+    :param channels_last: run the model in channels-last memory format.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     if keep_examples < 0:
         raise InputError(f"keep_examples must be >= 0, got {keep_examples}")
+    if precision not in PRECISIONS:
+        raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = resolve_device(device)
     dataset = take(_as_dataset(data), n_examples)
     if len(dataset) == 0:  # type: ignore[arg-type]
@@ -245,6 +252,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     start = time.perf_counter()
     was_training = model.training
     model.to(device).eval()
+    owner, model = model, wrap(model, precision, channels_last)
     try:
         for batch_index, (images, labels) in enumerate(progress(loader, total=len(loader), desc="evaluate",
                                                                 unit="batch")):
@@ -263,7 +271,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
                 _keep(images, batch_records, adversarials, keep_examples, kept)
             records.extend(batch_records)
     finally:
-        model.train(was_training)
+        owner.train(was_training)
     result = _result(records, attacks, seconds, seed, device, time.perf_counter() - start)
     if keep_examples:
         result.examples = _examples(kept, keep_examples, list(attacks), images.shape[1:])

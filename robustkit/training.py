@@ -41,6 +41,7 @@ from robustkit.data import ImageDataset, check_images, take
 from robustkit.defenses import Defense
 from robustkit.devices import resolve_device, seed_everything
 from robustkit.errors import ParameterError, RobustkitError
+from robustkit.precision import PRECISIONS, wrap
 from robustkit.progress import progress
 from robustkit.threat import ThreatModel
 
@@ -77,6 +78,10 @@ class TrainConfig:
     :param out_dir: where checkpoints, ``metrics.jsonl`` and ``curves.png`` go; ``None`` writes nothing
         (and nothing can be resumed).
     :param num_workers: DataLoader worker processes.
+    :param precision: ``fp32``, ``bf16`` or ``fp16`` (mixed precision through :mod:`robustkit.precision`;
+        ``fp16`` scales the loss with a GradScaler).
+    :param channels_last: keep the model and its inputs in channels-last memory format (faster convolutions
+        on recent GPUs).
     """
 
     epochs: int = 10
@@ -96,6 +101,8 @@ class TrainConfig:
     val_step_size: float | None = None
     out_dir: Path | None = None
     num_workers: int = 0
+    precision: str = "fp32"
+    channels_last: bool = False
 
     NOT_IDENTITY = ("device", "out_dir", "num_workers")  # may change between a run and its resume
 
@@ -122,10 +129,14 @@ class TrainConfig:
         need(self.val_step_size is None or self.val_step_size > 0,
              f"val_step_size must be > 0 or None, got {self.val_step_size}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
+        need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def identity(self) -> dict[str, Any]:
-        """The settings that decide the trained weights and the recorded metrics."""
-        return jsonable({k: v for k, v in dataclasses.asdict(self).items() if k not in self.NOT_IDENTITY})
+        """The settings that decide the trained weights and the recorded metrics (the precision options
+        only when not at their defaults, so runs saved before they existed still resume)."""
+        defaults = {"precision": "fp32", "channels_last": False}
+        return jsonable({k: v for k, v in dataclasses.asdict(self).items()
+                         if k not in self.NOT_IDENTITY and not (k in defaults and v == defaults[k])})
 
 
 @dataclass
@@ -191,6 +202,7 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
     out_dir = Path(config.out_dir) if config.out_dir is not None else None
     paths = CheckpointPaths.of(out_dir / CHECKPOINT_STEM) if out_dir is not None else None
 
+    scaler = torch.amp.GradScaler(device.type) if config.precision == "fp16" else None
     optimizer = _make_optimizer(model, config)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     defense.setup(model, device)
@@ -198,7 +210,7 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
 
     history: list[dict[str, Any]] = []
     if paths is not None and resume and paths.meta.exists():
-        history = _resume(paths, identity, model, optimizer, scheduler, defense)
+        history = _resume(paths, identity, model, optimizer, scheduler, defense, scaler)
         if len(history) >= config.epochs:  # finished before: nothing to do
             _publish(model, defense)
             model.eval()
@@ -213,14 +225,15 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
         epochs = progress(range(start + 1, config.epochs + 1), total=config.epochs, initial=start,
                           desc="epochs", unit="epoch", leave=True)
         for epoch in epochs:
-            row = _train_epoch(model, defense, optimizer, dataset, loader_args, config, epoch, device, paths, completed)
+            row = _train_epoch(model, defense, optimizer, dataset, loader_args, config, epoch, device, paths, completed,
+                               scaler)
             scheduler.step()
             with _published(model, defense):
                 row.update(_validate(model, val_set, config, epoch, device))
             history.append(row)
             with defer_interrupts():  # a Ctrl-C while saving lands after the save, so `completed` is true
                 if paths is not None:
-                    _save(paths, model, defense, optimizer, scheduler, config, identity, history, host)
+                    _save(paths, model, defense, optimizer, scheduler, config, identity, history, host, scaler)
                 completed = epoch
             epochs.set_postfix(_postfix(row))
             if paths is not None and time.monotonic() - curves_at > CURVES_EVERY_S:
@@ -274,7 +287,7 @@ def _loader_args(train_set: Dataset, config: TrainConfig, device: torch.device) 
 
 
 def _resume(paths: CheckpointPaths, identity: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, defense: Defense) -> list[dict[str, Any]]:
+            scheduler: Any, defense: Defense, scaler: Any = None) -> list[dict[str, Any]]:
     """Check ``paths`` is this run, load its state, and return the history of its completed epochs."""
     meta = read_metadata(paths.meta)
     stored = meta.get("run")
@@ -294,6 +307,8 @@ def _resume(paths: CheckpointPaths, identity: dict[str, Any], model: nn.Module, 
         state = state or None
     if state is not None:
         defense.load_state_dict(state)
+    if scaler is not None and meta.get("grad_scaler"):
+        scaler.load_state_dict(meta["grad_scaler"])
     return [dict(row) for row in meta.get("history") or []]
 
 
@@ -317,7 +332,7 @@ def _differences(stored: Any, current: Any, prefix: str = "", limit: int = 3) ->
 
 def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
                  loader_args: dict[str, Any], config: TrainConfig, epoch: int, device: torch.device,
-                 paths: CheckpointPaths | None, completed: int) -> dict[str, Any]:
+                 paths: CheckpointPaths | None, completed: int, scaler: Any = None) -> dict[str, Any]:
     data_order = torch.Generator()
     data_order.manual_seed(epoch_seed(config.seed, epoch, "data"))
     loader = DataLoader(dataset.train, shuffle=True, generator=data_order, **loader_args)
@@ -327,19 +342,25 @@ def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Opti
     extra: dict[str, float] = {}
     started = time.perf_counter()
     batches = progress(loader, total=len(loader), desc=f"epoch {epoch}", unit="batch")
+    net = wrap(model, config.precision, config.channels_last)  # what the defense runs: autocast, float32 logits
     for batch, (images, labels) in enumerate(batches, start=1):
         images = images.to(device, non_blocking=True)
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
         if epoch == 1 and batch == 1:
             check_images(images, labels, what="training images", shape=dataset.info.input_shape)
-        model.train()
+        net.train()
         optimizer.zero_grad(set_to_none=True)
-        out = defense.batch_loss(model, images, labels)
+        out = defense.batch_loss(net, images, labels)
         loss_value = float(out.loss.detach())
         if not math.isfinite(loss_value):
             raise RobustkitError(_nonfinite_message(loss_value, epoch, batch, completed, paths, lr))
-        out.loss.backward()
-        optimizer.step()
+        if scaler is None:
+            out.loss.backward()
+            optimizer.step()
+        else:  # fp16: scale the loss so small gradients survive; a step with inf/nan gradients is skipped
+            scaler.scale(out.loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         defense.after_step(model)
         n = labels.shape[0]
         total_loss += loss_value * n
@@ -376,18 +397,19 @@ def _validate(model: nn.Module, val_set: Dataset | None, config: TrainConfig, ep
     start_noise.manual_seed(epoch_seed(config.seed, epoch, "validation"))
     clean = robust = total = 0
     was_training = model.training
-    model.eval()
+    net = wrap(model, config.precision, config.channels_last)
+    net.eval()
     try:
         for images, labels in DataLoader(val_set, batch_size=config.batch_size, shuffle=False):
             images, labels = images.to(device), torch.as_tensor(labels).to(device)
             with torch.no_grad():
-                right = model(images).argmax(1) == labels
+                right = net(images).argmax(1) == labels
             clean += int(right.sum())
             if threat is not None:
-                adv = pgd(model, images, labels, threat, steps=config.val_steps, step_size=step, generator=start_noise)
+                adv = pgd(net, images, labels, threat, steps=config.val_steps, step_size=step, generator=start_noise)
                 with torch.no_grad():
                     # Robust means right before and after: a lucky random start must not count.
-                    robust += int((right & (model(adv).argmax(1) == labels)).sum())
+                    robust += int((right & (net(adv).argmax(1) == labels)).sum())
             total += labels.shape[0]
     finally:
         model.train(was_training)
@@ -402,7 +424,7 @@ def _validate(model: nn.Module, val_set: Dataset | None, config: TrainConfig, ep
 
 def _save(paths: CheckpointPaths, model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer,
           scheduler: Any, config: TrainConfig, identity: dict[str, Any], history: list[dict[str, Any]],
-          host: Any) -> None:
+          host: Any, scaler: Any = None) -> None:
     epoch = history[-1]["epoch"]
     defense_state = defense.state_dict()
     with _published(model, defense) as live:
@@ -418,6 +440,7 @@ def _save(paths: CheckpointPaths, model: nn.Module, defense: Defense, optimizer:
                 "defense_cost": defense.cost() if hasattr(defense, "cost") else None,
                 "history": jsonable(history),
                 "plugins": host.plugin_versions() if host is not None else None,
+                "grad_scaler": scaler.state_dict() if scaler is not None else None,
             },
         )
     # A derived view of the history in the checkpoint (the checkpoint is the source of truth on resume).

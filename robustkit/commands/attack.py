@@ -8,7 +8,8 @@ import click
 
 from robustkit.checkpoints import load_model, read_metadata
 from robustkit.cli import cli, echo_table
-from robustkit.commands.common import build_attacks, data_options, device_option, load_dataset, seed_option
+from robustkit.commands.common import (build_attacks, data_options, device_option, load_dataset, precision_options,
+                                      seed_option)
 from robustkit.devices import seed_everything
 from robustkit.errors import RobustkitError
 from robustkit.evaluation import EvaluationResult, evaluate
@@ -59,8 +60,9 @@ def print_evaluation(result: EvaluationResult) -> None:
               help="Images in the example grid: the first clean-correct ones (0: no grid).")
 @seed_option
 @device_option
+@precision_options
 def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, dataset_params, n_examples, batch_size,
-           out_dir, grid_path, with_pass, grid_examples, seed, device) -> None:
+           out_dir, grid_path, with_pass, grid_examples, seed, device, precision, channels_last) -> None:
     """Attack a model with one or more attacks: clean, robust and worst-case accuracy.
 
     CHECKPOINT is a last.json / last.safetensors written by `robustkit train`. Each --attack is
@@ -98,7 +100,7 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
         raise RobustkitError(f"--grid {grid_path}: give a .png file name")
     keep = grid_examples if grid_path is not None else 0
     result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
-                      keep_examples=keep, with_pass=with_pass)
+                      keep_examples=keep, with_pass=with_pass, precision=precision, channels_last=channels_last)
     print_evaluation(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

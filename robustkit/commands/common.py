@@ -16,6 +16,12 @@ def device_option(f: Callable) -> Callable:
                         help="auto (CUDA when present, else CPU), cpu, cuda or cuda:N.")(f)
 
 
+def precision_options(f: Callable) -> Callable:
+    f = click.option("--channels-last", is_flag=True, help="Channels-last memory format (faster convolutions on GPUs).")(f)
+    return click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+                        help="Mixed precision: bf16 or fp16 autocast (fp16 scales the loss).")(f)
+
+
 def seed_option(f: Callable) -> Callable:
     return click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random.")(f)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from robustkit.cli import cli, echo_table
-from robustkit.commands.common import data_options, device_option, load_dataset, seed_option
+from robustkit.commands.common import data_options, device_option, load_dataset, precision_options, seed_option
 from robustkit.devices import seed_everything
 from robustkit.host import get_host
 from robustkit.models import build_model
@@ -36,12 +36,13 @@ from robustkit.training import TrainConfig, train as run_training
               help="Linf eps of the per-epoch PGD check; default: the defense's eps if it has one, else off.")
 @seed_option
 @device_option
+@precision_options
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder; default runs/DATASET-MODEL-DEFENSE-sSEED.")
 @click.option("--no-resume", is_flag=True, help="Start over even if --out holds a checkpoint of this run.")
 def train(model_name, model_params, dataset_name, data_root, dataset_params, defense_name, defense_params, epochs,
-          batch_size, optimizer, lr, momentum, weight_decay, schedule, val_examples, val_eps, seed, device, out_dir,
-          no_resume) -> None:
+          batch_size, optimizer, lr, momentum, weight_decay, schedule, val_examples, val_eps, seed, device, precision,
+          channels_last, out_dir, no_resume) -> None:
     """Train MODEL on DATASET with a defense; checkpoints every epoch and resumes after interruption.
 
     Writes last.safetensors + last.json (the checkpoint), metrics.jsonl (per-epoch train loss and
@@ -65,6 +66,7 @@ def train(model_name, model_params, dataset_name, data_root, dataset_params, def
     config = TrainConfig(
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, val_examples=val_examples,
+        precision=precision, channels_last=channels_last,
         val_eps=eval_fraction(str(val_eps)) if val_eps is not None else None,
         out_dir=out_dir or Path("runs") / f"{dataset_name}-{model_name.replace(':', '_')}-{defense_name}-s{seed}",
     )
