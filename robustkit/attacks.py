@@ -4,6 +4,13 @@ An attack takes a model (images in [0, 1] -> logits), a batch of images ``N x C 
 [0, 1] and their labels, and returns an :class:`AttackResult`. Subclasses implement
 :meth:`Attack.perturb`; :meth:`Attack.__call__` checks inputs, puts the model in eval mode and
 checks the output, so every attack gets the same guarantees.
+
+The checks are made cheap, since fast attacks (one gradient step) are called in loops: the batch is
+checked with one pass (``aminmax``: in [0, 1] and finite at once; :func:`robustkit.data.check_images`
+only runs to word the error), the model's logits are checked once per model, and what is learnt about
+a model (:class:`ModelFacts`: its device and class count, from one forward pass on one image) is
+remembered while the model stays the same (:func:`model_key`), weakly, so that a model is never kept
+alive by an attack.
 """
 
 from __future__ import annotations
@@ -20,11 +27,116 @@ from robustkit.errors import InputError, ParameterError
 from robustkit.models import logits
 from robustkit.params import Param, resolve_params
 
-# Models already seen to return an N x K logits tensor (weak: forgotten with the model).
-_MODELS_WITH_LOGITS: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
-
 KNOWLEDGE = ("white-box", "score-based", "decision-based", "transfer")
 GOALS = ("fixed-budget", "minimal-distortion")
+
+
+_LABEL_DTYPES = (torch.int64, torch.int32, torch.int16, torch.uint8)
+
+
+def _check_batch(images: Any, labels: Any, shape: tuple[int, ...] | None) -> None:
+    """:func:`~robustkit.data.check_images` in one pass over the images when they are fine.
+
+    ``aminmax`` finds the range, and NaN or infinite values show in it (NaN propagates, +-inf lies outside
+    [0, 1]); anything unusual goes to ``check_images``, which raises with its message (or accepts it).
+    """
+    if isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor):
+        size = images.shape
+        if (len(size) == 4 and images.is_floating_point() and size[0] and size[1] and size[2] and size[3]
+                and (shape is None or size[1:] == tuple(shape))
+                and labels.shape == size[:1] and labels.dtype in _LABEL_DTYPES):
+            lo, hi = torch.aminmax(images)
+            if float(lo) >= 0.0 and float(hi) <= 1.0:
+                return
+    check_images(images, labels, shape=shape)
+
+
+def model_key(model: nn.Module) -> tuple:
+    """A fingerprint of ``model``'s tensors: storage address, in-place version counter and dtype of every
+    parameter and buffer, in module order.
+
+    It changes when a tensor is replaced, modified in place (an optimizer step, ``load_state_dict``), moved
+    or cast (new storage), or a submodule is added, removed or swapped; while it stays the same, what was
+    built for the model can be reused. (Cheap: one walk over the modules, no allocation but the key.)
+    """
+    key = []
+    todo, seen = [model], {id(model)}
+    while todo:
+        module = todo.pop()
+        for tensors in (module._parameters, module._buffers):
+            for t in tensors.values():
+                if t is not None:
+                    key.append(_tensor_key(t))
+        for child in module._modules.values():
+            if child is not None and id(child) not in seen:
+                seen.add(id(child))
+                todo.append(child)
+    return tuple(key)
+
+
+def _tensor_key(t: torch.Tensor) -> tuple:
+    try:
+        return (t.data_ptr(), t._version, t.dtype)
+    except (RuntimeError, ValueError, AttributeError):  # no storage yet (a lazy module's parameters)
+        return (id(t), None, t.dtype)
+
+
+def model_device(model: nn.Module) -> torch.device | None:
+    """The device of ``model``'s first parameter or buffer (None if it has none); stops at the first."""
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+def _layout(model: nn.Module) -> tuple:
+    """Dtype, device and shape of every parameter and buffer: what a model's device and class count follow."""
+    return tuple((t.dtype, t.device, tuple(t.shape)) for t in (*model.parameters(), *model.buffers()))
+
+
+@dataclass(frozen=True, eq=False)
+class ModelFacts:
+    """What attacks need to know about a model, valid while its :func:`model_key` is ``key``.
+
+    The same object is returned for as long as the key stays the same, so ``facts is cached_facts`` is a
+    valid (and the cheapest) test that nothing changed.
+
+    :param key: the model's :func:`model_key` when the facts were read.
+    :param device: the device of its first parameter or buffer (None if it has none).
+    :param num_classes: the number of logits it returns per image.
+    :param layout: dtype, device and shape of every parameter and buffer.
+    """
+
+    key: tuple
+    device: torch.device | None
+    num_classes: int
+    layout: tuple = ()
+
+
+# Facts of the models seen, weakly keyed: forgotten with the model, recomputed when it changes.
+_MODEL_FACTS: "weakref.WeakKeyDictionary[nn.Module, ModelFacts]" = weakref.WeakKeyDictionary()
+
+
+def model_facts(model: nn.Module, images: torch.Tensor, refresh: bool = False) -> ModelFacts:
+    """``model``'s :class:`ModelFacts`, from one forward pass on ``images[:1]`` the first time the model is
+    seen, whenever the layout of its tensors changed since (new weights alone need no new pass), and when
+    ``refresh``; raises :class:`InputError` unless it returns ``N x K`` logits. Call it in eval mode
+    (BatchNorm statistics would move otherwise)."""
+    key = model_key(model)
+    known = None if refresh else _MODEL_FACTS.get(model)
+    if known is not None and known.key == key:
+        return known
+    layout = _layout(model)
+    if known is not None and known.layout == layout:
+        facts = ModelFacts(key, known.device, known.num_classes, layout)
+    else:
+        device = model_device(model)
+        with torch.no_grad():
+            out = logits(model, images[:1] if device is None else images[:1].to(device))
+        facts = ModelFacts(key, device, int(out.shape[1]), layout)
+    _MODEL_FACTS[model] = facts
+    return facts
 
 
 @dataclass
@@ -78,17 +190,15 @@ class Attack:
                  target_labels: torch.Tensor | None = None) -> AttackResult:
         spec = getattr(model, "spec", None)
         expected = spec.dataset.input_shape if getattr(spec, "dataset", None) is not None else None
-        check_images(images, labels, shape=expected)
+        _check_batch(images, labels, expected)
         if target_labels is not None and not self.supports_targeted:
             raise ParameterError(f"{self.display_name()} has no targeted mode")
         was_training = model.training
         if was_training:  # train()/eval() walk every submodule: skip when there is nothing to switch
             model.eval()
         try:
-            if model not in _MODELS_WITH_LOGITS:  # once per model: a model that returns no logits tensor
-                with torch.no_grad():
-                    logits(model, images[:1])
-                _MODELS_WITH_LOGITS.add(model)
+            if model not in _MODEL_FACTS:  # once per model: a model that returns no logits tensor fails here
+                model_facts(model, images)
             result = self.perturb(model, images, labels, target_labels)
         finally:
             if was_training:

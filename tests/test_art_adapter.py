@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import inspect
 import random
 import sys
 import types
+import weakref
 
 import numpy as np
 import pytest
@@ -405,3 +407,96 @@ def test_runs_on_the_model_device_and_returns_on_the_input_device(host):
     adv = attack(model, x.cuda(), y.cuda()).adversarial
     assert adv.device.type == "cuda"
     assert attack(model, x, y).adversarial.device.type == "cpu"
+
+
+# --- the cached classifier: reused per model, rebuilt when it changes, never keeps it alive ------------
+
+
+def art_fgm(model: nn.Module, x: torch.Tensor, y: torch.Tensor, classes: int = 10, seed: int = 3) -> torch.Tensor:
+    """ART's FastGradientMethod (eps 0.05) called directly on a classifier built for ``model`` now."""
+    attack = art_evasion.FastGradientMethod(art_classifier(model, classes=classes), eps=0.05)
+    seed_all(seed)
+    return torch.from_numpy(attack.generate(x.numpy(), one_hot(y, classes)))
+
+
+def test_one_adapter_on_two_models_equals_art_on_each(host):
+    first, second = tiny_model(seed=0), tiny_model(seed=1)
+    x, y = batch(first, n=4)
+    attack = host.attacks.create("art:FastGradientMethod", {"eps": 0.05, "seed": 3})
+    for model in (first, second, first, second):
+        assert torch.equal(attack(model, x, y).adversarial, art_fgm(model, x, y))
+    assert not torch.equal(attack(first, x, y).adversarial, attack(second, x, y).adversarial)
+
+
+def test_cached_classifier_follows_weight_changes(host):
+    model = tiny_model()
+    x, y = batch(model, n=4)
+    attack = host.attacks.create("art:FastGradientMethod", {"eps": 0.05, "seed": 3})
+    before = attack(model, x, y).adversarial
+    assert torch.equal(before, art_fgm(model, x, y))
+    with torch.no_grad():
+        model.net[1].weight.neg_()  # in place, as an optimizer step would
+    after = attack(model, x, y).adversarial
+    assert torch.equal(after, art_fgm(model, x, y)) and not torch.equal(after, before)
+    model.load_state_dict(tiny_model(seed=5).state_dict())
+    assert torch.equal(attack(model, x, y).adversarial, art_fgm(model, x, y))
+
+
+def test_class_count_input_shape_and_dtype_are_read_again(host):
+    model = tiny_model()
+    x, y = batch(model, n=4)
+    attack = host.attacks.create("art:FastGradientMethod", {"eps": 0.05, "seed": 3})
+    attack(model, x, y)
+    model.net[1] = nn.Linear(64, 4)  # a new head: 4 classes
+    with torch.no_grad():
+        y4 = model(x).argmax(1)
+    assert torch.equal(attack(model, x, y4).adversarial, art_fgm(model, x, y4, classes=4))
+    with pytest.raises(InputError, match=r"labels must lie in 0\.\.3"):
+        attack(model, x, (y4 + 4) % 10)
+    model.net[1] = nn.Linear(64, 12)  # more classes: labels beyond the cached count are not refused
+    y12 = y4 + 8
+    assert torch.equal(attack(model, x, y12).adversarial, art_fgm(model, x, y12, classes=12))
+    model.net[1] = nn.Linear(64, 4)
+    # Another input shape (the model flattens whatever it gets into 64 features): a classifier of its own.
+    x2 = x.view(4, 1, 4, 16)
+    ours = attack(model, x2, y4).adversarial
+    direct = art_evasion.FastGradientMethod(art_classifier(model, shape=(1, 4, 16), classes=4), eps=0.05)
+    seed_all(3)
+    assert torch.equal(ours, torch.from_numpy(direct.generate(x2.numpy(), one_hot(y4, 4))))
+    # Cast to float64: ART hands float32 arrays, which the rebuilt wrapper casts to the model's dtype.
+    model.double()
+    try:
+        ours = attack(model, x.double(), y4).adversarial
+        assert torch.equal(ours, host.attacks.create("art:FastGradientMethod", {"eps": 0.05, "seed": 3})(
+            model, x.double(), y4).adversarial)
+    finally:
+        model.float()
+
+
+@pytest.mark.parametrize("name", ["art:FastGradientMethod", "art:SimBA", "art:ShadowAttack"])
+def test_the_cache_does_not_keep_a_model_alive(host, name):
+    model = tiny_model()
+    x, y = batch(model)
+    attack = host.attacks.create(name, RUN_PARAMS.get(name, {}))  # SimBA: softmax on top; Shadow: per image
+    attack(model, x, y)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
+@pytest.mark.parametrize("name", sorted(set(RUN_PARAMS) | {"art:FastGradientMethod", "art:SaliencyMapMethod"}))
+def test_a_reused_classifier_repeats_a_fresh_ones_result(host, name):
+    """Every attack that runs quickly: the second call (cached classifier) equals a first call of a new adapter."""
+    entry = host.attacks.get(name)
+    if not entry.info["available"]:
+        pytest.skip(entry.info["reason"])
+    attack = host.attacks.create(name, {**RUN_PARAMS.get(name, {}), "seed": 4})
+    shape = attack.facts.input_shape or (1, 8, 8)
+    model = tiny_model(shape)
+    x, y = batch(model, shape=shape)
+    targets = (y + 1) % 10 if attack.facts.targeted_only else None
+    attack(model, x, y, targets)
+    again = attack(model, x, y, targets).adversarial
+    fresh = host.attacks.create(name, {**RUN_PARAMS.get(name, {}), "seed": 4})(model, x, y, targets).adversarial
+    assert torch.equal(again, fresh)

@@ -14,6 +14,7 @@ from robustkit.adversarial import pgd
 from robustkit.data import stack
 from robustkit.errors import ParameterError
 from robustkit.host import make_host
+from robustkit.plugins import nattack
 from robustkit.plugins.nattack import NAttack, max_queries
 from robustkit.threat import ThreatModel
 
@@ -135,7 +136,7 @@ def test_legacy_flag_changes_the_search(mlp, digits):
 
 
 @pytest.mark.parametrize("shared_noise", [True, False])
-def test_batched_equals_per_image(mlp, digits, shared_noise):
+def test_batched_equals_per_image(mlp, digits, shared_noise, monkeypatch):
     """Same seed: attacking a batch, chunk by chunk, or one image at a time gives the same result."""
     _, (x, y) = digits
     model = mlp.double()  # float64, so batched and single forward passes agree to ~1e-16
@@ -144,6 +145,12 @@ def test_batched_equals_per_image(mlp, digits, shared_noise):
         kwargs = dict(eps=0.1, iterations=40, population=30, seed=3, shared_noise=shared_noise)
         attack = NAttack(**kwargs)
         batched = attack(model, x, y)
+        with monkeypatch.context() as patch:  # one image per pass, at most 2 images' logits scored together
+            patch.setattr(nattack, "_CPU_PASS_ELEMENTS", 30 * 64)
+            patch.setattr(nattack, "_LOGITS_ELEMENTS", 2 * 10 * 30)
+            grouped = attack(model, x, y)
+        assert torch.equal(grouped.queries, batched.queries)
+        assert torch.allclose(grouped.adversarial, batched.adversarial, atol=1e-9)
         chunked = NAttack(batch_size=30, **kwargs)(model, x, y)  # one image per forward pass
         singles = [attack(model, x[i:i + 1], y[i:i + 1]) for i in reversed(range(len(x)))][::-1]
         single = (torch.cat([s.queries for s in singles]), torch.cat([s.extra["success"] for s in singles]),

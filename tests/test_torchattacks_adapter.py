@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import inspect
 import io
+import weakref
 
 import pytest
 import torch
@@ -350,3 +352,97 @@ def test_runs_on_the_model_device_and_returns_on_the_input_device(host):
     assert attack.build(model, x).device.type == "cuda"
     adv = attack(model, x.cuda(), y.cuda()).adversarial
     assert adv.device.type == "cuda"
+
+
+# --- the cached torchattacks object: reused per model, rebuilt when it changes, never keeps it alive ----
+
+
+def test_one_adapter_on_two_models_equals_torchattacks_on_each(host):
+    first, second = tiny_model(seed=0), tiny_model(seed=1)
+    x, y = batch(first, n=4)
+    attack = host.attacks.create("torchattacks:PGD", {"eps": 0.1, "alpha": 0.02, "steps": 3, "seed": 2})
+    for model in (first, second, first, second):
+        ours = attack(model, x, y).adversarial
+        torch.manual_seed(2)
+        assert torch.equal(ours, torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=3)(x, y))
+    assert not torch.equal(attack(first, x, y).adversarial, attack(second, x, y).adversarial)
+
+
+def test_cached_object_follows_weight_changes(host):
+    model = tiny_model()
+    x, y = batch(model, n=4)
+    attack = host.attacks.create("torchattacks:FGSM", {"eps": 0.05, "seed": 3})
+
+    def direct():
+        torch.manual_seed(3)
+        return torchattacks.FGSM(model, eps=0.05)(x, y)
+
+    before = attack(model, x, y).adversarial
+    assert torch.equal(before, direct())
+    with torch.no_grad():
+        model.net[1].weight.neg_()  # in place, as an optimizer step would
+    after = attack(model, x, y).adversarial
+    assert torch.equal(after, direct()) and not torch.equal(after, before)
+    model.load_state_dict(tiny_model(seed=5).state_dict())
+    assert torch.equal(attack(model, x, y).adversarial, direct())
+    model.net[1].weight = nn.Parameter(torch.zeros_like(model.net[1].weight))  # a new tensor
+    assert torch.equal(attack(model, x, y).adversarial, direct())
+
+
+def test_class_count_is_read_again_when_the_model_changes_shape(host):
+    model = tiny_model(classes=10)
+    x, y = batch(model, n=3)
+    attack = host.attacks.create("torchattacks:APGDT", {"steps": 2, "seed": 1})
+    attack(model, x, y)
+    model.net[1] = nn.Linear(64, 4)  # a new head: 4 classes
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    ours = attack(model, x, y).adversarial
+    torch.manual_seed(1)
+    assert torch.equal(ours, torchattacks.APGDT(model, steps=2, seed=1, n_classes=4)(x, y))
+
+
+def test_targeted_and_untargeted_calls_share_an_adapter(host):
+    model = tiny_model()
+    x, y = batch(model, n=4)
+    targets = (y + 3) % 10
+    attack = host.attacks.create("torchattacks:PGD", {"eps": 0.2, "steps": 5, "seed": 1})
+    for _ in range(2):
+        targeted = attack(model, x, y, targets).adversarial
+        untargeted = attack(model, x, y).adversarial
+        library = torchattacks.PGD(model, eps=0.2, steps=5)
+        torch.manual_seed(1)
+        assert torch.equal(untargeted, library(x, y))
+        library.set_mode_targeted_by_label(quiet=True)
+        torch.manual_seed(1)
+        assert torch.equal(targeted, library(x, targets))
+
+
+@pytest.mark.parametrize("name", ["torchattacks:FGSM", "torchattacks:APGDT", "torchattacks:AutoAttack"])
+def test_the_cache_does_not_keep_a_model_alive(host, name):
+    model = tiny_model()
+    x, y = batch(model)
+    params = {"torchattacks:APGDT": {"steps": 1}, "torchattacks:AutoAttack": {"version": "rand"}}.get(name, {})
+    attack = host.attacks.create(name, params)  # AutoAttack: its sub-attacks hold the model too
+    attack(model, x, y)
+    if attack.supports_targeted:
+        attack(model, x, y, (y + 1) % 10)
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
+REPEAT_PARAMS = {**RUN_PARAMS, "torchattacks:SPSA": {"nb_iter": 1, "nb_sample": 16}}
+
+
+@pytest.mark.parametrize("name", [n for n in ALL_NAMES if n.split(":")[1] not in adapter.UNAVAILABLE])
+def test_a_reused_object_repeats_a_fresh_ones_result(host, name):
+    """Every attack: the second call (cached torchattacks object) equals a first call of a new adapter."""
+    model = tiny_model(channels=3)
+    x, y = batch(model, channels=3)
+    params = {**REPEAT_PARAMS.get(name, {}), "seed": 4}
+    attack = host.attacks.create(name, params)
+    attack(model, x, y)
+    again = attack(model, x, y).adversarial
+    assert torch.equal(again, host.attacks.create(name, params)(model, x, y).adversarial)

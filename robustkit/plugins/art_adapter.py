@@ -7,11 +7,18 @@ when an attack is built or its parameters are listed. The parameters are the ART
 (read from its signature; ``estimator``/``classifier`` and ``targeted`` left out), checked before
 anything runs (ART's own checks run at construction too, on a stand-in model), plus ``seed``.
 
-On every call the robustkit model (images in [0, 1] -> logits, normalization inside) is wrapped in
+The robustkit model (images in [0, 1] -> logits, normalization inside) is wrapped in
 ``art.estimators.classification.PyTorchClassifier`` with ``input_shape`` = (C, H, W) of the batch,
 ``nb_classes`` from one forward pass, ``clip_values`` (0, 1), a cross-entropy loss, no optimizer (no
 ART evasion attack trains the model) and the model's device (``device_type`` "gpu" or "cpu"). Images go
-to ART as float32 NumPy arrays and come back as tensors on the input's device.
+to ART as float32 NumPy arrays and come back as tensors on the input's device. The wrapper is built on
+first use and reused while what it read from the model holds: the input shape, the model's device and
+dtype (checked on every call) and its class count (checked on every forward pass, by the wrapper; a
+model with a new head gets a new wrapper and the call runs again). New weights need no new wrapper: it
+calls the model itself. The cache is keyed weakly by the model, and the wrapper holds the model only
+during a call, so an adapter never keeps a model alive. An ART attack object whose attributes are all
+immutable values is kept too and reset to its as-built state before every call (some attacks keep state
+from ``generate``); any other is built on every call.
 
 Conventions the adapter fixes:
 
@@ -53,7 +60,9 @@ import importlib
 import importlib.util
 import inspect
 import re
+import weakref
 from dataclasses import dataclass, field
+from functools import lru_cache
 from importlib import metadata
 from typing import Any, ClassVar, Iterator, Mapping
 
@@ -62,10 +71,9 @@ import torch
 from torch import nn
 
 from robustkit import hookimpl
-from robustkit.attacks import Attack, AttackResult
+from robustkit.attacks import Attack, AttackResult, model_facts
 from robustkit.devices import seed_everything
 from robustkit.errors import InputError, ParameterError, RobustkitError
-from robustkit.models import logits
 from robustkit.params import Param, params_from_signature
 from robustkit.threat import NORMS, ThreatModel
 
@@ -328,8 +336,9 @@ def _missing_modules(names: tuple[str, ...]) -> list[str]:
     return [n for n in names if importlib.util.find_spec(n) is None]
 
 
+@lru_cache(maxsize=None)
 def library_class(name: str) -> type:
-    """ART's class ``name`` (imports ART)."""
+    """ART's class ``name`` (imports ART; looked up once per name)."""
     module = importlib.import_module(_EVASION)
     if not hasattr(module, name) and name == "BrendelBethgeAttack":  # exported only when numba is installed
         module = importlib.import_module(f"{_EVASION}.brendel_bethge")
@@ -416,7 +425,7 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
 
     def library_kwargs(self, targeted: bool = False) -> dict[str, Any]:
         """The keyword arguments ART's constructor gets (``targeted`` follows the call)."""
-        sig = inspect.signature(library_class(self.library_name).__init__).parameters
+        sig = _signature_names(library_class(self.library_name))
         kwargs = {k: v for k, v in self.config.items() if k in sig}
         if self.facts.norms and "norm" in kwargs:
             kwargs["norm"] = _ART_NORM[kwargs["norm"]]
@@ -449,31 +458,88 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 target_labels: torch.Tensor | None = None) -> AttackResult:
         self._check_inputs(images, target_labels)
-        device = _device_of(model, images)
-        nb_classes = _num_classes(model, images)
         targeted = target_labels is not None
-        for what, given in (("labels", labels), ("target labels", target_labels)):
-            if given is not None and (int(given.min()) < 0 or int(given.max()) >= nb_classes):
-                raise InputError(f"{what} must lie in 0..{nb_classes - 1} for this model")
-        classifier = make_classifier(model, tuple(images.shape[1:]), nb_classes, device,
-                                     probabilities=self.facts.probabilities)
+        given = {what: tensor.detach().cpu().numpy().astype(np.int64, copy=False)
+                 for what, tensor in (("labels", labels), ("target labels", target_labels)) if tensor is not None}
+        x = images.detach().cpu().numpy().astype(np.float32)
+        for fresh in (False, True):  # a cached classifier whose class count is out of date is built again
+            classifier, holder, nb_classes, device, attacks = self._classifier(model, images, fresh)
+            bad = next((what for what, v in given.items() if v.size and (v.min() < 0 or v.max() >= nb_classes)), None)
+            if bad is not None:
+                if not fresh:
+                    continue  # the model may have more classes than when the classifier was built
+                raise InputError(f"{bad} must lie in 0..{nb_classes - 1} for this model")
+            y = None if not targeted and self.facts.untargeted_y == "none" else \
+                _one_hot(given["target labels" if targeted else "labels"], nb_classes)
+            holder.attach(model)  # the cached wrapper holds the model for this call only
+            try:
+                attack = self._library_attack(classifier, targeted, attacks, device)
+                seed_everything(self.config["seed"])
+                with _on_device(device), patched_numpy(self.facts.patched_modules):
+                    if self.facts.one_at_a_time:
+                        adv = np.concatenate([attack.generate(x[i:i + 1], None if y is None else y[i:i + 1])
+                                              for i in range(len(x))])
+                    else:
+                        adv = attack.generate(x, y)
+            except _OtherClassCount:
+                if fresh:
+                    raise
+                continue  # nothing of this run is kept: the retry is exactly a first call
+            except ValueError as err:  # ART reports unusable inputs as ValueError
+                raise InputError(f"{self.display_name()}: {_one_line(err)}") from err
+            finally:
+                holder.attach(_DETACHED)
+            return AttackResult(adversarial=torch.from_numpy(np.asarray(adv, dtype=np.float32)))  # __call__ moves it
+        raise AssertionError("unreachable")
+
+    def _library_attack(self, classifier: Any, targeted: bool, cache: dict[bool, Any], device: torch.device) -> Any:
+        """The ART attack object on ``classifier``: built, or a cached one reset to the state it was built in.
+
+        Only an object whose attributes are all immutable values (numbers, strings, tuples of them...) or
+        the classifier is kept: resetting its ``__dict__`` to that snapshot restores exactly what a new
+        build gives, whatever ``generate`` assigned since (some attacks keep state there). Others (with
+        arrays, callables or sub-attacks) are built on every call.
+        """
+        kwargs = self.library_kwargs(targeted)
+        entry = cache.get(targeted)
+        if entry is not None and entry[0] == kwargs:
+            attack, state = entry[1], entry[2]
+            attack.__dict__.clear()
+            attack.__dict__.update(state)
+            return attack
         with _on_device(device):
             attack = self.build(classifier, targeted=targeted)
-        y = one_hot(target_labels if targeted else labels, nb_classes)
-        if not targeted and self.facts.untargeted_y == "none":
-            y = None
-        x = images.detach().cpu().numpy().astype(np.float32)
-        seed_everything(self.config["seed"])
-        try:
-            with _on_device(device), patched_numpy(self.facts.patched_modules):
-                if self.facts.one_at_a_time:
-                    adv = np.concatenate([attack.generate(x[i:i + 1], None if y is None else y[i:i + 1])
-                                          for i in range(len(x))])
-                else:
-                    adv = attack.generate(x, y)
-        except ValueError as err:  # ART reports unusable inputs as ValueError
-            raise InputError(f"{self.display_name()}: {_one_line(err)}") from err
-        return AttackResult(adversarial=torch.from_numpy(np.asarray(adv, dtype=np.float32)).to(images.device))
+        state = dict(vars(attack))
+        if all(value is classifier or _immutable(value) for value in state.values()):
+            cache[targeted] = (kwargs, attack, state)
+        return attack
+
+    def _classifier(self, model: nn.Module, images: torch.Tensor,
+                    fresh: bool = False) -> tuple[Any, _FloatInput, int, torch.device, dict[bool, Any]]:
+        """ART's ``PyTorchClassifier`` for ``model``, its :class:`_FloatInput` (detached between calls), the
+        class count, the device and a cache for attack objects on it (:meth:`_library_attack`); built again
+        when the input shape, the model's device or its dtype changed since the last call, or when ``fresh``.
+
+        What else a classifier reads from the model at construction is its class count: instead of walking
+        the model on every call to notice a new head, the :class:`_FloatInput` checks the logits' width on
+        every forward pass and raises :class:`_OtherClassCount`, and :meth:`perturb` builds again and
+        reruns. (It also records the model's layer names, which none of the adapted attacks use.)
+        """
+        device, dtype = _device_and_dtype(model, images)
+        state = (tuple(images.shape[1:]), device, dtype)
+        cache = self.__dict__.get("_classifiers")
+        if cache is None:
+            cache = self._classifiers = weakref.WeakKeyDictionary()
+        entry = cache.get(model)
+        if not fresh and entry is not None and entry[0] == state:
+            return entry[1]
+        classes = model_facts(model, images, refresh=fresh).num_classes
+        classifier = make_classifier(model, state[0], classes, device, probabilities=self.facts.probabilities)
+        holder = _float_input_of(classifier)
+        holder.classes = classes
+        holder.attach(_DETACHED)  # the cache must not keep the model alive; perturb hands it over per call
+        cache[model] = (state, (classifier, holder, classes, device, {}))
+        return cache[model][1]
 
 
 def make_classifier(model: nn.Module, input_shape: tuple[int, ...], nb_classes: int, device: torch.device,
@@ -494,22 +560,84 @@ def make_classifier(model: nn.Module, input_shape: tuple[int, ...], nb_classes: 
 
 
 class _FloatInput(nn.Module):
-    """Feed the model its own float dtype: some ART attacks hand over float64 arrays (NumPy 2 promotion)."""
+    """Feed the model its own float dtype: some ART attacks hand over float64 arrays (NumPy 2 promotion).
 
-    def __init__(self, model: nn.Module):
+    :param classes: when set, the logits must have this many columns, else :class:`_OtherClassCount`.
+    """
+
+    def __init__(self, model: nn.Module, classes: int | None = None):
         super().__init__()
         self.model = model
         self.dtype = next((t.dtype for t in (*model.parameters(), *model.buffers()) if t.is_floating_point()),
                           torch.float32)
+        self.classes = classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x if x.dtype == self.dtype else x.to(self.dtype))
+        out = self.model(x if x.dtype == self.dtype else x.to(self.dtype))
+        if self.classes is not None and out.shape[-1] != self.classes:
+            raise _OtherClassCount(f"the model now returns {out.shape[-1]} logits, not {self.classes}")
+        return out
+
+    def attach(self, model: nn.Module) -> None:
+        """Swap the wrapped module (a submodule all the same), without ``nn.Module.__setattr__``'s checks."""
+        self._modules["model"] = model
+
+
+class _Detached(nn.Module):
+    """What a cached classifier's :class:`_FloatInput` holds between calls: nothing to keep alive."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("this ART classifier is cached by robustkit and has no model between calls")
+
+
+_DETACHED = _Detached()
+
+
+_IMMUTABLE = (type(None), bool, int, float, complex, str, bytes, np.generic, torch.dtype, torch.device)
+
+
+def _immutable(value: Any) -> bool:
+    """Whether ``value`` cannot change in place: a scalar or string, or a tuple or frozenset of them."""
+    if isinstance(value, (tuple, frozenset)):
+        return all(_immutable(item) for item in value)
+    return isinstance(value, _IMMUTABLE)
+
+
+class _OtherClassCount(Exception):
+    """A cached classifier's model returns another number of logits than it was built for."""
+
+
+def _device_and_dtype(model: nn.Module, images: torch.Tensor) -> tuple[torch.device, torch.dtype]:
+    """The device of the model's first parameter or buffer and the dtype of its first floating one (what
+    :func:`make_classifier` reads); usually both from the first parameter."""
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.device, tensor.dtype
+        break
+    tensors = (*model.parameters(), *model.buffers())
+    dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
+    return (tensors[0].device if tensors else images.device), dtype
+
+
+def _float_input_of(classifier: Any) -> _FloatInput:
+    """The :class:`_FloatInput` inside a classifier from :func:`make_classifier`."""
+    return next(m for m in classifier.model.modules() if isinstance(m, _FloatInput))
+
+
+@lru_cache(maxsize=None)
+def _signature_names(library: type) -> frozenset[str]:
+    """Names of an ART constructor's parameters (read once per class)."""
+    return frozenset(inspect.signature(library.__init__).parameters)
 
 
 def one_hot(labels: torch.Tensor, nb_classes: int) -> np.ndarray:
     """Class indices as ART's one-hot float32 labels."""
+    return _one_hot(labels.detach().cpu().numpy().astype(np.int64), nb_classes)
+
+
+def _one_hot(labels: np.ndarray, nb_classes: int) -> np.ndarray:
     out = np.zeros((labels.shape[0], nb_classes), dtype=np.float32)
-    out[np.arange(labels.shape[0]), labels.detach().cpu().numpy().astype(np.int64)] = 1.0
+    out[np.arange(labels.shape[0]), labels] = 1.0
     return out
 
 
@@ -539,8 +667,13 @@ class _PatchedNumpy:
         return getattr(np, name)
 
 
+def patched_numpy(module_names: tuple[str, ...]) -> contextlib.AbstractContextManager:
+    """Within the block, ART modules ``module_names`` see :class:`_PatchedNumpy` as ``np`` (none: no-op)."""
+    return _patched_numpy(module_names) if module_names else contextlib.nullcontext()
+
+
 @contextlib.contextmanager
-def patched_numpy(module_names: tuple[str, ...]) -> Iterator[None]:
+def _patched_numpy(module_names: tuple[str, ...]) -> Iterator[None]:
     """Within the block, ART modules ``module_names`` see :class:`_PatchedNumpy` as ``np``."""
     modules = [importlib.import_module(m) for m in module_names]
     saved = [m.np for m in modules]  # type: ignore[attr-defined]
@@ -551,17 +684,6 @@ def patched_numpy(module_names: tuple[str, ...]) -> Iterator[None]:
     finally:
         for module, original in zip(modules, saved):
             module.np = original  # type: ignore[attr-defined]
-
-
-@torch.no_grad()
-def _num_classes(model: nn.Module, images: torch.Tensor) -> int:
-    return int(logits(model, images[:1].to(_device_of(model, images))).shape[1])
-
-
-def _device_of(model: nn.Module, images: torch.Tensor) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return images.device
 
 
 def _one_line(err: BaseException) -> str:

@@ -2,9 +2,16 @@
 distribution over adversarial examples with natural evolution strategies.
 
 Batched: every iteration makes one forward pass over the population of every image still being
-attacked (split into chunks of at most ``batch_size`` images when that is too many), instead of
-the reference scripts' loop over images. Each image stops querying as soon as it is fooled, and
-the loop ends when every image is fooled or out of iterations.
+attacked (split into chunks of at most ``batch_size`` images when that is too many, and cache-sized
+chunks on the CPU), instead of the reference scripts' loop over images. Each image stops querying as
+soon as it is fooled, and the loop ends when every image is fooled or out of iterations.
+
+How it stays fast: the search state of the images still attacked is kept compact (rows drop out
+only at the checks, so the host waits for the device once per check, never per iteration); w0 is
+computed once (float64 arctanh, then the working dtype); samples are written into one reused buffer;
+the shared population noise is drawn once per iteration and the update of every image's mean is one
+matrix product; the objective reads the logits class-major, so its reductions over classes are
+elementwise; queries are counted from the stopping iteration, not accumulated.
 
 References: Y. Li, L. Li, L. Wang, T. Zhang, B. Gong, "NATTACK: Learning the Distributions of
 Adversarial Examples for an Improved Black-Box Attack on Deep Neural Networks", ICML 2019
@@ -28,6 +35,14 @@ from robustkit.params import Param
 
 _ATANH_SHRINK = 1e-6  # arctanh((2x - 1)(1 - 1e-6)), as in the reference helpers.torch_arctanh
 _LOG_FLOOR = 1e-30  # log(p + 1e-30), as in the reference
+# On the CPU a forward pass gets at most this many sample pixels (images x population x C x H x W; 1 MB of
+# float32), so that a pass's tensors (the model's activations included) stay in cache and are not mapped
+# fresh from the OS on every pass. On 8x8 digits (3M samples, 1 thread) an MLP 64-64-10 spent 0.5 s in its
+# forward passes at 2^18 and 0.6 to 1.1 s at 2^19 (its 2 MB activations); a linear model lost 0.1 s.
+# Results do not depend on it beyond the floating-point differences of batched forward passes.
+_CPU_PASS_ELEMENTS = 1 << 18
+# Most logits (classes x images x population) scored together; more images are scored in groups.
+_LOGITS_ELEMENTS = 1 << 22
 
 
 class NAttack(Attack):
@@ -91,8 +106,9 @@ class NAttack(Attack):
         init_std (float): standard deviation of the initial search mean. (Default: 0.001)
         delta (float | None): saturation margin in [0, 0.5]; none = min(eps, 0.5). (Default: None)
         legacy_other_class (bool): reproduce the reference's scalar "other class" term. (Default: False)
-        batch_size (int): most images in one forward pass (population samples count one each); raise it
-            for tiny models, lower it when a large model runs out of memory. (Default: 10000)
+        batch_size (int): most images in one forward pass (population samples count one each); lower it
+            when a large model runs out of memory. On the CPU a pass also holds at most about 2^18 sample
+            pixels (cache-sized). (Default: 10000)
         shared_noise (bool): one noise stream for all images (see Randomness). (Default: True)
         seed (int): seed of the search noise. (Default: 0)
 
@@ -142,7 +158,7 @@ class NAttack(Attack):
                 target_labels: torch.Tensor | None = None) -> AttackResult:
         cfg = self.config
         eps, T, b = cfg["eps"], cfg["iterations"], cfg["population"]
-        every = cfg["check_every"]
+        every, sigma = cfg["check_every"], cfg["sigma"]
         n, shape = images.shape[0], images.shape[1:]
         dim = shape.numel()
         device, dtype = images.device, images.dtype
@@ -162,77 +178,138 @@ class NAttack(Attack):
         y = labels[todo].long()
         m = x.shape[0]
         delta = self.margin()
+        # w0 once, in float64 (arctanh near +-1 needs it), then the working dtype; never recomputed.
         base = x.double().clamp(delta, 1.0 - delta) if delta > 0 else x.double()
         w0 = torch.atanh((2.0 * base - 1.0) * (1.0 - _ATANH_SHRINK)).to(dtype)
         lo, hi = (x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0)
 
-        noise = _SharedNoise(cfg["seed"], b, dim, device, dtype) if cfg["shared_noise"] else \
-            _PerImageNoise(cfg["seed"], b, x, y)
+        shared = cfg["shared_noise"]
+        noise = _SharedNoise(cfg["seed"], b, dim, device, dtype) if shared else _PerImageNoise(cfg["seed"], b, x, y)
         mu = noise.initial().mul_(cfg["init_std"]).expand(m, dim).clone()
 
-        per_chunk = max(1, cfg["batch_size"] // b)
-        active = torch.arange(m, device=device)
-        local_queries = torch.zeros(m, dtype=torch.long, device=device)
+        # The search state of the images still attacked, kept compact (row j belongs to image rows[j]) so
+        # that every iteration works on contiguous slices; it shrinks only when a check fools images.
+        rows = torch.arange(m, device=device)
+        per_chunk = self._images_per_pass(b, dim, device)
+        samples = torch.empty(min(per_chunk, m), b, dim, device=device, dtype=dtype)
+        coef = cfg["eta"] / (b * sigma)
+        last_t = torch.full((m,), T, dtype=torch.long, device=device)  # iteration each image stopped at
+        z = None  # class-major logits of the current iteration (shared noise)
         for t in range(T):
             if t % every == 0:
-                x_mu = torch.clamp(_g(w0[active] + mu[active]), lo[active], hi[active])
-                pred = self._predict(model, x_mu.view(-1, *shape))
-                local_queries[active] += 1
-                hit = pred != y[active]
-                if hit.any():
-                    where = todo[active[hit]]
-                    adversarial[where] = x_mu[hit].view(-1, *shape)
+                x_mu = torch.clamp(_g(w0 + mu), lo, hi)
+                hit = self._predict(model, x_mu.view(-1, *shape)) != y
+                hit_rows = hit.nonzero().flatten()
+                if hit_rows.numel():  # one host sync per check, none per iteration
+                    where = todo[rows[hit_rows]]
+                    adversarial[where] = x_mu[hit_rows].view(-1, *shape)
                     success[where] = True
                     fooled_at[where] = t
-                    active = active[~hit]
-                if active.numel() == 0:
-                    break
-            noise.next_iteration(active)
-            for start in range(0, active.numel(), per_chunk):
-                idx = active[start:start + per_chunk]
-                self._step(model, noise.draw(idx), idx, w0, mu, lo, hi, y, shape)
-            local_queries[active] += b
-        queries[todo] = local_queries
+                    last_t[rows[hit_rows]] = t
+                    keep = (~hit).nonzero().flatten()
+                    if keep.numel() == 0:
+                        break
+                    rows, w0, mu, lo, hi, y = (v[keep] for v in (rows, w0, mu, lo, hi, y))
+                    noise.keep(keep)
+            k = rows.numel()
+            noise.next_iteration()
+            centre = (w0 + mu).mul_(2.0)  # g(w) = sigmoid(2 w): the samples are sigmoid(centre + 2 sigma e)
+            if shared:
+                # The logits of every pass are gathered class-major (K x k x b) and scored together: one
+                # objective per iteration instead of one per pass (each is ~20 small operations); images
+                # whose logits would not fit in _LOGITS_ELEMENTS are scored in groups.
+                f = torch.empty(k, b, device=device, dtype=dtype)
+                first = 0  # the image whose logits z[:, 0] holds
+                for start in range(0, k, per_chunk):
+                    part = slice(start, min(start + per_chunk, k))
+                    out = self._sample_logits(model, samples, centre[part], noise.buffer, lo[part], hi[part],
+                                              sigma, shape)
+                    if z is None:  # allocated once: the class count is known from the first pass
+                        group = max(part.stop, _LOGITS_ELEMENTS // (out.shape[-1] * b))
+                        z = torch.empty(out.shape[-1], min(group, m), b, device=device, dtype=out.dtype)
+                    if part.stop - first > z.shape[1]:  # z is full: score it, then fill it again from here
+                        f[first:start] = self._objective_class_major(z[:, :start - first], y[first:start])
+                        first = start
+                    z[:, start - first:part.stop - first].copy_(out.permute(2, 0, 1))
+                f[first:k] = self._objective_class_major(z[:, :k - first], y[first:k])
+                # One (k x b) @ (b x D) product updates every image: the noise is the same for all.
+                mu.add_(_standardize(f) @ noise.buffer[0], alpha=coef)
+            else:  # each image has its own noise: update each pass's images now (their noise is not kept)
+                for start in range(0, k, per_chunk):
+                    part = slice(start, min(start + per_chunk, k))
+                    e = noise.draw(part)
+                    out = self._sample_logits(model, samples, centre[part], e, lo[part], hi[part], sigma, shape)
+                    a = _standardize(self.objective(out, y[part]))
+                    mu[part].add_(torch.bmm(a.unsqueeze(1), e).squeeze(1), alpha=coef)
+        # Queries: an image stopped at check t made t NES updates of b samples and t // every + 1 checks;
+        # one never fooled made T updates and ceil(T / every) checks.
+        checks = torch.where(last_t < T, last_t // every + 1, -(-T // every))
+        queries[todo] = last_t * b + checks
         return AttackResult(adversarial, queries, extra)
 
-    def _step(self, model: nn.Module, e: torch.Tensor, idx: torch.Tensor, w0: torch.Tensor, mu: torch.Tensor,
-              lo: torch.Tensor, hi: torch.Tensor, y: torch.Tensor, shape: torch.Size) -> None:
-        """One NES update of the search means ``mu[idx]`` from the population noise ``e``.
+    def _images_per_pass(self, b: int, dim: int, device: torch.device) -> int:
+        """Images whose populations go through the model together: ``batch_size // b`` (at least 1).
 
-        ``e`` is ``k x b x D`` (one population per image) or ``1 x b x D`` (shared by the k images).
+        On the CPU, passes are also kept to about :data:`_CPU_PASS_ELEMENTS` sample pixels: that bounds
+        the memory each pass allocates, which the CPU otherwise spends its time faulting in.
         """
-        cfg = self.config
-        k, b = idx.numel(), e.shape[1]
-        sigma = cfg["sigma"]
-        # g(w) = (tanh(w) + 1) / 2 = sigmoid(2 w): one elementwise pass (tanh is several times slower).
-        centre = 2.0 * (w0[idx] + mu[idx])
-        samples = torch.add(centre.unsqueeze(1), e, alpha=2.0 * sigma).sigmoid_()
-        samples.clamp_(lo[idx].unsqueeze(1), hi[idx].unsqueeze(1))
-        out = model_logits(model, samples.view(k * b, *shape))
-        f = self.objective(out.view(k, b, -1), y[idx])
-        mean, std = f.mean(dim=1, keepdim=True), f.std(dim=1, unbiased=False, keepdim=True)
-        a = -(f - mean) / (std + 1e-7)
-        step = a @ e[0] if e.shape[0] == 1 else torch.bmm(a.unsqueeze(1), e).squeeze(1)
-        mu[idx] += (cfg["eta"] / (b * sigma)) * step
+        per_chunk = max(1, self.config["batch_size"] // b)
+        if device.type == "cpu":
+            per_chunk = min(per_chunk, max(1, _CPU_PASS_ELEMENTS // (b * dim)))
+        return per_chunk
+
+    @staticmethod
+    def _sample_logits(model: nn.Module, buffer: torch.Tensor, centre: torch.Tensor, e: torch.Tensor,
+                       lo: torch.Tensor, hi: torch.Tensor, sigma: float, shape: torch.Size) -> torch.Tensor:
+        """Logits (k x b x K) of x_i = clip(g(w0 + mu + sigma e_i), lo, hi) for the k images of ``centre``.
+
+        ``e`` is ``k x b x D`` (one population per image) or ``1 x b x D`` (shared by the k images); the
+        samples are written into ``buffer`` (reused across passes: no allocation per pass).
+        """
+        k, b = centre.shape[0], e.shape[1]
+        samples = torch.add(centre.unsqueeze(1), e, alpha=2.0 * sigma, out=buffer[:k])
+        samples.sigmoid_().clamp_(lo.unsqueeze(1), hi.unsqueeze(1))
+        return model_logits(model, samples.view(k * b, *shape)).view(k, b, -1)
 
     def objective(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """f = max(0, log(p_y + 1e-30) - log(max_{c != y} p_c + 1e-30)) for logits ``out`` (k x b x K)."""
-        # p = softmax(out) by hand, touching the k x b x K logits as few times as possible (torch.softmax
-        # over ~10 classes is several times slower): only p_y and the largest other p are needed.
-        z_true = out.gather(-1, y.view(-1, 1, 1).expand(-1, out.shape[1], 1)).squeeze(-1)
-        is_true = torch.arange(out.shape[-1], device=out.device) == y.view(-1, 1, 1)
-        z_other = out.masked_fill(is_true, float("-inf")).amax(dim=-1)
+        # The logits are first laid out class-major (K x k x b), so that every reduction over the classes is
+        # an elementwise operation on K rows of k * b values: reducing a short last dimension is several
+        # times slower.
+        k, b, classes = out.shape
+        z = torch.empty(classes, k, b, device=out.device, dtype=out.dtype)
+        z.copy_(out.permute(2, 0, 1))
+        return self._objective_class_major(z, y)
+
+    def _objective_class_major(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """:meth:`objective` of class-major logits ``z`` (K x k x b; overwritten)."""
+        # p = softmax by hand, and only p_y and the largest other p.
+        classes, k, b = z.shape
+        z_true = z[y, torch.arange(k, device=y.device)]  # k x b
+        not_true = torch.zeros(classes, k, 1, device=z.device, dtype=z.dtype)
+        not_true.scatter_(0, y.view(1, k, 1), float("-inf"))
+        z_other = torch.add(z, not_true).amax(dim=0)
         z_max = torch.maximum(z_true, z_other)
-        total = (out - z_max.unsqueeze(-1)).exp_().sum(dim=-1)
-        real = torch.log((z_true - z_max).exp_().div_(total).add_(_LOG_FLOOR))
-        other = (z_other - z_max).exp_().div_(total)
+        total = z.sub_(z_max).exp_().sum(dim=0)
+        real = z_true.sub_(z_max).exp_().div_(total).add_(_LOG_FLOOR).log_()
+        other = z_other.sub_(z_max).exp_().div_(total)
         if self.config["legacy_other_class"]:
             other = other[:, :1].expand_as(other)
-        return (real - torch.log(other + _LOG_FLOOR)).clamp_min(0.0)
+        return real.sub_(other.add(_LOG_FLOOR).log_()).clamp_min_(0.0)
 
     def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         size = self.config["batch_size"]
+        if x.shape[0] <= size:
+            return model_logits(model, x).argmax(dim=1)
         return torch.cat([model_logits(model, x[i:i + size]).argmax(dim=1) for i in range(0, x.shape[0], size)])
+
+
+def _standardize(f: torch.Tensor) -> torch.Tensor:
+    """A_i = -(f_i - mean f) / (std f + 1e-7), per image (row) over its population."""
+    mean = f.mean(dim=1, keepdim=True)
+    centred = torch.sub(mean, f)  # -(f - mean)
+    std = centred.square().mean(dim=1, keepdim=True).sqrt_()  # torch.std_mean is several times slower
+    return centred.div_(std.add_(1e-7))
 
 
 def _g(w: torch.Tensor) -> torch.Tensor:
@@ -251,10 +328,13 @@ class _SharedNoise:
     def initial(self) -> torch.Tensor:
         return torch.empty_like(self.buffer[0, 0]).normal_(generator=self.gen).unsqueeze(0)
 
-    def next_iteration(self, active: torch.Tensor) -> None:
+    def keep(self, rows: torch.Tensor) -> None:
+        pass
+
+    def next_iteration(self) -> None:
         self.buffer.normal_(generator=self.gen)
 
-    def draw(self, idx: torch.Tensor) -> torch.Tensor:
+    def draw(self, part: slice) -> torch.Tensor:
         return self.buffer
 
 
@@ -271,13 +351,18 @@ class _PerImageNoise:
             mu[i].normal_(generator=gen)
         return mu
 
-    def next_iteration(self, active: torch.Tensor) -> None:
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep the generators of the images still attacked (``rows`` of the current ones)."""
+        self.gens = [self.gens[i] for i in rows.tolist()]
+
+    def next_iteration(self) -> None:
         pass
 
-    def draw(self, idx: torch.Tensor) -> torch.Tensor:
-        e = torch.empty(idx.numel(), self.b, self.x.shape[1], device=self.x.device, dtype=self.x.dtype)
-        for j, i in enumerate(idx.tolist()):
-            e[j].normal_(generator=self.gens[i])
+    def draw(self, part: slice) -> torch.Tensor:
+        gens = self.gens[part]
+        e = torch.empty(len(gens), self.b, self.x.shape[1], device=self.x.device, dtype=self.x.dtype)
+        for j, gen in enumerate(gens):
+            e[j].normal_(generator=gen)
         return e
 
 

@@ -3,8 +3,13 @@
 Each name in ``torchattacks.__all__`` gets one generated :class:`~robustkit.attacks.Attack`
 subclass (see :func:`adapter_class`). Its parameters are the torchattacks constructor's own
 (read from the signature, ``model`` left out), checked before anything runs, plus ``seed``.
-A torchattacks object is built on every call for the model being attacked, so one adapter works
-for any model and keeps no state between calls.
+One adapter works for any model: the torchattacks object is built for the model being attacked on
+first use and reused while what a build reads from the model stays the same (its device, and its
+class count for the attacks that need one: :func:`robustkit.attacks.model_facts`), one for untargeted
+and one for targeted calls. The cache is keyed weakly by the model, and a cached object reaches the
+model through a weak reference (``_WeakModel``), so an adapter never keeps a model alive. Reuse changes
+no result: the object is the one a fresh build would give (it calls the model itself, so new weights
+need no rebuild), and every call seeds the RNGs as before.
 
 Conventions the adapter fixes:
 
@@ -45,7 +50,9 @@ import dataclasses
 import inspect
 import io
 import re
+import weakref
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import metadata, util
 from pathlib import Path
 from types import ModuleType
@@ -55,10 +62,9 @@ import torch
 from torch import nn
 
 from robustkit import hookimpl
-from robustkit.attacks import Attack, AttackResult
+from robustkit.attacks import Attack, AttackResult, model_device, model_facts
 from robustkit.devices import seed_everything
 from robustkit.errors import InputError, ParameterError, RobustkitError
-from robustkit.models import logits
 from robustkit.params import Param, params_from_signature
 from robustkit.threat import NORMS, ThreatModel
 
@@ -299,8 +305,8 @@ class TorchattacksAttack(Attack):
             raise ParameterError(f"{self.display_name()}: {err}") from None
 
     def _library_kwargs(self) -> dict[str, Any]:
-        sig = inspect.signature(self.torchattacks_class.__init__).parameters
-        return {k: v for k, v in self.config.items() if k in sig}
+        names = _signature_names(self.torchattacks_class)
+        return {k: v for k, v in self.config.items() if k in names}
 
     @classmethod
     def _tuple_params(cls) -> list[str]:
@@ -310,40 +316,81 @@ class TorchattacksAttack(Attack):
     # -- running -----------------------------------------------------------------------------
 
     def build(self, model: nn.Module, images: torch.Tensor) -> Any:
-        """A torchattacks object for ``model``, on the model's device, normalization off."""
-        kwargs = self._library_kwargs()
+        """A new torchattacks object for ``model``, on the model's device, normalization off."""
+        return self._build(model, images, self._library_kwargs())
+
+    def _build(self, model: nn.Module, images: torch.Tensor, kwargs: dict[str, Any]) -> Any:
         if "n_classes" in kwargs and kwargs["n_classes"] is None:
-            kwargs["n_classes"] = _num_classes(model, images)
+            kwargs["n_classes"] = model_facts(model, images).num_classes
         # torchattacks prints instead of raising when a model has no parameters; the device is set below.
         with contextlib.redirect_stdout(io.StringIO()):
             attack = self.torchattacks_class(model, **kwargs)
-        attack.set_device(_device_of(model, images))
+        attack.set_device(model_device(model) or images.device)
+        return attack
+
+    def _cached(self, model: nn.Module, images: torch.Tensor, targeted: bool) -> Any:
+        """The torchattacks object for ``model`` (which it reaches through a :class:`_WeakModel`), built
+        again when anything a build reads from the model differs from the last call's.
+
+        A build reads the model's device and, for attacks whose ``n_classes`` is left to the model (APGDT,
+        FAB, AutoAttack), its class count: :class:`~robustkit.attacks.ModelFacts`, the same object while
+        the model is unchanged. Weights need no rebuild: the object calls the model itself.
+        """
+        kwargs = self._library_kwargs()
+        facts = model_facts(model, images) if kwargs.get("n_classes", 0) is None else None
+        device = model_device(model) or images.device
+        cache = self.__dict__.get("_built")
+        if cache is None:
+            cache = self._built = weakref.WeakKeyDictionary()
+        entries = cache.setdefault(model, {})
+        entry = entries.get(targeted)
+        if entry is not None and entry[0] is facts and entry[1] == device and entry[2] == kwargs:
+            return entry[3]
+        attack = self._build(model, images, dict(kwargs))
+        if targeted:
+            attack.set_mode_targeted_by_label(quiet=True)
+        attack.set_model(_WeakModel(model))  # the cache must not keep the model alive
+        entries[targeted] = (facts, device, kwargs, attack)
         return attack
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 target_labels: torch.Tensor | None = None) -> AttackResult:
         if self.rgb_only and images.shape[1] != 3:
             raise InputError(f"{self.display_name()} works on 3-channel images only, got {images.shape[1]} channel(s)")
-        if self.min_classes > 2 and (classes := _num_classes(model, images)) < self.min_classes:
+        if self.min_classes > 2 and (classes := model_facts(model, images).num_classes) < self.min_classes:
             raise InputError(f"{self.display_name()} needs a model with at least {self.min_classes} classes, "
                              f"this one has {classes}")
-        attack = self.build(model, images)
+        attack = self._cached(model, images, target_labels is not None)
         if target_labels is not None:
-            attack.set_mode_targeted_by_label(quiet=True)
             labels = target_labels  # in this mode torchattacks reads the targets from the labels argument
         seed_everything(self.config["seed"])
         return AttackResult(adversarial=attack(images, labels))
 
 
-@torch.no_grad()
-def _num_classes(model: nn.Module, images: torch.Tensor) -> int:
-    return int(logits(model, images[:1].to(_device_of(model, images))).shape[1])
+class _WeakModel(nn.Module):
+    """The model for a cached torchattacks object: calls it through a weak reference, so the cache never
+    keeps it alive.
+
+    Its mode is not the model's: torchattacks switches ``self.model`` to eval mode on every call, and
+    :meth:`Attack.__call__ <robustkit.attacks.Attack.__call__>` already did that for the model itself.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self._ref = weakref.ref(model)
+        self.train(False)  # torchattacks then has no mode to restore after each call
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        model = self._ref()
+        if model is None:
+            raise RuntimeError("the model this torchattacks object was built for no longer exists")
+        return model(*args, **kwargs)
 
 
-def _device_of(model: nn.Module, images: torch.Tensor) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
-        return tensor.device
-    return images.device
+@lru_cache(maxsize=None)
+def _signature_names(library_class: type) -> frozenset[str]:
+    """Names of a torchattacks constructor's parameters (read once per class)."""
+    return frozenset(inspect.signature(library_class.__init__).parameters)
 
 
 def _parse_tuple(value: Any, what: str) -> Any:
