@@ -57,6 +57,15 @@ def cli_args(defense: str) -> list[str]:
     return [arg for k, v in CHEAP.get(defense, {}).items() for arg in ("--param", f"{k}={v}")]
 
 
+def train_one_epoch(defense: str, model: str, data: ImageDataset, out_dir: Path) -> Any:
+    """One epoch of ``defense`` on ``model`` (cheap settings), validated with one-step PGD, saved to ``out_dir``."""
+    seed_everything(0)
+    net = build_model(HOST, model, data.info)
+    config = TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu", val_examples=8, val_eps=0.1, val_steps=1,
+                         out_dir=out_dir)
+    return train(net, data, HOST.defenses.create(defense, CHEAP.get(defense, {})), config, host=HOST)
+
+
 def test_every_builtin_defense_has_cheap_settings() -> None:
     builtin = {e.name for e in HOST.defenses if e.distribution == "robustkit"}
     assert builtin <= set(CHEAP) | {"natural"}, "add cheap settings for the new defense to CHEAP"
@@ -66,11 +75,7 @@ def test_every_builtin_defense_has_cheap_settings() -> None:
 @pytest.mark.parametrize("defense", DEFENSES)
 def test_every_defense_trains_every_small_model(defense: str, model: str, tiny_digits: ImageDataset,
                                                 tmp_path: Path) -> None:
-    seed_everything(0)
-    net = build_model(HOST, model, tiny_digits.info)
-    config = TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu", val_examples=8, val_eps=0.1, val_steps=1,
-                         out_dir=tmp_path)
-    result = train(net, tiny_digits, HOST.defenses.create(defense, CHEAP.get(defense, {})), config, host=HOST)
+    result = train_one_epoch(defense, model, tiny_digits, tmp_path)
     row = result.metrics
     assert row["epoch"] == 1 and torch.isfinite(torch.tensor(row["train_loss"]))
     assert 0 <= row["val_clean_acc"] <= 1 and 0 <= row["val_pgd_acc"] <= row["val_clean_acc"]
@@ -85,11 +90,7 @@ def test_every_defense_trains_every_small_model(defense: str, model: str, tiny_d
 @pytest.mark.parametrize("defense", ["natural", "pgd-at"])
 def test_larger_models_train_naturally_and_adversarially(defense: str, model: str, tiny_digits: ImageDataset,
                                                          tmp_path: Path) -> None:
-    seed_everything(0)
-    net = build_model(HOST, model, tiny_digits.info)
-    config = TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu", val_examples=8, val_eps=0.1, val_steps=1,
-                         out_dir=tmp_path)
-    result = train(net, tiny_digits, HOST.defenses.create(defense, CHEAP.get(defense, {})), config, host=HOST)
+    result = train_one_epoch(defense, model, tiny_digits, tmp_path)
     assert result.metrics["epoch"] == 1 and (tmp_path / "last.json").exists()
 
 
