@@ -153,6 +153,8 @@ BAD_SPECS = [
     ("unknown-black-box", [("torchattacks:Square", "torchattacks:Sqare")], "$.audit.black_box.name",
      "did you mean torchattacks:Square"),
     ("unknown-defense", [('name = "pgd-at"', 'name = "pgd_at"')], "$.defenses[1].name", "did you mean pgd-at"),
+    ("bad-eps-curve", [("eps_curve = [0.05, 0.2]", "eps_curve = [0.05, 2.0]")], "$.evaluation.eps_curve[1]",
+     "exceeds the data range"),
     ("bad-sweep-value", [("sweep = [0.05, 0.1]", "sweep = [0.05, 2.0]")], "$.defenses[1]",
      "exceeds the data range"),
     ("bad-sweep-type", [("sweep = [0.05, 0.1]", 'sweep = [0.05, "big"]')], "$.defenses[1]",

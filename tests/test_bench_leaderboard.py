@@ -132,6 +132,19 @@ def test_merge_refuses_a_different_protocol(two_runs):
         merge_leaderboards([("a", doc), ("plain", plain)])
 
 
+def test_a_benchmark_export_without_its_points_is_invalid(two_runs, tmp_path, host):
+    """Merging re-ranks from the raw points: a benchmark file that lost them fails validation, not merge."""
+    doc = export_leaderboard(two_runs[0])
+    for entry in doc["entries"]:
+        del entry["points"]
+    path = tmp_path / "stripped.json"
+    path.write_text(json.dumps(doc))
+    host_module._HOST = host
+    result = CliRunner().invoke(cli, ["leaderboard", "merge", str(path), str(path), "-o", str(tmp_path / "m.json")])
+    assert result.exit_code == 2 and "'points' is a required property" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "m.json").exists()
+
+
 def test_validate_rejects_a_broken_file(tmp_path, host):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"schema": "robustkit-leaderboard", "entries": []}))

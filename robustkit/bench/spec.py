@@ -309,8 +309,16 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
         if label is None or label not in {a.label for a in attacks}:
             raise fail("$.evaluation.curve_attack", f"{label!r} is not an attack label of this spec; labels: "
                        f"{', '.join(a.label for a in attacks)}")
-        if "eps" not in attacks_params(host, next(a for a in attacks if a.label == label).name):
+        curve = next(a for a in attacks if a.label == label)
+        if "eps" not in attacks_params(host, curve.name):
             raise fail("$.evaluation.curve_attack", f"attack {label!r} takes no eps, so it cannot draw an eps curve")
+        for i, eps in enumerate(evaluation["eps_curve"]):  # every point is checked before anything trains
+            if threat["norm"] == "linf" and eps > 1:
+                raise fail(f"$.evaluation.eps_curve[{i}]", f"a linf eps of {eps} exceeds the data range [0, 1]")
+            try:
+                host.attacks.create(curve.name, {**curve.params, "eps": eps})
+            except RobustkitError as err:
+                raise fail(f"$.evaluation.eps_curve[{i}]", str(err)) from None
         evaluation["curve_attack"] = label
     audit = {**AUDIT_DEFAULTS, **doc.get("audit", {})}
     if audit["enabled"] and threat["norm"] not in ("linf", "l2"):
