@@ -25,6 +25,12 @@ def _ce_sum(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, y, reduction="sum")
 
 
+def pgd_step_size(step_size: float | None, eps: float, steps: int) -> float:
+    """``step_size``, or Madry et al.'s rule 2.5 * eps / steps when it is ``None`` (the iterates can cross
+    the whole ball and back, so the projection, not the step count, bounds the attack)."""
+    return float(step_size) if step_size is not None else 2.5 * eps / steps
+
+
 def ascent_direction(grad: torch.Tensor, norm: str) -> torch.Tensor:
     """Steepest-ascent unit step for ``norm``: sign (linf), normalized gradient (l2), top coordinate (l1)."""
     if norm == "linf":

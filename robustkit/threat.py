@@ -45,6 +45,14 @@ class ThreatModel:
         return (x + delta).clamp(0.0, 1.0)
 
 
+def threat_of(owner: str, norm: str, eps: float) -> ThreatModel:
+    """``ThreatModel(norm, eps)`` for a component, its errors prefixed with the component's name."""
+    try:
+        return ThreatModel(norm, float(eps))
+    except ParameterError as err:
+        raise ParameterError(f"{owner}: {err}") from None
+
+
 def distances(adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image L2 and Linf distances (and L1, L0) between two batches."""
     delta = (adv - x).flatten(1)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from robustkit.adversarial import pgd
+from robustkit.adversarial import pgd, pgd_step_size
 from robustkit.checkpoints import (CheckpointPaths, defer_interrupts, load_training_state, load_weights, read_metadata,
                                    save_checkpoint)
 from robustkit.files import atomic_write, atomic_write_text, jsonable
@@ -391,7 +391,7 @@ def _validate(model: nn.Module, val_set: Dataset | None, config: TrainConfig, ep
         return row
     started = time.perf_counter()
     threat = ThreatModel("linf", config.val_eps) if config.val_eps is not None else None
-    step = config.val_step_size or (2.5 * config.val_eps / config.val_steps if config.val_eps else 0.0)
+    step = pgd_step_size(config.val_step_size, config.val_eps, config.val_steps) if threat is not None else 0.0
     # Its own generator: validation must not shift the defense's random stream between runs.
     start_noise = torch.Generator(device=device)
     start_noise.manual_seed(epoch_seed(config.seed, epoch, "validation"))

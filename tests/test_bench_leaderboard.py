@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import robustkit.host as host_module
 from click.testing import CliRunner

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from robustkit.adversarial import pgd
+from robustkit.adversarial import pgd, pgd_step_size
 from robustkit.devices import seed_everything
 from robustkit.threat import ThreatModel
 
@@ -51,7 +51,7 @@ def pgd_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, t
     out = []
     for i in range(0, len(labels), batch_size):
         out.append(pgd(model, images[i:i + batch_size], labels[i:i + batch_size], threat, steps=steps,
-                       step_size=2.5 * threat.eps / steps, generator=generator))
+                       step_size=pgd_step_size(None, threat.eps, steps), generator=generator))
     return torch.cat(out)
 
 

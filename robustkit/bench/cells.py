@@ -12,7 +12,6 @@ its training, and a cell whose evaluation settings changed reuses the finished w
 from __future__ import annotations
 
 import contextlib
-import os
 import platform
 import time
 from pathlib import Path

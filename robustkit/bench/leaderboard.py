@@ -17,7 +17,6 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
-from robustkit import __version__
 from robustkit.bench.analysis import (WORST_CASE, BenchmarkRun, audit_flags, is_accuracy, load_run, matched, metrics,
                                       ranking, resolve_targets)
 from robustkit.errors import RobustkitError

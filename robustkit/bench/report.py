@@ -71,8 +71,8 @@ def markdown(run: BenchmarkRun, images: list[str]) -> str:
         out += [b["description"], ""]
     out += [f"- dataset `{b['dataset']['name']}`, model `{b['model']['name']}`, threat {b['threat']['norm']} "
             f"eps {b['threat']['eps']:g}, seeds {b['seeds']}, {b['evaluation']['n_examples']} evaluation examples",
-            f"- attacks: " + ", ".join(f"`{a['label']}` ({a['name']} {a['params']})" for a in b["attacks"]),
-            f"- targets: " + ", ".join(f"{n} = {100 * v:.2f}%" if v is not None else f"{n} (not run)"
+            "- attacks: " + ", ".join(f"`{a['label']}` ({a['name']} {a['params']})" for a in b["attacks"]),
+            "- targets: " + ", ".join(f"{n} = {100 * v:.2f}%" if v is not None else f"{n} (not run)"
                                        for n, v in targets),
             f"- protocol fingerprint `{b['fingerprint']}`, spec hash `{b['spec_hash']}`",
             f"- cells recorded: {len(run.records)} of {len(b['cells'])}", ""]

@@ -75,7 +75,7 @@ from robustkit.attacks import Attack, AttackResult, model_facts
 from robustkit.devices import seed_everything
 from robustkit.errors import InputError, ParameterError, RobustkitError
 from robustkit.params import Param, params_from_signature
-from robustkit.threat import NORMS, ThreatModel
+from robustkit.threat import NORMS, ThreatModel, threat_of
 
 PREFIX = "art:"
 DISTRIBUTION = "adversarial-robustness-toolbox"
@@ -400,10 +400,7 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
     def _threat_model(self) -> ThreatModel | None:
         if _BUDGET not in self.config or self.norm not in NORMS or self.norm == "unbounded":
             return None
-        try:
-            return ThreatModel(self.norm, float(self.config[_BUDGET]))
-        except ParameterError as err:
-            raise ParameterError(f"{self.display_name()}: {err}") from None
+        return threat_of(self.display_name(), self.norm, self.config[_BUDGET])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "library": f"ART {LIBRARY_VERSION}", "norm": self.norm}

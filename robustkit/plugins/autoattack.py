@@ -69,7 +69,7 @@ from robustkit.devices import seed_everything
 from robustkit.errors import ParameterError
 from robustkit.models import logits
 from robustkit.params import Param
-from robustkit.threat import ThreatModel
+from robustkit.threat import threat_of
 
 NAME = "autoattack"
 
@@ -152,10 +152,7 @@ class AutoAttack(Attack):
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.config["norm"] = str(self.config["norm"]).lower()
-        try:
-            self.threat = ThreatModel(self.config["norm"], float(self.config["eps"]))
-        except ParameterError as err:
-            raise ParameterError(f"{NAME}: {err}") from None
+        self.threat = threat_of(NAME, self.config["norm"], self.config["eps"])
         given = [k for k in _OVERRIDES if self.config[k] is not None]
         if given and self.config["version"] != "custom":
             raise ParameterError(

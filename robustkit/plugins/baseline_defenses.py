@@ -19,12 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit.adversarial import ascent_direction, input_gradient, pgd, random_start
+from robustkit.adversarial import ascent_direction, input_gradient, pgd, pgd_step_size, random_start
 from robustkit.defenses import BatchLoss, Defense
-from robustkit.errors import ParameterError
 from robustkit.hookspecs import Register, hookimpl
 from robustkit.params import Param
-from robustkit.threat import ThreatModel
+from robustkit.threat import ThreatModel, threat_of
 
 
 class Natural(Defense):
@@ -95,16 +94,12 @@ class PGDAT(Defense):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        try:
-            self.threat = ThreatModel(self.config["norm"], self.config["eps"])
-        except ParameterError as err:
-            raise ParameterError(f"{self.display_name()}: {err}") from None
+        self.threat = threat_of(self.display_name(), self.config["norm"], self.config["eps"])
 
     @property
     def step_size(self) -> float:
         """The per-step size actually used."""
-        size = self.config["step_size"]
-        return float(size) if size is not None else 2.5 * self.config["eps"] / self.config["steps"]
+        return pgd_step_size(self.config["step_size"], self.config["eps"], self.config["steps"])
 
     def cost(self) -> float:
         return float(self.config["steps"] + 1)
@@ -140,13 +135,6 @@ def _accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return float((logits.detach().argmax(1) == labels).float().mean())
 
 
-def _threat(owner: str, norm: str, eps: float) -> ThreatModel:
-    try:
-        return ThreatModel(norm, eps)
-    except ParameterError as err:
-        raise ParameterError(f"{owner}: {err}") from None
-
-
 class _FastGradientAT(Defense):
     """One-step adversarial training: shared by ``fgsm-at`` (linf) and ``fgm-at`` (l2, l1).
 
@@ -160,7 +148,7 @@ class _FastGradientAT(Defense):
     def __init__(self, **params: Any):
         super().__init__(**params)
         self.norm = str(self.config.get("norm", self.default_norm))
-        self.threat = _threat(self.display_name(), self.norm, self.config["eps"])
+        self.threat = threat_of(self.display_name(), self.norm, self.config["eps"])
 
     @property
     def step_size(self) -> float:
@@ -379,13 +367,12 @@ class TRADES(Defense):
 
     def __init__(self, **params: Any):
         super().__init__(**params)
-        self.threat = _threat(self.display_name(), self.config["norm"], self.config["eps"])
+        self.threat = threat_of(self.display_name(), self.config["norm"], self.config["eps"])
 
     @property
     def step_size(self) -> float:
         """The per-step size actually used."""
-        size = self.config["step_size"]
-        return float(size) if size is not None else 2.5 * self.config["eps"] / self.config["steps"]
+        return pgd_step_size(self.config["step_size"], self.config["eps"], self.config["steps"])
 
     def cost(self) -> float:
         return float(self.config["steps"] + 2)

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robustkit.adversarial import pgd_step_size
 from robustkit.defenses import BatchLoss, Defense
 from robustkit.errors import ParameterError
 from robustkit.hookspecs import Register, hookimpl
@@ -108,8 +109,7 @@ class LocalizedAT(Defense):
     @property
     def step_size(self) -> float:
         """The per-step size actually used."""
-        size = self.config["step_size"]
-        return float(size) if size is not None else 2.5 * self.config["eps"] / self.config["steps"]
+        return pgd_step_size(self.config["step_size"], self.config["eps"], self.config["steps"])
 
     def cost(self) -> float:
         return float(self.config["steps"] + 1)

@@ -18,13 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit.adversarial import pgd
+from robustkit.adversarial import pgd, pgd_step_size
 from robustkit.defenses import BatchLoss, Defense
 from robustkit.errors import ParameterError
 from robustkit.hookspecs import Register, hookimpl
 from robustkit.params import Param
 from robustkit.plugins.baseline_defenses import crafting_mode, kl_batchmean, trades_examples
-from robustkit.threat import ThreatModel
+from robustkit.threat import threat_of
 
 VARIANTS = ("P", "T")
 DEFAULT_ETA = {"P": 0.5, "T": 1.0}
@@ -211,10 +211,7 @@ class RLFAT(Defense):
             self.config["eta"] = DEFAULT_ETA[variant]
         if variant == "T" and self.config["beta"] is None:
             self.config["beta"] = DEFAULT_BETA
-        try:
-            self.threat = ThreatModel("linf", self.config["eps"])
-        except ParameterError as err:
-            raise ParameterError(f"{owner}: {err}") from None
+        self.threat = threat_of(owner, "linf", self.config["eps"])
         self.shuffle = RandomBlockShuffle(self.config["k"], self.config["per_image"])
 
     @property
@@ -224,8 +221,7 @@ class RLFAT(Defense):
     @property
     def step_size(self) -> float:
         """The per-step size actually used."""
-        size = self.config["step_size"]
-        return float(size) if size is not None else 2.5 * self.config["eps"] / self.config["steps"]
+        return pgd_step_size(self.config["step_size"], self.config["eps"], self.config["steps"])
 
     def cost(self) -> float:
         return float(self.config["steps"] + (2 if self.variant == "P" else 3))

@@ -66,7 +66,7 @@ from robustkit.attacks import Attack, AttackResult, model_device, model_facts
 from robustkit.devices import seed_everything
 from robustkit.errors import InputError, ParameterError, RobustkitError
 from robustkit.params import Param, params_from_signature
-from robustkit.threat import NORMS, ThreatModel
+from robustkit.threat import NORMS, ThreatModel, threat_of
 
 if util.find_spec("torchattacks") is None:  # a missing library still fails at load, as an eager import would
     raise ModuleNotFoundError("No module named 'torchattacks'", name="torchattacks")
@@ -285,10 +285,7 @@ class TorchattacksAttack(Attack):
         budget = next((n for n in _BUDGET_NAMES if n in self.config), None)
         if budget is None or self.norm not in NORMS or self.norm == "unbounded":
             return None
-        try:
-            return ThreatModel(self.norm, float(self.config[budget]))
-        except ParameterError as err:
-            raise ParameterError(f"{self.display_name()}: {err}") from None
+        return threat_of(self.display_name(), self.norm, self.config[budget])
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "library": f"torchattacks {LIBRARY_VERSION}", "norm": self.norm}
