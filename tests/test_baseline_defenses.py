@@ -5,59 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.utils.data import TensorDataset
 
-from robustkit.data import DatasetInfo, ImageDataset
+from robustkit.data import ImageDataset
 from robustkit.errors import ParameterError
 from robustkit.host import make_host
-from robustkit.models import Classifier, ModelSpec, Normalize
 from robustkit.plugins.baseline_defenses import PGDAT, Natural
 from robustkit.threat import ThreatModel
 from robustkit.training import TrainConfig, train
+from toys import INFO, linear_model, ModeRecorder, robust_vs_fragile, random_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-INFO = DatasetInfo("toy", num_classes=2, channels=1, image_size=(8, 8), mean=(0.5,), std=(0.25,))
-
-
-def linear_model(seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
-    return Classifier(net, Normalize(INFO.mean, INFO.std), ModelSpec("toy-linear", {}, INFO))
-
-
-class ModeRecorder(nn.Module):
-    """A tiny net that remembers the train/eval mode of every forward pass."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
-        self.modes: list[bool] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.modes.append(self.training)
-        return self.body(x)
-
-
-def robust_vs_fragile(n: int, seed: int) -> TensorDataset:
-    """Pixel 0 carries a strong label signal (+-0.4); 63 pixels carry a weak one (+-0.1) plus noise.
-
-    Natural training leans on the many weak pixels, which an eps = 0.2 linf attack flips all at once;
-    adversarial training has to use the robust pixel instead.
-    """
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    sign = (2 * y - 1).float().view(n, 1)
-    x = (0.5 + 0.1 * sign + 0.1 * torch.randn(n, 64, generator=g)).clamp(0, 1)
-    x[:, 0] = (0.5 + 0.4 * sign[:, 0])
-    return TensorDataset(x.view(n, 1, 8, 8), y)
-
-
-def random_batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 2, (n,), generator=g)
 
 
 def test_entry_point_registers_both(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -17,39 +17,17 @@ from robustkit.cli import cli
 from robustkit.data import DatasetInfo, ImageDataset
 from robustkit.errors import ParameterError
 from robustkit.host import make_host
-from robustkit.models import Classifier, ModelSpec, Normalize
 from robustkit.plugins.baseline_defenses import FGMAT, FGSMAT, TRADES, Natural, kl_batchmean, trades_examples
 from robustkit.plugins.rlfat import RLFAT, RandomBlockShuffle, random_block_shuffle
 from robustkit.threat import ThreatModel
 from robustkit.training import TrainConfig, train
+from toys import linear_model, small_mlp, random_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --- tiny models and data --------------------------------------------------------------------------
-
-INFO = DatasetInfo("toy", num_classes=2, channels=1, image_size=(8, 8), mean=(0.5,), std=(0.25,))
-
-
-def linear_model(seed: int = 0, info: DatasetInfo = INFO) -> Classifier:
-    torch.manual_seed(seed)
-    inputs = info.channels * info.image_size[0] * info.image_size[1]
-    net = nn.Sequential(nn.Flatten(), nn.Linear(inputs, info.num_classes))
-    return Classifier(net, Normalize(info.mean, info.std), ModelSpec("toy-linear", {}, info))
-
-
-def small_mlp(seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 3))
-    info = DatasetInfo("toy3", num_classes=3, channels=1, image_size=(8, 8), mean=(0.5,), std=(0.25,))
-    return Classifier(net, Normalize(info.mean, info.std), ModelSpec("toy-mlp", {}, info))
-
-
-def random_batch(n: int = 16, seed: int = 0, classes: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g)
-
 
 def numbered(n: int = 4, channels: int = 2, height: int = 8, width: int = 8) -> torch.Tensor:
     """Images whose every value is distinct, so where each output pixel came from can be read off."""
@@ -222,7 +200,7 @@ def test_rbs_transform_class_gradients_and_shapes() -> None:
 
 
 def test_fgsm_at_loss_is_the_mixed_formula_and_its_gradient_too() -> None:
-    model = small_mlp()
+    model = small_mlp(classes=3)
     x, y = random_batch(classes=3)
     eps, alpha = 0.1, 0.3
     out = FGSMAT(eps=eps, alpha=alpha).batch_loss(model, x, y)
@@ -241,7 +219,7 @@ def test_fgsm_at_loss_is_the_mixed_formula_and_its_gradient_too() -> None:
 
 
 def test_fgsm_at_adversarial_only_and_random_start_stay_in_the_ball() -> None:
-    model = small_mlp()
+    model = small_mlp(classes=3)
     x, y = random_batch(32, classes=3)
     out = FGSMAT(eps=0.1, alpha=0).batch_loss(model, x, y)
     adv = FGSMAT(eps=0.1).adversarial_examples(model, x, y)
@@ -255,7 +233,7 @@ def test_fgsm_at_adversarial_only_and_random_start_stay_in_the_ball() -> None:
 
 
 def test_fgm_at_step_has_l2_norm_eps_along_the_gradient() -> None:
-    model = small_mlp()
+    model = small_mlp(classes=3)
     g = torch.Generator().manual_seed(0)
     x = 0.5 + 0.05 * torch.randn(8, 1, 8, 8, generator=g)  # interior: a 0.3 step cannot reach 0 or 1
     y = torch.randint(0, 3, (8,), generator=g)
@@ -276,7 +254,7 @@ def test_fgm_at_step_has_l2_norm_eps_along_the_gradient() -> None:
 
 @pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
 def test_trades_inner_attack_stays_in_the_ball_and_raises_the_kl(norm: str, eps: float) -> None:
-    model = small_mlp()
+    model = small_mlp(classes=3)
     x, _ = random_batch(32, classes=3)  # uniform images: many pixels near 0 and 1
     torch.manual_seed(0)
     adv = trades_examples(model, x, ThreatModel(norm, eps), steps=5, step_size=eps / 4)
@@ -290,7 +268,7 @@ def test_trades_inner_attack_stays_in_the_ball_and_raises_the_kl(norm: str, eps:
 
 
 def test_trades_loss_is_ce_plus_beta_kl_batchmean() -> None:
-    model = small_mlp()
+    model = small_mlp(classes=3)
     x, y = random_batch(classes=3)
     defense = TRADES(eps=0.1, steps=3, beta=4.0)
     torch.manual_seed(5)
@@ -305,7 +283,7 @@ def test_trades_loss_is_ce_plus_beta_kl_batchmean() -> None:
 
 @pytest.mark.parametrize("variant", ["P", "T"])
 def test_rlfat_loss_is_the_specified_formula_with_gradients_through_both_branches(variant: str) -> None:
-    model = small_mlp()
+    model = small_mlp(classes=3)
     x, y = random_batch(classes=3)
     defense = RLFAT(variant=variant, eps=0.1, steps=3, k=3)
     torch.manual_seed(11)

@@ -5,62 +5,20 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from torch.utils.data import TensorDataset
 
 from robustkit.adversarial import input_gradient, pgd
-from robustkit.data import DatasetInfo, ImageDataset
+from robustkit.data import ImageDataset
 from robustkit.errors import ParameterError
 from robustkit.host import make_host
-from robustkit.models import Classifier, ModelSpec, Normalize
 from robustkit.plugins.baseline_defenses import Natural
 from robustkit.plugins.robust_opt import RobustOpt
 from robustkit.threat import ThreatModel
 from robustkit.training import TrainConfig, train
+from toys import INFO, linear_model, small_mlp, ModeRecorder, robust_vs_fragile
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-INFO = DatasetInfo("toy", num_classes=2, channels=1, image_size=(8, 8), mean=(0.5,), std=(0.25,))
-
-
-def linear_model(seed: int = 0) -> Classifier:
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 2))
-    return Classifier(net, Normalize(INFO.mean, INFO.std), ModelSpec("toy-linear", {}, INFO))
-
-
-def small_mlp(seed: int = 0) -> Classifier:
-    """A nonlinear model, so the gradient differs between images (a linear one has the same sign everywhere)."""
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.Tanh(), nn.Linear(16, 2))
-    return Classifier(net, Normalize(INFO.mean, INFO.std), ModelSpec("toy-mlp", {}, INFO))
-
-
-class ModeRecorder(nn.Module):
-    """A tiny net that remembers the train/eval mode of every forward pass."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Flatten(), nn.Linear(64, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
-        self.modes: list[bool] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.modes.append(self.training)
-        return self.body(x)
-
-
-def robust_vs_fragile(n: int, seed: int) -> TensorDataset:
-    """Pixel 0 carries a strong label signal (+-0.4); 63 pixels carry a weak one (+-0.1) plus noise (as in
-    test_baseline_defenses): natural training leans on the weak pixels, which eps = 0.2 flips all at once."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 2, (n,), generator=g)
-    sign = (2 * y - 1).float().view(n, 1)
-    x = (0.5 + 0.1 * sign + 0.1 * torch.randn(n, 64, generator=g)).clamp(0, 1)
-    x[:, 0] = (0.5 + 0.4 * sign[:, 0])
-    return TensorDataset(x.view(n, 1, 8, 8), y)
 
 
 def interior_batch(n: int = 16, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
