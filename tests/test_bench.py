@@ -907,3 +907,12 @@ def test_a_digits_spec_runs_on_a_real_dataset_from_a_data_root(tmp_path, host):
     assert len(records) == 2 and all(r["n_examples"] == 12 for r in records)
     missing = invoke(host, ["bench", "show", str(spec_path), "--dataset", "mnist"])
     assert missing.exit_code == 0  # show validates names only; the data are read when cells run
+
+
+def test_the_black_box_check_runs_only_when_the_spec_names_an_attack(host):
+    """The host names no attack plugin: without audit.black_box the check is skipped, and says so."""
+    spec = load_spec_text(host, edited(TINY, (', black_box = {name = "torchattacks:Square", label = "square", '
+                                              'params = {n_queries = 20}}', "")))
+    assert spec.audit["black_box"] is False and spec.audit["enabled"]
+    assert load_spec_text(host, TINY).audit["black_box"]["name"] == "torchattacks:Square"
+

@@ -104,6 +104,9 @@ def markdown(run: BenchmarkRun, images: list[str]) -> str:
     out += ["", "## Gradient-masking audit", "",
             "Per trained model: unbounded PGD must reach ~0% accuracy; more PGD steps must not raise accuracy; "
             "a black-box attack and transfer from a natural model must not beat the white-box attacks.", ""]
+    ran = sorted({check for r in run.records if r.get("audit") for check in r["audit"]["checks"]})
+    out += [f"Checks run: {', '.join(ran) or 'none (audit disabled)'}"
+            + ("" if "black_box" in ran or not ran else " (no black-box check: the spec sets no audit.black_box)"), ""]
     for defense in defenses(run):
         flags = audit_flags(run.records, defense)
         out.append(f"- {defense}: " + (", ".join(f"{k} on {v} model(s)" for k, v in flags.items()) or "no flags"))
