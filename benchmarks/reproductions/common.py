@@ -31,7 +31,7 @@ def parse_args(preset: str, description: str, argv: Sequence[str] | None = None)
     """The options of every ``reproduce.py``: where the benchmark runs, on which data, where results go."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / f"repro-{preset}",
-                        help="benchmark folder (resumable; default runs/repro-%(default)s)")
+                        help="benchmark folder (resumable; default runs/repro-PRESET)")
     parser.add_argument("--dataset", default=None, help="run on this registered dataset instead of digits")
     parser.add_argument("--data-root", type=Path, default=None, help="folder holding the real dataset files")
     parser.add_argument("--jobs", type=int, default=1, help="benchmark cells run in parallel processes")
