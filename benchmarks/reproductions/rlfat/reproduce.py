@@ -72,6 +72,15 @@ def matched_rows(run: Any) -> dict[str, dict[str, Any]]:
             for label in DEFENSES}
 
 
+@torch.no_grad()
+def rbs_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy on randomly block-shuffled test images (k = 2): how much of the input RBS destroys."""
+    from robustkit.plugins.rlfat import random_block_shuffle
+
+    shuffled = random_block_shuffle(images, k=2, generator=torch.Generator().manual_seed(0), per_image=True)
+    return float((model(shuffled).argmax(1) == labels).float().mean())
+
+
 def saliency(run: Any, records: dict[str, dict[str, Any]], images: torch.Tensor, labels: torch.Tensor,
              path: Path) -> None:
     from robustkit.saliency import saliency_map, save_saliency_grid, smoothgrad
@@ -87,7 +96,7 @@ def saliency(run: Any, records: dict[str, dict[str, Any]], images: torch.Tensor,
 def markdown(out: dict[str, Any]) -> str:
     eps = out["eval_eps"]
     t1 = out["table1_at_eval_eps"]
-    rows = [[label, f"{t1[label]['knob_value']}"] + [100 * t1[label][k] for k in ("clean",) + ATTACKS]
+    rows = [[label, t1[label]["knob_value"]] + [100 * t1[label][k] for k in ("clean",) + ATTACKS]
             + [" / ".join(f"{v:g}" for v in PAPER_TABLE1.get(label, ())) or "-"] for label in DEFENSES]
     text = f"# RLFAT reproduction (written by reproduce.py)\n\n**Table 1, models trained at eps {eps:g}** (%)\n\n"
     text += markdown_table(["defense", "train eps", "clean", "PGD", "CW", "NATTACK", "paper CIFAR-10"], rows)
@@ -96,6 +105,8 @@ def markdown(out: dict[str, Any]) -> str:
         rows = [[label] + [None if out["matched"][label][target][m] is None else 100 * out["matched"][label][target][m]
                            for m in ATTACKS + ("worst-case",)] for label in DEFENSES]
         text += markdown_table(["defense", "PGD", "CW", "NATTACK", "worst case"], rows)
+    text += "\n**Accuracy on block-shuffled test images** (RBS, k = 2; %)\n\n"
+    text += markdown_table(["defense"] + list(DEFENSES), [["RBS(x)"] + [100 * out["rbs_accuracy"][d] for d in DEFENSES]])
     sens = out["loss_sensitivity"]
     shifts = list(next(iter(sens.values())))
     text += f"\n**Table 2, loss sensitivity (mean ||grad_x CE||_2), models trained at eps {eps:g}**\n\n"
@@ -124,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
         "matched": matched_rows(run),
         "loss_sensitivity": {label: sensitivity_table(load_cell_model(run, r), images, labels)
                              for label, r in records.items()},
+        "rbs_accuracy": {label: rbs_accuracy(load_cell_model(run, r), images, labels) for label, r in records.items()},
         "paper_cifar10": {"table1": PAPER_TABLE1, "table2_brightness": PAPER_TABLE2},
     }
     saliency(run, records, images[:SALIENCY_IMAGES], labels[:SALIENCY_IMAGES], results / "smoothgrad.png")
