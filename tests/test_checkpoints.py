@@ -299,10 +299,15 @@ def test_a_failed_write_leaves_the_old_file_and_no_temp_file(tmp_path: Path) -> 
 
 
 def test_ctrl_c_during_a_save_waits_until_the_checkpoint_is_complete(tmp_path: Path, host, model: Classifier) -> None:
-    with pytest.raises(KeyboardInterrupt):
-        with defer_interrupts():
-            os.kill(os.getpid(), signal.SIGINT)
-            save_checkpoint(tmp_path / "ckpt", model, epoch=1)
+    # Python's own Ctrl-C handler, whatever the runner inherited (a background job starts with SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with defer_interrupts():
+                os.kill(os.getpid(), signal.SIGINT)
+                save_checkpoint(tmp_path / "ckpt", model, epoch=1)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert read_metadata(tmp_path / "ckpt")["epoch"] == 1
     assert isinstance(load_model(tmp_path / "ckpt", host), Classifier)
     assert sorted(os.listdir(tmp_path)) == ["ckpt.json", "ckpt.safetensors"]
