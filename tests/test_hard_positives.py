@@ -25,6 +25,7 @@ from robustkit.plugins.hard_positives import HardPositives, parse_types
 from robustkit.plugins.hotcold import FGV, HotCold
 from robustkit.plugins.hotcold.line_search import LineSearchAttack
 from robustkit.training import TrainConfig, train
+from toys import InterruptAt
 
 CPU = torch.device("cpu")
 INFO = DatasetInfo("toy", num_classes=3, channels=1, image_size=(8, 8), mean=(0.5,), std=(0.25,))
@@ -316,18 +317,8 @@ def test_the_batch_loss_mixes_clean_images_and_hard_positives(base_checkpoint: P
     assert torch.allclose(plain.batch_loss(model, x, y).loss, F.cross_entropy(model(x), y))
 
 
-class InterruptedHardPositives(HardPositives):
-    """Gets a Ctrl-C at a chosen batch (an attribute, not a parameter: the run stays the same run)."""
-
-    def __init__(self, interrupt_at: int | None = None, **params: Any):
-        super().__init__(**params)
-        self.interrupt_at, self.calls = interrupt_at, 0
-
-    def batch_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
-        self.calls += 1
-        if self.calls == self.interrupt_at:
-            raise KeyboardInterrupt
-        return super().batch_loss(model, images, labels)
+class InterruptedHardPositives(InterruptAt, HardPositives):
+    """HardPositives that gets a Ctrl-C at a chosen batch."""
 
 
 def test_resume_gives_exactly_the_straight_run(base_checkpoint: Path, tmp_path: Path) -> None:

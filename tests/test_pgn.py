@@ -25,6 +25,7 @@ from robustkit.plugins.baseline_defenses import Natural
 from robustkit.plugins.pgn import PGN, Generator, PGNAttack, perturbed
 from robustkit.threat import ThreatModel
 from robustkit.training import TrainConfig, train
+from toys import InterruptAt
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -243,18 +244,8 @@ def test_double_backprop_reaches_the_classifier_through_the_generator() -> None:
 # --- checkpoints and resume ----------------------------------------------------------------------
 
 
-class InterruptedPGN(PGN):
-    """PGN that gets a Ctrl-C at a chosen batch (an attribute, not a parameter: the run stays the same run)."""
-
-    def __init__(self, interrupt_at: int | None = None, **params: Any):
-        super().__init__(**params)
-        self.interrupt_at, self.calls = interrupt_at, 0
-
-    def batch_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
-        self.calls += 1
-        if self.calls == self.interrupt_at:
-            raise KeyboardInterrupt
-        return super().batch_loss(model, images, labels)
+class InterruptedPGN(InterruptAt, PGN):
+    """PGN that gets a Ctrl-C at a chosen batch."""
 
 
 def run_config(out_dir: Path | None, **overrides: Any) -> TrainConfig:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 from torch.utils.data import TensorDataset
@@ -61,3 +63,19 @@ def robust_vs_fragile(n: int, seed: int) -> TensorDataset:
 def random_batch(n: int = 16, seed: int = 0, classes: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     return torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, classes, (n,), generator=g)
+
+
+class InterruptAt:
+    """Mixin for a defense class: a Ctrl-C at the ``interrupt_at``-th batch (an attribute, not a
+    parameter, so the run stays the same run and a resume can finish it)."""
+
+    def __init__(self, interrupt_at: int | None = None, **params: Any):
+        super().__init__(**params)
+        self.interrupt_at, self.calls = interrupt_at, 0
+
+    def batch_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            raise KeyboardInterrupt
+        return super().batch_loss(model, images, labels)
+

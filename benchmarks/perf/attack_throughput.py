@@ -260,9 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "cpu": cpu,
         "gpu": gpu,
         "targets_met": targets,
-        "machine": common.machine(load_before),
-        "seconds": round(time.perf_counter() - started, 1),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **common.stamp(load_before, started),
     }
     common.write(result, args.out)
     return 0

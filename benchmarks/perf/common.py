@@ -133,6 +133,13 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
     return facts
 
 
+def stamp(load_before: tuple[float, float, float], started: float) -> dict[str, Any]:
+    """A result's closing fields: the machine (with the load before and now), seconds since ``started``
+    (a ``time.perf_counter()`` value) and a UTC timestamp."""
+    return {"machine": machine(load_before), "seconds": round(time.perf_counter() - started, 1),
+            "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
 def table(headers: Sequence[str], rows: Iterable[Sequence[Any]], title: str = "") -> None:
     """Print ``rows`` under ``headers`` in fixed-width columns (first column left-aligned)."""
     rows = [[_cell(v) for v in row] for row in rows]

@@ -431,9 +431,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": runs,
         "gpu": {"available": bool(torch.cuda.is_available()), "rows": "not run: CPU-only benchmark"
                 if torch.cuda.is_available() else "no GPU"},
-        "machine": common.machine(load_before),
-        "seconds": round(time.perf_counter() - started, 1),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **common.stamp(load_before, started),
     }
     common.write(result, args.out)
     if not all_same:

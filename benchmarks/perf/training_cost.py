@@ -286,9 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         "settings": results,
         "targets_met": targets,
         "gpu": gpu,
-        "machine": common.machine(load_before),
-        "seconds": round(time.perf_counter() - started, 1),
-        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        **common.stamp(load_before, started),
     }
     common.write(result, args.out)
     return 0
