@@ -907,6 +907,10 @@ def test_a_digits_spec_runs_on_a_real_dataset_from_a_data_root(tmp_path, host):
     assert len(records) == 2 and all(r["n_examples"] == 12 for r in records)
     missing = invoke(host, ["bench", "show", str(spec_path), "--dataset", "mnist"])
     assert missing.exit_code == 0  # show validates names only; the data are read when cells run
+    absent = invoke(host, ["bench", "run", str(spec_path), "--dataset", "mnist", "--data-root",
+                           str(tmp_path / "nowhere"), "--out", str(tmp_path / "out2")])
+    assert absent.exit_code == 2 and "expects the files" in absent.output  # once, before any cell
+    assert absent.output.count("\n") == 1 and not (tmp_path / "out2").exists()
 
 
 def test_the_black_box_check_runs_only_when_the_spec_names_an_attack(host):

@@ -20,11 +20,34 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def fail(message: str) -> None:
+    """Stop with a one-line error and exit code 2, as the robustkit CLI does."""
+    print(f"Error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def guarded(main: Callable[[], Any]) -> None:
+    """Run a script's ``main``: robustkit's errors (a bad dataset, a damaged checkpoint...) and the scripts'
+    ``SystemExit("message")`` end in one line with exit code 2."""
+    from robustkit.errors import RobustkitError
+
+    try:
+        main()
+    except RobustkitError as err:
+        fail(str(err))
+    except SystemExit as err:
+        if isinstance(err.code, str):  # the scripts' own `raise SystemExit("what is missing")`
+            fail(err.code)
+        raise
+    except KeyboardInterrupt:
+        fail("interrupted; every finished benchmark cell is kept: rerun the same command to continue")
 
 
 def parse_args(preset: str, description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -66,7 +89,9 @@ def run_preset(args: argparse.Namespace) -> Any:
                      dataset=args.dataset)
     summary = run_benchmark(spec, args.out, host, jobs=args.jobs, device=args.device)
     if summary.failed:
-        raise SystemExit(f"{len(summary.failed)} cells failed: {summary.failed}; fix and rerun")
+        name, error = next(iter(summary.failed.items()))
+        fail(f"{len(summary.failed)} cells failed (first: {name}: {error}); the others are recorded in "
+             f"{args.out}; fix the cause and rerun")
     table, _ = write_report(args.out)
     print(table)
     return load_run(args.out)

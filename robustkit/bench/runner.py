@@ -77,6 +77,9 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
     :raises RobustkitError: on Ctrl-C, after keeping every finished record (rerun to continue).
     """
     out_dir = Path(out_dir)
+    # Missing or damaged dataset files would fail every cell alike: say it once, before anything runs.
+    host.datasets.create(spec.dataset["name"], spec.dataset.get("params") or {},
+                         root=Path(spec.data_root) if spec.data_root else None)
     out_dir.mkdir(parents=True, exist_ok=True)
     described = describe_benchmark(spec, host)
     atomic_write_text(out_dir / BENCHMARK_FILE, json.dumps(described, indent=2, sort_keys=True) + "\n")

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (describe, load_cell_model, markdown_table, parse_args, publish, representatives,  # noqa: E402
-                    results_dir, run_preset, target_accuracy, test_data, write_json)
+from common import (describe, guarded, load_cell_model, markdown_table, parse_args, publish,  # noqa: E402
+                    representatives, results_dir, run_preset, target_accuracy, test_data, write_json)
 
 import torch  # noqa: E402
 
@@ -298,4 +298,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)

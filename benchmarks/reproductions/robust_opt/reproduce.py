@@ -30,8 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: benchmarks.*, robustkit
 
-from benchmarks.reproductions.common import (ROOT, describe, load_cell_model, markdown_table, parse_args, publish,
-                                             representatives, results_dir, run_preset, test_data, write_json)
+from benchmarks.reproductions.common import (ROOT, describe, guarded, load_cell_model, markdown_table, parse_args,
+                                             publish, representatives, results_dir, run_preset, test_data, write_json)
 
 BASELINE = "natural"
 NORMS = ("l1", "l2", "linf")
@@ -271,4 +271,4 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    guarded(main)
