@@ -32,7 +32,10 @@ labels about 90% would be skipped). Pairs, each robustkit variant against its di
 
 Every variant runs once untimed, then ``--repeats`` rounds interleaved (rotating start); the ratio is
 robustkit's median over the direct median. Target: within 5% (ratio <= 1.05). With a CUDA GPU the same pairs
-run on it (batch 256) and the GPU rows give images/second; without one they say "no GPU".
+run on it (batch 256) and the GPU rows give images/second, then robustkit's PGD, the torchattacks:PGD adapter
+and cw-linf run on the model wrapped by ``robustkit.precision.wrap`` at every precision and memory format
+(fp32, bf16, fp16, each NCHW and channels-last): images/second, speed-up over fp32 NCHW and the fraction of
+images fooled; without a GPU the GPU section says "no GPU". ``--gpu-only`` skips the CPU rows.
 """
 
 from __future__ import annotations
@@ -203,6 +206,64 @@ def run(host: Any, device: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def precision_sweep(host: Any, device: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """robustkit's PGD, the adapter and cw-linf on the model at every precision and memory format, interleaved."""
+    import copy
+
+    import torch
+
+    from robustkit.adversarial import pgd
+    from robustkit.data import DatasetInfo
+    from robustkit.models import build_model
+    from robustkit.precision import wrap
+    from robustkit.threat import ThreatModel
+
+    info = DatasetInfo("random-32x32x3", CLASSES, 3, (32, 32), (0.5,) * 3, (0.25,) * 3)
+    torch.manual_seed(0)
+    model = build_model(host, "madry-cnn", info).to(device).eval()
+    x = torch.rand(cfg["batch"], 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    steps = cfg["steps"]
+    threat = ThreatModel("linf", EPS)
+    adapter = host.attacks.create("torchattacks:PGD", {"eps": EPS, "alpha": ALPHA, "steps": steps,
+                                                       "random_start": True})
+    cw = host.attacks.create("cw-linf", {"eps": EPS, "steps": steps, "step_size": ALPHA, "kappa": KAPPA})
+    attacks: dict[str, Callable[[Any], Any]] = {
+        "pgd (native)": lambda m: pgd(m, x, y, threat, steps=steps, step_size=ALPHA),
+        "torchattacks:PGD adapter": lambda m: adapter(m, x, y).adversarial,
+        "cw-linf": lambda m: cw(m, x, y).adversarial,
+    }
+    variants, fooled = {}, {}
+    for precision, channels_last in common.PRECISION_VARIANTS:
+        net = wrap(copy.deepcopy(model), precision, channels_last)  # channels-last converts in place: a copy each
+        for attack_name, attack in attacks.items():
+            key = f"{attack_name} | {common.variant_label(precision, channels_last)}"
+            variants[key] = common.wall(lambda a=attack, m=net: a(m), device)
+            adversarial = attack(net)
+            with torch.no_grad():  # judged by the fp32 model: did reduced precision weaken the attack?
+                fooled[key] = round(float((model(adversarial).argmax(1) != y).float().mean()), 4)
+    times = common.measure(variants, cfg["repeats"], label=f"precision sweep on {device}")
+    rows = []
+    for key, t in times.items():
+        attack_name, label = key.split(" | ")
+        reference = statistics.median(times[f"{attack_name} | {common.variant_label(*common.PRECISION_VARIANTS[0])}"])
+        rows.append({"attack": attack_name, "variant": label, "seconds": common.summary(t),
+                     "images_per_second": round(cfg["batch"] / statistics.median(t), 2),
+                     "speedup_vs_fp32_nchw": round(reference / statistics.median(t), 3),
+                     "fooled_fraction_judged_fp32": fooled[key]})
+    return {"model": "madry-cnn (untrained, eval mode)", "batch": cfg["batch"], "steps": steps,
+            "reference": common.variant_label(*common.PRECISION_VARIANTS[0]), "rows": rows}
+
+
+def show_sweep(sweep: dict[str, Any]) -> None:
+    headers = ["attack", "variant", "median s", "img/s", "x fp32 NCHW", "fooled"]
+    rows = [[r["attack"], r["variant"], r["seconds"]["median"], r["images_per_second"], r["speedup_vs_fp32_nchw"],
+             r["fooled_fraction_judged_fp32"]] for r in sweep["rows"]]
+    common.table(headers, rows, title=f"precision and memory format: {sweep['model']}, batch {sweep['batch']}, "
+                                      f"{sweep['steps']} steps; fooled = fraction the fp32 model misclassifies")
+
+
 def show(result: dict[str, Any]) -> None:
     headers = ["variant", "median s", "min s", "img/s", "ratio", "min ratio", "<=5%"]
     rows = [[r["variant"], r["seconds"]["median"], r["seconds"]["min"], r["images_per_second"],
@@ -222,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: less noise from other jobs on a shared machine)")
     parser.add_argument("--out", type=Path, default=common.RESULTS / "perf_attack_throughput.json")
+    common.add_gpu_options(parser)
     args = parser.parse_args(argv)
 
     common.setup(PLUGINS, args.threads)
@@ -235,18 +297,23 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dict(QUICK if args.quick else DEFAULT)
     if args.repeats:
         cfg["repeats"] = args.repeats
-    cpu = run(host, torch.device("cpu"), cfg)
-    show(cpu)
-    gpu_device = common.cuda_device()
+    gpu_device = common.gpu_or_exit(args.gpu_only)
+    cpu: dict[str, Any] | None = None
+    if not args.gpu_only:
+        cpu = run(host, torch.device("cpu"), cfg)
+        show(cpu)
     if gpu_device is None:
         gpu: dict[str, Any] = {"available": False, "rows": "no GPU"}
         print("GPU: no GPU (no CUDA device visible); no GPU throughput rows\n")
     else:
         gpu_run = run(host, gpu_device, {**cfg, **GPU})
         show(gpu_run)
-        gpu = {"available": True, "device": torch.cuda.get_device_name(gpu_device), **gpu_run}
+        sweep = precision_sweep(host, gpu_device, {**cfg, **GPU})
+        show_sweep(sweep)
+        gpu = {**common.gpu_facts(gpu_device), **gpu_run, "precision_sweep": sweep}
+    measured = ([cpu] if cpu else []) + ([gpu] if gpu.get("available") else [])
     targets = [{"device": d["device"], "variant": r["variant"], "ratio": r["ratio_vs_direct"], "met": r["target_met"]}
-               for d in ([cpu] + ([gpu] if gpu.get("available") else [])) for r in d["rows"] if "target_met" in r]
+               for d in measured for r in d["rows"] if "target_met" in r]
     for t in targets:
         print(f"target [{t['device']}] {t['variant']}: ratio {t['ratio']:.3f} <= {TARGET}: "
               f"{'met' if t['met'] else 'NOT met'}")
@@ -257,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": "each variant once untimed, then interleaved rounds (rotating start); wall time per call of one "
                   "batch; ratio = robustkit median / direct median (ratio of minima too)",
         "settings": {k: v for k, v in cfg.items()},
-        "cpu": cpu,
+        "cpu": cpu if cpu else "not run (--gpu-only)",
         "gpu": gpu,
         "targets_met": targets,
         **common.stamp(load_before, started),

@@ -4,7 +4,9 @@
 - :func:`measure` runs variants interleaved (one warm-up each, then round-robin with a rotating
   start, so load drifts on a shared machine hit every variant alike) and keeps every timing;
 - :func:`summary` reduces timings to median and minimum, :func:`machine` records the machine,
-  :func:`table` prints a fixed-width table and :func:`write` writes the JSON result.
+  :func:`table` prints a fixed-width table and :func:`write` writes the JSON result;
+- :func:`add_gpu_options`, :func:`gpu_or_exit`, :data:`PRECISION_VARIANTS` and :func:`gpu_facts` are the
+  GPU section every script shares (``--gpu-only``, the precision and memory-format sweep, the GPU's facts).
 """
 
 from __future__ import annotations
@@ -38,6 +40,44 @@ def setup(plugins: str, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+#: The (precision, channels_last) pairs a GPU section sweeps; the first is the reference the others are compared to.
+PRECISION_VARIANTS: tuple[tuple[str, bool], ...] = (
+    ("fp32", False), ("fp32", True), ("bf16", False), ("bf16", True), ("fp16", False), ("fp16", True))
+
+
+def variant_label(precision: str, channels_last: bool) -> str:
+    return f"{precision} {'channels-last' if channels_last else 'NCHW'}"
+
+
+def add_gpu_options(parser: Any) -> None:
+    """``--gpu-only``: skip the CPU measurements (a GPU machine's time is for its GPU rows)."""
+    parser.add_argument("--gpu-only", action="store_true",
+                        help="only the GPU section (needs a CUDA GPU); the CPU figures stay those of a CPU run")
+
+
+def gpu_or_exit(gpu_only: bool) -> Any:
+    """The CUDA device, or ``None`` without one; with ``gpu_only`` and no GPU, exit 2 with a one-line reason."""
+    device = cuda_device()
+    if device is None and gpu_only:
+        print("error: --gpu-only needs a CUDA GPU and torch sees none; run without --gpu-only for the CPU figures",
+              file=sys.stderr)
+        raise SystemExit(2)
+    return device
+
+
+def gpu_facts(device: Any) -> dict[str, Any]:
+    """The GPU and the math settings that decide its speed (TF32 changes fp32 convolutions and matmuls)."""
+    import torch
+
+    props = torch.cuda.get_device_properties(device)
+    return {"available": True, "device": props.name, "capability": f"{props.major}.{props.minor}",
+            "multiprocessors": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
+            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "tf32_cudnn": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
 
 
 def cuda_device() -> Any:
@@ -127,7 +167,8 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
         "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
         "shared_machine": True, "shared_machine_note": SHARED_NOTE,
-        "git_commit": _git("rev-parse", "HEAD"),
+        # A copy of the tree without .git (a GPU machine's) is told its commit by BENCH_GIT_COMMIT.
+        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("BENCH_GIT_COMMIT"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
     return facts

@@ -30,8 +30,11 @@ VmRSS: the peak of everything ``evaluate`` held at once (tensors, autograd graph
 records), not the model or the data. On a GPU the child reports ``torch.cuda.max_memory_allocated()`` minus
 ``torch.cuda.memory_allocated()`` before the call (after ``reset_peak_memory_stats``): tensor memory exactly.
 
-With a CUDA GPU both sweeps also run on it (throughput in images/second and CUDA peak memory); without one
-the GPU section says "no GPU".
+With a CUDA GPU both sweeps also run on it at sizes that fill it (n = 1024..16384 at batch 512, batch
+64..2048 on 4096 images; ``--quick``: n 256..2048 at batch 256, batch 32..512 on 1024), with throughput in
+images/second and CUDA peak memory, and ``evaluate(..., precision=..., channels_last=...)`` runs the largest n
+at every precision and memory format (fp32, bf16, fp16, each NCHW and channels-last); without a GPU the GPU
+section says "no GPU". ``--gpu-only`` skips the CPU sweeps.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ DEFAULT = {"sizes": (64, 128, 256, 512, 1024), "size_batch": 64, "batches": (16,
            "batch_n": 256, "steps": 10, "repeats": 3}
 QUICK = {"sizes": (32, 64, 128, 256), "size_batch": 32, "batches": (8, 16, 32, 64), "batch_n": 64,
          "steps": 5, "repeats": 3}
+#: A GPU runs a batch of 64 small images in about the time of one; these sizes leave the fixed costs behind.
+GPU = {"sizes": (1024, 2048, 4096, 8192, 16384), "size_batch": 512, "batches": (64, 128, 256, 512, 1024, 2048),
+       "batch_n": 4096}
+GPU_QUICK = {"sizes": (256, 512, 1024, 2048), "size_batch": 256, "batches": (32, 64, 128, 256, 512), "batch_n": 1024}
 MMAP_THRESHOLD = 65536
 
 
@@ -208,6 +215,44 @@ def run(host: Any, device: Any, cfg: dict[str, Any], threads: int) -> dict[str, 
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+def precision_sweep(host: Any, device: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """``evaluate`` on the largest n at every precision and memory format (a fresh model copy each), interleaved."""
+    import copy
+
+    from robustkit.evaluation import evaluate
+
+    n, batch = max(cfg["sizes"]), cfg["size_batch"]
+    model, x, y = build(host, n, device)
+    pgd = attack(host, cfg["steps"])
+    variants, robust = {}, {}
+    for precision, channels_last in common.PRECISION_VARIANTS:
+        net = copy.deepcopy(model)  # channels-last converts the model in place
+
+        def call(net: Any = net, precision: str = precision, channels_last: bool = channels_last) -> Any:
+            return evaluate(net, (x, y), {"pgd": pgd}, batch_size=batch, device=device, precision=precision,
+                            channels_last=channels_last)
+
+        label = common.variant_label(precision, channels_last)
+        result = call()  # the warm-up, and the accuracies to report
+        robust[label] = {"clean_accuracy": result.clean_accuracy,
+                         "robust_accuracy": result.attacks["pgd"].robust_accuracy}
+        variants[label] = common.wall(call, device)
+    times = common.measure(variants, cfg["repeats"], warmup=False, label=f"precision sweep on {device}")
+    reference = statistics.median(next(iter(times.values())))
+    rows = [{"variant": label, "seconds": common.summary(t), "images_per_second": round(n / statistics.median(t), 2),
+             "speedup_vs_fp32_nchw": round(reference / statistics.median(t), 3), **robust[label]}
+            for label, t in times.items()]
+    return {"n": n, "batch": batch, "reference": common.variant_label(*common.PRECISION_VARIANTS[0]), "rows": rows}
+
+
+def show_sweep(sweep: dict[str, Any]) -> None:
+    headers = ["variant", "median s", "img/s", "x fp32 NCHW", "clean acc", "PGD acc"]
+    rows = [[r["variant"], r["seconds"]["median"], r["images_per_second"], r["speedup_vs_fp32_nchw"],
+             r["clean_accuracy"], r["robust_accuracy"]] for r in sweep["rows"]]
+    common.table(headers, rows, title=f"evaluate at each precision and memory format: n {sweep['n']}, batch "
+                                      f"{sweep['batch']} (labels are the fp32 model's predictions)")
+
+
 def show(result: dict[str, Any]) -> None:
     mem_key = result["memory_measure"]
     headers = ["sweep", "n", "batch", "median s", "min s", "ms/image", "img/s", "peak MiB"]
@@ -237,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (default 1: less noise from other jobs on a shared machine)")
     parser.add_argument("--out", type=Path, default=common.RESULTS / "perf_scaling.json")
     parser.add_argument("--memory-point", help=argparse.SUPPRESS)  # internal: N,BATCH,STEPS,DEVICE in a fresh process
+    common.add_gpu_options(parser)
     args = parser.parse_args(argv)
 
     common.setup(PLUGINS, args.threads)
@@ -254,16 +300,23 @@ def main(argv: list[str] | None = None) -> int:
     cfg = dict(QUICK if args.quick else DEFAULT)
     if args.repeats:
         cfg["repeats"] = args.repeats
-    cpu = run(host, torch.device("cpu"), cfg, args.threads)
-    show(cpu)
-    gpu_device = common.cuda_device()
+    gpu_device = common.gpu_or_exit(args.gpu_only)
+    cpu: dict[str, Any] | str = "not run (--gpu-only)"
+    if not args.gpu_only:
+        cpu = run(host, torch.device("cpu"), cfg, args.threads)
+        show(cpu)
     if gpu_device is None:
         gpu: dict[str, Any] = {"available": False, "rows": "no GPU"}
         print("GPU: no GPU (no CUDA device visible); no GPU throughput or CUDA memory rows\n")
     else:
-        gpu_run = run(host, gpu_device, cfg, args.threads)
+        gpu_cfg = {**cfg, **(GPU_QUICK if args.quick else GPU)}
+        gpu_run = run(host, gpu_device, gpu_cfg, args.threads)
         show(gpu_run)
-        gpu = {"available": True, "device": torch.cuda.get_device_name(gpu_device), **gpu_run}
+        sweep = precision_sweep(host, gpu_device, gpu_cfg)
+        show_sweep(sweep)
+        gpu = {**common.gpu_facts(gpu_device), **gpu_run, "settings": {k: list(v) if isinstance(v, tuple) else v
+                                                                        for k, v in gpu_cfg.items()},
+               "precision_sweep": sweep}
     result = {
         "benchmark": "perf_scaling",
         "mode": "quick" if args.quick else "default",

@@ -37,7 +37,10 @@ measured ratio. An attack pass (forward, then a backward to the input only) skip
 that a training pass computes, so a ratio somewhat below the floor is possible and still meets the target.
 
 With a CUDA GPU, the paper-like setting is also run on it (batch 128) and the absolute throughput (images per
-second of training) is reported; without one the GPU section says "no GPU".
+second of training) is reported, then natural, PGD-10 AT and PGN (detach_grad) again at every precision and
+memory format (``TrainConfig(precision=..., channels_last=...)``: fp32, bf16, fp16, each NCHW and
+channels-last), with each one's speed-up over fp32 NCHW; without a GPU the GPU section says "no GPU".
+``--gpu-only`` skips the CPU settings.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
 QUICK = {"paper-like": {"batch": 8, "batches": 1, "repeats": 3}, "digits": {"n_train": 256, "repeats": 3}}
 GPU = {"batch": 128, "batches": 20, "repeats": 3}
 GPU_QUICK = {"batch": 128, "batches": 5, "repeats": 2}
+#: What the precision sweep trains: the natural denominator, the PGD-AT baseline and PGN, the cheapest defense.
+SWEPT = ("natural", "pgd-at k=10", "pgn gen128 detach_grad")
 
 
 def defenses(eps: float, other_steps: int, gen16: bool) -> list[tuple[str, str, dict[str, Any]]]:
@@ -108,7 +113,10 @@ def build_data(host: Any, setting: dict[str, Any]) -> Any:
     return ImageDataset(info, split, TensorDataset(images[: setting["batch"]], labels[: setting["batch"]]))
 
 
-def run_setting(host: Any, name: str, setting: dict[str, Any], device: Any, other_steps: int) -> dict[str, Any]:
+def run_setting(host: Any, name: str, setting: dict[str, Any], device: Any, other_steps: int,
+                precision: str = "fp32", channels_last: bool = False,
+                only: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """Time one epoch of every defense (those labelled in ``only``, if given) at ``precision``."""
     import torch
 
     from robustkit.models import build_model
@@ -119,8 +127,10 @@ def run_setting(host: Any, name: str, setting: dict[str, Any], device: Any, othe
     torch.manual_seed(0)
     base = build_model(host, setting["model"], data.info, setting["model_params"])
     config = TrainConfig(epochs=1, batch_size=setting["batch"], optimizer="adam", lr=5e-4, seed=0,
-                         device=str(device), val_examples=0, out_dir=None)
-    plan = defenses(setting["eps"], other_steps, setting["pgn_gen16"])
+                         device=str(device), val_examples=0, out_dir=None, precision=precision,
+                         channels_last=channels_last)
+    plan = [row for row in defenses(setting["eps"], other_steps, setting["pgn_gen16"])
+            if only is None or row[0] in only]
     declared = {label: float(host.defenses.create(reg, params).cost()) for label, reg, params in plan}
 
     def epoch(reg: str, params: dict[str, Any]) -> Any:
@@ -166,7 +176,8 @@ def run_setting(host: Any, name: str, setting: dict[str, Any], device: Any, othe
                             "target_met": med / pgd10 <= PGN_TARGET})
         rows.append(row)
     return {
-        "setting": name, "device": str(device), "model": setting["model"], "model_params": setting["model_params"],
+        "setting": name, "device": str(device), "precision": precision, "channels_last": channels_last,
+        "model": setting["model"], "model_params": setting["model_params"],
         "data": ("embedded digits, train split" + (f" (first {setting['n_train']})" if setting.get("n_train") else "")
                  if setting["data"] == "digits" else
                  f"random images {'x'.join(map(str, setting['shape']))} in [0, 1], random labels"),
@@ -220,13 +231,41 @@ def show(result: dict[str, Any]) -> None:
                      r.get("target_met")])
     common.table(headers, rows, title=(
         f"[{result['setting']}] {result['model']} {result['model_params'] or ''} on {result['data']}, "
-        f"{result['device']}, batch {result['batch_size']}, {result['train_images']} images/epoch, "
+        f"{result['device']} {common.variant_label(result['precision'], result['channels_last'])}, "
+        f"batch {result['batch_size']}, {result['train_images']} images/epoch, "
         f"{result['repeats']} interleaved repeats"))
     p = result["pass_costs"]
     expected = ", ".join(f"k={r['params']['steps']}: {r['expected_from_pass_costs']:.2f} x natural "
                          f"(measured {r['ratio_vs_natural']:.2f})" for r in result["rows"] if r["name"] == "pgd-at")
     print(f"one batch: training step {p['training_step_seconds']:.4f} s, attack pass {p['attack_pass_seconds']:.4f} s "
           f"(x {p['attack_pass_over_training_step']:.2f}); pgd-at expected from these: {expected}\n")
+
+
+def precision_sweep(host: Any, setting: dict[str, Any], device: Any, other_steps: int) -> dict[str, Any]:
+    """:data:`SWEPT` at every precision and memory format; speed-ups over fp32 NCHW, the same defense."""
+    runs = {common.variant_label(p, cl): run_setting(host, "paper-like", setting, device, other_steps, p, cl, SWEPT)
+            for p, cl in common.PRECISION_VARIANTS}
+    reference = next(iter(runs.values()))
+    base = {r["defense"]: r["epoch_seconds"]["median"] for r in reference["rows"]}
+    rows = []
+    for label, run in runs.items():
+        for r in run["rows"]:
+            rows.append({"variant": label, "precision": run["precision"], "channels_last": run["channels_last"],
+                         "defense": r["defense"], "epoch_seconds": r["epoch_seconds"],
+                         "images_per_second": r["images_per_second"],
+                         "speedup_vs_fp32_nchw": round(base[r["defense"]] / r["epoch_seconds"]["median"], 3),
+                         "ratio_vs_natural": r["ratio_vs_natural"], "ratio_vs_pgd10": r.get("ratio_vs_pgd10")})
+    return {"defenses": list(SWEPT), "reference": common.variant_label(*common.PRECISION_VARIANTS[0]),
+            "batch_size": setting["batch"], "train_images": reference["train_images"], "rows": rows,
+            "runs": list(runs.values())}
+
+
+def show_sweep(sweep: dict[str, Any]) -> None:
+    headers = ["variant", "defense", "epoch s (med)", "img/s", "x fp32 NCHW", "x natural", "x pgd-10"]
+    rows = [[r["variant"], r["defense"], r["epoch_seconds"]["median"], r["images_per_second"],
+             r["speedup_vs_fp32_nchw"], r["ratio_vs_natural"], r["ratio_vs_pgd10"]] for r in sweep["rows"]]
+    common.table(headers, rows, title=f"[paper-like (GPU)] precision and memory format, batch {sweep['batch_size']}, "
+                                      f"{sweep['train_images']} images/epoch")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -238,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: less noise from other jobs on a shared machine)")
     parser.add_argument("--out", type=Path, default=common.RESULTS / "perf_training_cost.json")
+    common.add_gpu_options(parser)
     args = parser.parse_args(argv)
 
     common.setup(PLUGINS, args.threads)
@@ -248,8 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     started = time.perf_counter()
     host = make_host()
+    gpu_device = common.gpu_or_exit(args.gpu_only)
     results = []
-    for name in [s.strip() for s in args.settings.split(",") if s.strip()]:
+    for name in [] if args.gpu_only else [s.strip() for s in args.settings.split(",") if s.strip()]:
         setting = {**SETTINGS[name], **(QUICK[name] if args.quick else {})}
         if args.repeats:
             setting["repeats"] = args.repeats
@@ -257,16 +298,19 @@ def main(argv: list[str] | None = None) -> int:
         show(result)
         results.append(result)
 
-    gpu_device = common.cuda_device()
     if gpu_device is None:
         gpu: dict[str, Any] = {"available": False, "rows": "no GPU"}
         print("GPU: no GPU (no CUDA device visible); no GPU throughput rows\n")
     else:
         setting = {**SETTINGS["paper-like"], **(GPU_QUICK if args.quick else GPU)}
+        if args.repeats:
+            setting["repeats"] = args.repeats
         gpu_result = run_setting(host, "paper-like", setting, gpu_device, args.other_steps)
         gpu_result["setting"] = "paper-like (GPU)"
         show(gpu_result)
-        gpu = {"available": True, "device": torch.cuda.get_device_name(gpu_device), **gpu_result,
+        sweep = precision_sweep(host, setting, gpu_device, args.other_steps)
+        show_sweep(sweep)
+        gpu = {**common.gpu_facts(gpu_device), **gpu_result, "precision_sweep": sweep,
                "note": "epoch_time is the loop's own timer: each batch's loss readout synchronizes the GPU, so at "
                        "most the last batch's backward and step fall outside it"}
 
@@ -283,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
                   "then interleaved rounds (one epoch of every defense per round, rotating start); ratios of medians",
         "targets": {"pgd_at": f"epoch ratio vs natural <= {PGD_TARGET} * (k + 1)",
                     "pgn": f"pgn epoch <= {PGN_TARGET} * pgd-at k=10 epoch (gen_width 128; paper {PAPER_PGN_RATIO})"},
-        "settings": results,
+        "settings": results if results else "not run (--gpu-only)",
         "targets_met": targets,
         "gpu": gpu,
         **common.stamp(load_before, started),
