@@ -36,11 +36,13 @@ epoch (the paper: 51.8 s / 175.9 s = 0.29). Each defense's declared ``cost()`` i
 measured ratio. An attack pass (forward, then a backward to the input only) skips the weight gradients
 that a training pass computes, so a ratio somewhat below the floor is possible and still meets the target.
 
-With a CUDA GPU, the paper-like setting is also run on it (batch 128) and the absolute throughput (images per
-second of training) is reported, then natural, PGD-10 AT and PGN (detach_grad) again at every precision and
-memory format (``TrainConfig(precision=..., channels_last=...)``: fp32, bf16, fp16, each NCHW and
-channels-last), with each one's speed-up over fp32 NCHW; without a GPU the GPU section says "no GPU".
-``--gpu-only`` skips the CPU settings.
+With a CUDA GPU, the ``--gpu-settings`` (default: paper-like) are also run on it (batch 128) and the absolute
+throughput (images per second of training) is reported, then natural, PGD-10 AT and PGN (detach_grad) again at
+every precision and memory format (``TrainConfig(precision=..., channels_last=...)``: fp32, bf16, fp16, each
+NCHW and channels-last), with each one's speed-up over fp32 NCHW; without a GPU the GPU section says "no GPU".
+``--gpu-only`` skips the CPU settings. A GPU setting of its own, ``wrn-32-10`` (Madry's CIFAR-10 WideResNet,
+about 6 GMAC per 32x32 image, 10 classes, batch 128, 10 batches), is big enough to keep an H100 busy: on the
+paper-like ConvPool-CNN a GPU waits on kernel launches and data loading more than it computes.
 """
 
 from __future__ import annotations
@@ -69,10 +71,12 @@ SETTINGS: dict[str, dict[str, Any]] = {
                    "repeats": 3, "pgn_gen16": False},
     "digits": {"model": "madry-cnn", "model_params": {}, "data": "digits", "batch": 128, "n_train": None,
                "eps": 0.1, "repeats": 5, "pgn_gen16": True},
+    "wrn-32-10": {"model": "wrn-32-10", "model_params": {}, "data": "random", "shape": (3, 32, 32), "classes": 10,
+                  "batch": 128, "batches": 10, "eps": 8 / 255, "repeats": 2, "pgn_gen16": False},
 }
 QUICK = {"paper-like": {"batch": 8, "batches": 1, "repeats": 3}, "digits": {"n_train": 256, "repeats": 3}}
-GPU = {"batch": 128, "batches": 20, "repeats": 3}
-GPU_QUICK = {"batch": 128, "batches": 5, "repeats": 2}
+GPU = {"paper-like": {"batch": 128, "batches": 20, "repeats": 3}, "wrn-32-10": {}}
+GPU_QUICK = {"paper-like": {"batch": 128, "batches": 5, "repeats": 2}, "wrn-32-10": {"batches": 3, "repeats": 1}}
 #: What the precision sweep trains: the natural denominator, the PGD-AT baseline and PGN, the cheapest defense.
 SWEPT = ("natural", "pgd-at k=10", "pgn gen128 detach_grad")
 
@@ -241,9 +245,9 @@ def show(result: dict[str, Any]) -> None:
           f"(x {p['attack_pass_over_training_step']:.2f}); pgd-at expected from these: {expected}\n")
 
 
-def precision_sweep(host: Any, setting: dict[str, Any], device: Any, other_steps: int) -> dict[str, Any]:
+def precision_sweep(host: Any, name: str, setting: dict[str, Any], device: Any, other_steps: int) -> dict[str, Any]:
     """:data:`SWEPT` at every precision and memory format; speed-ups over fp32 NCHW, the same defense."""
-    runs = {common.variant_label(p, cl): run_setting(host, "paper-like", setting, device, other_steps, p, cl, SWEPT)
+    runs = {common.variant_label(p, cl): run_setting(host, name, setting, device, other_steps, p, cl, SWEPT)
             for p, cl in common.PRECISION_VARIANTS}
     reference = next(iter(runs.values()))
     base = {r["defense"]: r["epoch_seconds"]["median"] for r in reference["rows"]}
@@ -255,7 +259,8 @@ def precision_sweep(host: Any, setting: dict[str, Any], device: Any, other_steps
                          "images_per_second": r["images_per_second"],
                          "speedup_vs_fp32_nchw": round(base[r["defense"]] / r["epoch_seconds"]["median"], 3),
                          "ratio_vs_natural": r["ratio_vs_natural"], "ratio_vs_pgd10": r.get("ratio_vs_pgd10")})
-    return {"defenses": list(SWEPT), "reference": common.variant_label(*common.PRECISION_VARIANTS[0]),
+    return {"setting": name, "defenses": list(SWEPT),
+            "reference": common.variant_label(*common.PRECISION_VARIANTS[0]),
             "batch_size": setting["batch"], "train_images": reference["train_images"], "rows": rows,
             "runs": list(runs.values())}
 
@@ -264,7 +269,8 @@ def show_sweep(sweep: dict[str, Any]) -> None:
     headers = ["variant", "defense", "epoch s (med)", "img/s", "x fp32 NCHW", "x natural", "x pgd-10"]
     rows = [[r["variant"], r["defense"], r["epoch_seconds"]["median"], r["images_per_second"],
              r["speedup_vs_fp32_nchw"], r["ratio_vs_natural"], r["ratio_vs_pgd10"]] for r in sweep["rows"]]
-    common.table(headers, rows, title=f"[paper-like (GPU)] precision and memory format, batch {sweep['batch_size']}, "
+    common.table(headers, rows, title=f"[{sweep['setting']} (GPU)] precision and memory format, "
+                                      f"batch {sweep['batch_size']}, "
                                       f"{sweep['train_images']} images/epoch")
 
 
@@ -272,6 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, about 1.5 minutes")
     parser.add_argument("--settings", default="paper-like,digits", help="comma-separated: paper-like, digits")
+    parser.add_argument("--gpu-settings", default="paper-like",
+                        help="comma-separated settings run on a GPU: paper-like, wrn-32-10")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default: per setting)")
     parser.add_argument("--other-steps", type=int, default=10, help="attack steps of TRADES and RLFAT (default 10)")
     parser.add_argument("--threads", type=int, default=1,
@@ -291,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     gpu_device = common.gpu_or_exit(args.gpu_only)
     results = []
     for name in [] if args.gpu_only else [s.strip() for s in args.settings.split(",") if s.strip()]:
-        setting = {**SETTINGS[name], **(QUICK[name] if args.quick else {})}
+        setting = {**SETTINGS[name], **(QUICK.get(name, {}) if args.quick else {})}
         if args.repeats:
             setting["repeats"] = args.repeats
         result = run_setting(host, name, setting, torch.device("cpu"), args.other_steps)
@@ -302,19 +310,22 @@ def main(argv: list[str] | None = None) -> int:
         gpu: dict[str, Any] = {"available": False, "rows": "no GPU"}
         print("GPU: no GPU (no CUDA device visible); no GPU throughput rows\n")
     else:
-        setting = {**SETTINGS["paper-like"], **(GPU_QUICK if args.quick else GPU)}
-        if args.repeats:
-            setting["repeats"] = args.repeats
-        gpu_result = run_setting(host, "paper-like", setting, gpu_device, args.other_steps)
-        gpu_result["setting"] = "paper-like (GPU)"
-        show(gpu_result)
-        sweep = precision_sweep(host, setting, gpu_device, args.other_steps)
-        show_sweep(sweep)
-        gpu = {**common.gpu_facts(gpu_device), **gpu_result, "precision_sweep": sweep,
+        gpu_results = []
+        for name in [s.strip() for s in args.gpu_settings.split(",") if s.strip()]:
+            setting = {**SETTINGS[name], **(GPU_QUICK if args.quick else GPU)[name]}
+            if args.repeats:
+                setting["repeats"] = args.repeats
+            gpu_result = run_setting(host, name, setting, gpu_device, args.other_steps)
+            gpu_result["setting"] = f"{name} (GPU)"
+            show(gpu_result)
+            gpu_result["precision_sweep"] = precision_sweep(host, name, setting, gpu_device, args.other_steps)
+            show_sweep(gpu_result["precision_sweep"])
+            gpu_results.append(gpu_result)
+        gpu = {**common.gpu_facts(gpu_device), "settings": gpu_results,
                "note": "epoch_time is the loop's own timer: each batch's loss readout synchronizes the GPU, so at "
                        "most the last batch's backward and step fall outside it"}
 
-    measured = results + ([gpu] if gpu["available"] else [])
+    measured = results + (gpu["settings"] if gpu["available"] else [])
     targets = [{"setting": r["setting"], "defense": row["defense"], "target": row["target"], "met": row["target_met"]}
                for r in measured for row in r["rows"] if "target_met" in row]
     for t in targets:
