@@ -103,4 +103,8 @@ from robustkit import commands  # noqa: E402,F401
 
 
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    # Run as `python -m robustkit.cli`, this file is a second module (__main__): the commands attached
+    # themselves to the group of the imported robustkit.cli, so run that one.
+    from robustkit.cli import main as imported_main
+
+    sys.exit(imported_main())

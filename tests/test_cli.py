@@ -25,6 +25,15 @@ def robustkit(*args: str, **env: str) -> subprocess.CompletedProcess:
                           env={**os.environ, "ROBUSTKIT_PROGRESS": "0", **env}, timeout=300)
 
 
+def test_python_dash_m_runs_every_command_either_way():
+    import os
+
+    for module in ("robustkit", "robustkit.cli"):  # the second once ran a copy of the group without commands
+        done = subprocess.run([sys.executable, "-m", module, "bench", "--help"], capture_output=True, text=True,
+                              env={**os.environ, "ROBUSTKIT_PROGRESS": "0"}, timeout=300)
+        assert done.returncode == 0 and "Accuracy-matched" in done.stdout, (module, done.stderr)
+
+
 def test_every_command_has_help_with_examples():
     top = run("--help")
     assert top.exit_code == 0
