@@ -35,7 +35,9 @@ robustkit's median over the direct median. Target: within 5% (ratio <= 1.05). Wi
 run on it (batch 256) and the GPU rows give images/second, then robustkit's PGD, the torchattacks:PGD adapter
 and cw-linf run on the model wrapped by ``robustkit.precision.wrap`` at every precision and memory format
 (fp32, bf16, fp16, each NCHW and channels-last): images/second, speed-up over fp32 NCHW and the fraction of
-images fooled; without a GPU the GPU section says "no GPU". ``--gpu-only`` skips the CPU rows.
+images fooled, for each of ``--sweep-models`` (default: the Madry CNN, too small to gain from reduced precision,
+and wrn-32-10, Madry's CIFAR-10 WideResNet, which does); without a GPU the GPU section says "no GPU".
+``--gpu-only`` skips the CPU rows.
 """
 
 from __future__ import annotations
@@ -206,8 +208,9 @@ def run(host: Any, device: Any, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def precision_sweep(host: Any, device: Any, cfg: dict[str, Any]) -> dict[str, Any]:
-    """robustkit's PGD, the adapter and cw-linf on the model at every precision and memory format, interleaved."""
+def precision_sweep(host: Any, device: Any, cfg: dict[str, Any], model_name: str = "madry-cnn") -> dict[str, Any]:
+    """robustkit's PGD, the adapter and cw-linf on ``model_name`` (untrained) at every precision and memory
+    format, interleaved."""
     import copy
 
     import torch
@@ -220,7 +223,7 @@ def precision_sweep(host: Any, device: Any, cfg: dict[str, Any]) -> dict[str, An
 
     info = DatasetInfo("random-32x32x3", CLASSES, 3, (32, 32), (0.5,) * 3, (0.25,) * 3)
     torch.manual_seed(0)
-    model = build_model(host, "madry-cnn", info).to(device).eval()
+    model = build_model(host, model_name, info).to(device).eval()
     x = torch.rand(cfg["batch"], 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(device)
     with torch.no_grad():
         y = model(x).argmax(1)
@@ -243,7 +246,7 @@ def precision_sweep(host: Any, device: Any, cfg: dict[str, Any]) -> dict[str, An
             adversarial = attack(net)
             with torch.no_grad():  # judged by the fp32 model: did reduced precision weaken the attack?
                 fooled[key] = round(float((model(adversarial).argmax(1) != y).float().mean()), 4)
-    times = common.measure(variants, cfg["repeats"], label=f"precision sweep on {device}")
+    times = common.measure(variants, cfg["repeats"], label=f"precision sweep of {model_name} on {device}")
     rows = []
     for key, t in times.items():
         attack_name, label = key.split(" | ")
@@ -252,7 +255,7 @@ def precision_sweep(host: Any, device: Any, cfg: dict[str, Any]) -> dict[str, An
                      "images_per_second": round(cfg["batch"] / statistics.median(t), 2),
                      "speedup_vs_fp32_nchw": round(reference / statistics.median(t), 3),
                      "fooled_fraction_judged_fp32": fooled[key]})
-    return {"model": "madry-cnn (untrained, eval mode)", "batch": cfg["batch"], "steps": steps,
+    return {"model": f"{model_name} (untrained, eval mode)", "batch": cfg["batch"], "steps": steps,
             "reference": common.variant_label(*common.PRECISION_VARIANTS[0]), "rows": rows}
 
 
@@ -283,6 +286,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch CPU threads (default 1: less noise from other jobs on a shared machine)")
     parser.add_argument("--out", type=Path, default=common.RESULTS / "perf_attack_throughput.json")
+    parser.add_argument("--sweep-models", default="madry-cnn,wrn-32-10",
+                        help="registered models the GPU precision sweep attacks (comma-separated)")
     common.add_gpu_options(parser)
     args = parser.parse_args(argv)
 
@@ -308,9 +313,11 @@ def main(argv: list[str] | None = None) -> int:
     else:
         gpu_run = run(host, gpu_device, {**cfg, **GPU})
         show(gpu_run)
-        sweep = precision_sweep(host, gpu_device, {**cfg, **GPU})
-        show_sweep(sweep)
-        gpu = {**common.gpu_facts(gpu_device), **gpu_run, "precision_sweep": sweep}
+        sweeps = [precision_sweep(host, gpu_device, {**cfg, **GPU}, name.strip())
+                  for name in args.sweep_models.split(",") if name.strip()]
+        for sweep in sweeps:
+            show_sweep(sweep)
+        gpu = {**common.gpu_facts(gpu_device), **gpu_run, "precision_sweep": sweeps}
     measured = ([cpu] if cpu else []) + ([gpu] if gpu.get("available") else [])
     targets = [{"device": d["device"], "variant": r["variant"], "ratio": r["ratio_vs_direct"], "met": r["target_met"]}
                for d in measured for r in d["rows"] if "target_met" in r]
