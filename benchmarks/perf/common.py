@@ -166,9 +166,11 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
         "cuda_available": torch.cuda.is_available(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU",
         "load_average_before": list(load_before), "load_average_after": list(os.getloadavg()),
-        "shared_machine": True, "shared_machine_note": SHARED_NOTE,
-        # A copy of the tree without .git (a GPU machine's) is told its commit by BENCH_GIT_COMMIT.
-        "git_commit": _git("rev-parse", "HEAD") or os.environ.get("BENCH_GIT_COMMIT"),
+        # BENCH_SHARED=0 says the machine ran nothing else (a lent GPU machine); the CPU runs here were shared.
+        "shared_machine": os.environ.get("BENCH_SHARED", "1") != "0",
+        "shared_machine_note": SHARED_NOTE if os.environ.get("BENCH_SHARED", "1") != "0" else "a dedicated machine",
+        # A copy of the tree made elsewhere (a GPU machine's) may carry no .git or a stale one: BENCH_GIT_COMMIT wins.
+        "git_commit": os.environ.get("BENCH_GIT_COMMIT") or _git("rev-parse", "HEAD"),
         "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
     }
     return facts

@@ -8,7 +8,8 @@ set -u
 out=${1:-benchmarks/results}
 py=${2:-.venv/bin/python}
 mkdir -p "$out"
-export ROBUSTKIT_PROGRESS=0 PYTHONUNBUFFERED=1
+# BENCH_SHARED=1 if other jobs share the machine; BENCH_GIT_COMMIT=SHA if the tree here has no (or a stale) .git.
+export ROBUSTKIT_PROGRESS=0 PYTHONUNBUFFERED=1 BENCH_SHARED=${BENCH_SHARED:-0}
 status=0
 step() {  # step NAME SECONDS COMMAND...
     local name=$1 limit=$2; shift 2
