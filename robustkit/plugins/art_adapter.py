@@ -608,13 +608,25 @@ class _OtherClassCount(Exception):
 def _device_and_dtype(model: nn.Module, images: torch.Tensor) -> tuple[torch.device, torch.dtype]:
     """The device of the model's first parameter or buffer and the dtype of its first floating one (what
     :func:`make_classifier` reads); usually both from the first parameter."""
-    for tensor in model.parameters():
-        if tensor.is_floating_point():
-            return tensor.device, tensor.dtype
-        break
+    first = _first_parameter(model)
+    if first is not None and first.is_floating_point():
+        return first.device, first.dtype
     tensors = (*model.parameters(), *model.buffers())
     dtype = next((t.dtype for t in tensors if t.is_floating_point()), torch.float32)
     return (tensors[0].device if tensors else images.device), dtype
+
+
+def _first_parameter(model: nn.Module) -> torch.Tensor | None:
+    """``next(model.parameters(), None)`` without building the generators (this runs on every call, right
+    after the attack has pushed the interpreter's state out of the caches): modules in pre-order."""
+    todo = [model]
+    while todo:
+        module = todo.pop()
+        for tensor in module._parameters.values():
+            if tensor is not None:
+                return tensor
+        todo.extend(child for child in reversed(module._modules.values()) if child is not None)
+    return None
 
 
 def _float_input_of(classifier: Any) -> _FloatInput:
