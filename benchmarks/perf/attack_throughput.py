@@ -299,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     started = time.perf_counter()
     host = make_host()
+    unknown = [n.strip() for n in args.sweep_models.split(",") if n.strip() and n.strip() not in host.models]
+    if unknown:
+        parser.error(f"--sweep-models: no registered model {', '.join(unknown)} (see `robustkit models list`)")
     cfg = dict(QUICK if args.quick else DEFAULT)
     if args.repeats:
         cfg["repeats"] = args.repeats

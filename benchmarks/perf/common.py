@@ -171,7 +171,8 @@ def machine(load_before: tuple[float, float, float]) -> dict[str, Any]:
         "shared_machine_note": SHARED_NOTE if os.environ.get("BENCH_SHARED", "1") != "0" else "a dedicated machine",
         # A copy of the tree made elsewhere (a GPU machine's) may carry no .git or a stale one: BENCH_GIT_COMMIT wins.
         "git_commit": os.environ.get("BENCH_GIT_COMMIT") or _git("rev-parse", "HEAD"),
-        "git_dirty": bool(_git("status", "--porcelain", "--untracked-files=no")),
+        "git_dirty": (None if os.environ.get("BENCH_GIT_COMMIT")
+                      else bool(_git("status", "--porcelain", "--untracked-files=no"))),
     }
     return facts
 

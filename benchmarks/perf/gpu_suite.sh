@@ -25,6 +25,6 @@ step gpu_tests 150 "$py" -m pytest -q -p no:cacheprovider tests/test_gpu.py \
     tests/test_art_adapter.py::test_runs_on_the_model_device_and_returns_on_the_input_device \
     tests/test_torchattacks_adapter.py::test_runs_on_the_model_device_and_returns_on_the_input_device
 step training_cost 330 "$py" benchmarks/perf/training_cost.py --gpu-only --gpu-settings paper-like,wrn-32-10 --out "$out/perf_training_cost_gpu.json"
-step attack_throughput 120 "$py" benchmarks/perf/attack_throughput.py --gpu-only --out "$out/perf_attack_throughput_gpu.json"
+step attack_throughput 200 "$py" benchmarks/perf/attack_throughput.py --gpu-only --out "$out/perf_attack_throughput_gpu.json"
 step scaling 200 "$py" benchmarks/perf/scaling.py --gpu-only --out "$out/perf_scaling_gpu.json"
 exit $status

@@ -287,6 +287,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=common.RESULTS / "perf_training_cost.json")
     common.add_gpu_options(parser)
     args = parser.parse_args(argv)
+    for option in ("settings", "gpu_settings"):
+        unknown = [n.strip() for n in getattr(args, option).split(",") if n.strip() and n.strip() not in SETTINGS]
+        if unknown:
+            parser.error(f"--{option.replace('_', '-')}: unknown setting {', '.join(unknown)}; "
+                         f"choose from {', '.join(SETTINGS)}")
 
     common.setup(PLUGINS, args.threads)
     import torch
