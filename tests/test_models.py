@@ -230,6 +230,20 @@ def test_timm_weights_adapt_head_and_channels(resnet_weights: tuple[Classifier, 
     assert rgb.net.conv1.weight.shape[1] == 3
 
 
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_timm_weights_stem_is_tiled_to_the_image_channels(resnet_weights: tuple[Classifier, dict],
+                                                           channels: int) -> None:
+    """A 1-channel file's stem, tiled and scaled by 1/channels: the same response to a grey image. Done by
+    robustkit, so it holds on every timm (before 1.0.31 timm assumed 3-channel files and dropped 2 or 4)."""
+    model, paths = resnet_weights
+    built = build_model(HOST, "timm:resnet18", info(channels, 8), {"weights": str(paths["safetensors"])})
+    stem = model.net.conv1.weight
+    torch.testing.assert_close(built.net.conv1.weight, stem.repeat(1, channels, 1, 1) / channels)
+    grey = torch.rand(2, 1, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(built.net.conv1(grey.repeat(1, channels, 1, 1)), model.net.conv1(grey))
+
+
 def test_timm_missing_weights_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
     missing = tmp_path / "nope.safetensors"
     with pytest.raises(RobustkitError, match="does not exist") as err:

@@ -326,13 +326,50 @@ def _with_weights(random_model: nn.Module, model_name: str, size: tuple[int, int
     # source=None: the in-memory state dict must win over any hub source the registry names.
     overlay: dict[str, Any] = {"state_dict": state, "source": None,
                                "num_classes": file_classes if file_classes is not None else -1}
-    file_channels = _channels_in(state, random_model, cfg.get("first_conv"), common["in_chans"])
-    if file_channels is not None:
-        overlay["input_size"] = (file_channels, *tuple(cfg.get("input_size") or (3, *size))[1:])
+    # The stem is adapted here, not by timm: timm before 1.0.31 assumes every file has 3 channels (it sums a
+    # 1-channel file's stem again, leaves it unrepeated for a 3-channel model, drops it for 2 or 4 channels).
+    # timm is then told the file already has the model's channels, so every version loads it unchanged.
+    stems = _adapted_stems(state, random_model, cfg.get("first_conv"), common["in_chans"])
+    overlay["state_dict"] = {**state, **stems}
+    overlay["input_size"] = (common["in_chans"], *tuple(cfg.get("input_size") or (3, *size))[1:])
     try:
-        return _create(model_name, size, pretrained=True, pretrained_cfg_overlay=overlay, **common)
+        model = _create(model_name, size, pretrained=True, pretrained_cfg_overlay=overlay, **common)
     except Exception as err:
         raise RobustkitError(f"{owner}: weights file {path} does not fit the model ({_one_line(err)})") from None
+    with torch.no_grad():  # a timm that dropped an adapted stem (random init) gets it back
+        for key, weight in stems.items():
+            target = model.get_parameter(key)
+            if not torch.equal(target, weight):
+                target.copy_(weight)
+    return model
+
+
+def _adapted_stems(state: Mapping[str, torch.Tensor], model: nn.Module, first_conv: Any,
+                   in_channels: int) -> dict[str, torch.Tensor]:
+    """The file's first-conv weights converted to ``in_channels`` image channels (only those that differ).
+
+    The rule timm uses for pretrained stems: a 1-channel model sums the file's channels; otherwise the file's
+    channels are tiled to the model's count and scaled by file / model channels, so an image whose channels are
+    all equal gives the same response. Stems that fold pixels into channels (space-to-depth) keep their groups.
+    """
+    file_channels = _channels_in(state, model, first_conv, in_channels)
+    if file_channels is None or file_channels == in_channels:
+        return {}
+    out = {}
+    for name in (first_conv,) if isinstance(first_conv, str) else tuple(first_conv or ()):
+        weight = state.get(f"{name}.weight")
+        if weight is None or weight.dim() != 4:
+            continue
+        o, i, kh, kw = weight.shape
+        groups = i // file_channels  # pixels folded into channels per image channel (1 for a plain stem)
+        w = weight.float().reshape(o, groups, file_channels, kh, kw)
+        if in_channels == 1:
+            w = w.sum(dim=2, keepdim=True)
+        else:
+            reps = -(-in_channels // file_channels)
+            w = w.repeat(1, 1, reps, 1, 1)[:, :, :in_channels] * (file_channels / in_channels)
+        out[f"{name}.weight"] = w.reshape(o, groups * w.shape[2], kh, kw).to(weight.dtype)
+    return out
 
 
 # --- plugin ---------------------------------------------------------------------------------------
