@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import numpy as np
@@ -11,7 +12,29 @@ from robustkit.errors import RobustkitError
 
 
 def resolve_device(spec: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` picks CUDA when present, else CPU; ``cuda:N`` is checked to exist."""
+    """``auto`` picks CUDA when present, else CPU; ``cuda:N`` is checked to exist.
+
+    A CUDA device also switches cuDNN to deterministic kernels (:func:`deterministic_cuda`).
+    """
+    device = _resolve(spec)
+    if device.type == "cuda":
+        deterministic_cuda()
+    return device
+
+
+def deterministic_cuda() -> None:
+    """Deterministic cuDNN kernels, so a seeded GPU run repeats bit for bit and a resumed run equals an
+    uninterrupted one (cuDNN's fastest convolution backward sums with atomics, in a varying order).
+
+    Seen on an H100: without it, two runs of one benchmark spec and seed exported different leaderboards.
+    ``ROBUSTKIT_DETERMINISTIC=0`` keeps torch's defaults (faster, not repeatable).
+    """
+    if os.environ.get("ROBUSTKIT_DETERMINISTIC", "1") != "0":
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def _resolve(spec: str | torch.device | None) -> torch.device:
     if isinstance(spec, torch.device):
         return spec
     spec = (spec or "auto").strip().lower()

@@ -78,6 +78,19 @@ def test_every_defense_trains_on_the_gpu_and_loads_on_the_cpu(defense: str, digi
         torch.testing.assert_close(on_cpu(x), result.model(x.to(CUDA)).cpu(), atol=1e-4, rtol=1e-4)
 
 
+def test_a_seeded_gpu_run_repeats_bit_for_bit(digits: ImageDataset) -> None:
+    """cuDNN's default convolution backward sums in a varying order; robustkit picks deterministic kernels."""
+    def run() -> dict[str, torch.Tensor]:
+        seed_everything(0)
+        model = build_model(HOST, "madry-cnn", digits.info)
+        config = TrainConfig(epochs=1, batch_size=64, seed=0, device="cuda", val_examples=0, out_dir=None)
+        return train(model, digits, HOST.defenses.create("pgd-at", {"eps": 0.1, "steps": 2}), config).model.state_dict()
+
+    first, second = run(), run()
+    assert torch.backends.cudnn.deterministic
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 @pytest.mark.parametrize("name", sorted(NATIVE_ATTACKS))
 def test_every_native_attack_runs_on_the_gpu(name: str, trained: torch.nn.Module, digits: ImageDataset) -> None:
     x, y = stack(take(digits.test, 32))

@@ -319,3 +319,19 @@ def test_a_damaged_checkpoint_is_reported_not_overwritten(tmp_path: Path) -> Non
     with pytest.raises(RobustkitError, match="truncated, corrupt"):
         train(make_model(), make_data(), Natural(), config(tmp_path, epochs=1))
     assert len(weights_file.read_bytes()) == 40
+
+
+@pytest.mark.parametrize("setting, expected", [(None, True), ("0", False)])
+def test_cuda_runs_use_deterministic_cudnn_unless_asked_not_to(setting: str | None, expected: bool,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustkit import devices
+
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", False)
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", True)
+    if setting is None:
+        monkeypatch.delenv("ROBUSTKIT_DETERMINISTIC", raising=False)
+    else:
+        monkeypatch.setenv("ROBUSTKIT_DETERMINISTIC", setting)
+    monkeypatch.setattr(devices, "_resolve", lambda spec: torch.device("cuda"))  # no GPU needed to check the switch
+    assert devices.resolve_device("cuda").type == "cuda"
+    assert torch.backends.cudnn.deterministic is expected and torch.backends.cudnn.benchmark is not expected
