@@ -146,10 +146,13 @@ def test_a_broken_plugin_is_reported_and_the_rest_work(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[robustkit]\nbroken = broken_plugin\n")
     (site / "broken_plugin.py").write_text("raise ImportError('needs a library that is not installed')\n")
-    proc = robustkit("attacks", "list", "torchattacks:FGSM", PYTHONPATH=str(site))
+    import os
+
+    path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))  # keep a PYTHONPATH install
+    proc = robustkit("attacks", "list", "torchattacks:FGSM", PYTHONPATH=path)
     assert proc.returncode == 0
     assert "torchattacks:FGSM" in proc.stdout
     assert "plugin 'broken' failed to load: ImportError: needs a library that is not installed" in proc.stderr
-    blocked = robustkit("attacks", "list", "torchattacks:FGSM", PYTHONPATH=str(site),
+    blocked = robustkit("attacks", "list", "torchattacks:FGSM", PYTHONPATH=path,
                         ROBUSTKIT_BLOCK_PLUGINS="broken")
     assert "broken" not in blocked.stderr
