@@ -75,7 +75,7 @@ def gpu_facts(device: Any) -> dict[str, Any]:
     return {"available": True, "device": props.name, "capability": f"{props.major}.{props.minor}",
             "multiprocessors": props.multi_processor_count, "memory_gib": round(props.total_memory / 2**30, 1),
             "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "cudnn_benchmark": torch.backends.cudnn.benchmark, "cudnn_deterministic": torch.backends.cudnn.deterministic,
             "tf32_cudnn": torch.backends.cudnn.allow_tf32, "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
             "float32_matmul_precision": torch.get_float32_matmul_precision()}
 
