@@ -326,9 +326,9 @@ def _with_weights(random_model: nn.Module, model_name: str, size: tuple[int, int
     # source=None: the in-memory state dict must win over any hub source the registry names.
     overlay: dict[str, Any] = {"state_dict": state, "source": None,
                                "num_classes": file_classes if file_classes is not None else -1}
-    # The stem is adapted here, not by timm: timm before 1.0.31 assumes every file has 3 channels (it sums a
-    # 1-channel file's stem again, leaves it unrepeated for a 3-channel model, drops it for 2 or 4 channels).
-    # timm is then told the file already has the model's channels, so every version loads it unchanged.
+    # The stem is adapted here, not by timm: timm before 1.0.31 assumes every file has 3 channels (a 1-channel
+    # file's stem is not tiled for an RGB model, and a stem adapted for 2 or 4 channels is dropped). timm is
+    # then told the file already has the model's channels, so every version loads it unchanged.
     stems = _adapted_stems(state, random_model, cfg.get("first_conv"), common["in_chans"])
     overlay["state_dict"] = {**state, **stems}
     overlay["input_size"] = (common["in_chans"], *tuple(cfg.get("input_size") or (3, *size))[1:])
