@@ -11,7 +11,8 @@ only at the checks, so the host waits for the device once per check, never per i
 computed once (float64 arctanh, then the working dtype); samples are written into one reused buffer;
 the shared population noise is drawn once per iteration and the update of every image's mean is one
 matrix product; the objective reads the logits class-major, so its reductions over classes are
-elementwise; queries are counted from the stopping iteration, not accumulated.
+elementwise, and it needs only the logit gap z_y - max_{c != y} z_c (no softmax over the classes);
+queries are counted from the stopping iteration, not accumulated.
 
 References: Y. Li, L. Li, L. Wang, T. Zhang, B. Gong, "NATTACK: Learning the Distributions of
 Adversarial Examples for an Improved Black-Box Attack on Deep Neural Networks", ICML 2019
@@ -283,18 +284,25 @@ class NAttack(Attack):
 
     def _objective_class_major(self, z: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """:meth:`objective` of class-major logits ``z`` (K x k x b; overwritten)."""
-        # p = softmax by hand, and only p_y and the largest other p.
         classes, k, b = z.shape
-        z_true = z[y, torch.arange(k, device=y.device)]  # k x b
+        rows = torch.arange(k, device=y.device)
+        z_true = z[y, rows]  # k x b
+        if not self.config["legacy_other_class"]:
+            # With gap = z_y - max_{c != y} z_c: f = 0 unless y is the top class (log is monotone); if it is, the
+            # softmax denominator S = sum_c exp(z_c - z_y) lies in [1, K], p_y = 1 / S, p_other = exp(-gap) / S
+            # and f = log(1 + 1e-30 S) - log(exp(-gap) + 1e-30 S) = -log(exp(-gap) + 1e-30) to float precision
+            # (the floor only matters once exp(-gap) nears 1e-30, where S is 1). No exp over the K classes.
+            z[y, rows] = float("-inf")
+            gap = z_true.sub_(z.amax(dim=0))
+            return gap.neg_().exp_().add_(_LOG_FLOOR).log_().neg_().clamp_min_(0.0)
+        # The reference's scalar "other class": p = softmax by hand, p_y per sample, the first member's p_other.
         not_true = torch.zeros(classes, k, 1, device=z.device, dtype=z.dtype)
         not_true.scatter_(0, y.view(1, k, 1), float("-inf"))
         z_other = torch.add(z, not_true).amax(dim=0)
         z_max = torch.maximum(z_true, z_other)
         total = z.sub_(z_max).exp_().sum(dim=0)
         real = z_true.sub_(z_max).exp_().div_(total).add_(_LOG_FLOOR).log_()
-        other = z_other.sub_(z_max).exp_().div_(total)
-        if self.config["legacy_other_class"]:
-            other = other[:, :1].expand_as(other)
+        other = z_other.sub_(z_max).exp_().div_(total)[:, :1].expand(k, b)
         return real.sub_(other.add(_LOG_FLOOR).log_()).clamp_min_(0.0)
 
     def _predict(self, model: nn.Module, x: torch.Tensor) -> torch.Tensor:
