@@ -126,6 +126,21 @@ def test_objective_per_sample_and_legacy():
     assert torch.allclose(legacy, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0, 300.0])
+def test_objective_matches_the_reference_formula_at_every_logit_scale(scale):
+    """The reference's log(p_y + 1e-30) - log(max_other p + 1e-30) in float64, where large gaps hit the floor
+    (f saturates at log 1e30 = 69.08); robustkit computes it from the logit gap alone."""
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 200, 10, generator=gen) * scale
+    y = torch.randint(0, 10, (4,), generator=gen)
+    logits[torch.arange(4), :, y] += scale  # y is often the top class, by margins up to several times scale
+    p = torch.softmax(logits.double(), dim=-1)
+    p_y = p.gather(2, y.view(4, 1, 1).expand(4, 200, 1)).squeeze(2)
+    p_other = p.scatter(2, y.view(4, 1, 1).expand(4, 200, 1), 0.0).amax(2)
+    expected = (torch.log(p_y + 1e-30) - torch.log(p_other + 1e-30)).clamp_min(0).float()
+    torch.testing.assert_close(NAttack().objective(logits, y), expected, atol=2e-6, rtol=1e-5)
+
+
 def test_legacy_flag_changes_the_search(mlp, digits):
     _, (x, y) = digits
     x, y = x[:8], y[:8]
