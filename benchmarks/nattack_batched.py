@@ -287,7 +287,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nattack_batched.json"))
     args = parser.parse_args(argv)
-    threads = [int(t) for t in str(args.threads).split(",")]
+    try:
+        threads = [int(t) for t in str(args.threads).split(",")]
+    except ValueError:
+        parser.error(f"--threads: {args.threads!r} is not a comma-separated list of thread counts, e.g. 1,2")
+    unknown = [name for name in args.models.split(",") if name not in MODELS]
+    if unknown:
+        parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")
 
     data = load_digits_dataset()
     (xtr, ytr), (xte, yte) = stack(data.train), stack(data.test)

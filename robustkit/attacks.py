@@ -81,10 +81,24 @@ def _tensor_key(t: torch.Tensor) -> tuple:
         return (id(t), None, t.dtype)
 
 
+def first_parameter(model: nn.Module) -> torch.Tensor | None:
+    """``next(model.parameters(), None)`` without building the generators (adapters ask on every call, right
+    after the library has pushed the interpreter's state out of the caches): modules in pre-order."""
+    todo = [model]
+    while todo:
+        module = todo.pop()
+        for tensor in module._parameters.values():
+            if tensor is not None:
+                return tensor
+        todo.extend(child for child in reversed(module._modules.values()) if child is not None)
+    return None
+
+
 def model_device(model: nn.Module) -> torch.device | None:
     """The device of ``model``'s first parameter or buffer (None if it has none); stops at the first."""
-    for tensor in model.parameters():
-        return tensor.device
+    first = first_parameter(model)
+    if first is not None:
+        return first.device
     for tensor in model.buffers():
         return tensor.device
     return None

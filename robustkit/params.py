@@ -8,6 +8,7 @@ message naming the parameter and the component.
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 import math
 from dataclasses import dataclass
@@ -126,6 +127,13 @@ def resolve_params(declared: Sequence[Param], given: Mapping[str, Any], owner: s
             known = ", ".join(by_name) or "none"
             raise ParameterError(f"{owner}: unknown parameter '{key}'{hint} (known: {known})")
     return {p.name: p.convert(given[p.name], owner) if p.name in given else p.default for p in declared}
+
+
+@functools.lru_cache(maxsize=None)
+def signature_names(cls: type) -> frozenset[str]:
+    """Names of ``cls``'s constructor parameters (read once per class: adapters filter keyword arguments
+    with them on every call)."""
+    return frozenset(inspect.signature(cls.__init__).parameters)
 
 
 def params_from_signature(func: Callable[..., Any], skip: Iterable[str] = ("self", "model")) -> tuple[Param, ...]:

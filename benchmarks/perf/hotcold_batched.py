@@ -348,7 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("n", "epochs", "models", "repeats", "threads"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    threads = [int(t) for t in str(cfg["threads"]).split(",")]
+    try:
+        threads = [int(t) for t in str(cfg["threads"]).split(",")]
+    except ValueError:
+        parser.error(f"--threads: {cfg['threads']!r} is not a comma-separated list of thread counts, e.g. 1,2")
 
     common.setup(PLUGINS, 1)
     import torch
@@ -362,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     started = time.perf_counter()
     host = make_host()
+    unknown = [name for name in cfg["models"].split(",") if name not in host.models]
+    if unknown:
+        parser.error(f"--models: no registered model {', '.join(unknown)} (see `robustkit models list`)")
     data = host.datasets.create("digits", {})
     x, y = stack(take(data.test, cfg["n"]))
     models = {}

@@ -71,10 +71,10 @@ import torch
 from torch import nn
 
 from robustkit import hookimpl
-from robustkit.attacks import Attack, AttackResult, model_facts
+from robustkit.attacks import Attack, AttackResult, first_parameter, model_facts
 from robustkit.devices import seed_everything
 from robustkit.errors import InputError, ParameterError, RobustkitError
-from robustkit.params import Param, params_from_signature
+from robustkit.params import Param, params_from_signature, signature_names
 from robustkit.threat import NORMS, ThreatModel, threat_of
 
 PREFIX = "art:"
@@ -423,7 +423,7 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
 
     def library_kwargs(self, targeted: bool = False) -> dict[str, Any]:
         """The keyword arguments ART's constructor gets (``targeted`` follows the call)."""
-        sig = _signature_names(library_class(self.library_name))
+        sig = signature_names(library_class(self.library_name))
         kwargs = {k: v for k, v in self.config.items() if k in sig}
         if self.facts.norms and "norm" in kwargs:
             kwargs["norm"] = _ART_NORM[kwargs["norm"]]
@@ -608,7 +608,7 @@ class _OtherClassCount(Exception):
 def _device_and_dtype(model: nn.Module, images: torch.Tensor) -> tuple[torch.device, torch.dtype]:
     """The device of the model's first parameter or buffer and the dtype of its first floating one (what
     :func:`make_classifier` reads); usually both from the first parameter."""
-    first = _first_parameter(model)
+    first = first_parameter(model)
     if first is not None and first.is_floating_point():
         return first.device, first.dtype
     tensors = (*model.parameters(), *model.buffers())
@@ -616,28 +616,9 @@ def _device_and_dtype(model: nn.Module, images: torch.Tensor) -> tuple[torch.dev
     return (tensors[0].device if tensors else images.device), dtype
 
 
-def _first_parameter(model: nn.Module) -> torch.Tensor | None:
-    """``next(model.parameters(), None)`` without building the generators (this runs on every call, right
-    after the attack has pushed the interpreter's state out of the caches): modules in pre-order."""
-    todo = [model]
-    while todo:
-        module = todo.pop()
-        for tensor in module._parameters.values():
-            if tensor is not None:
-                return tensor
-        todo.extend(child for child in reversed(module._modules.values()) if child is not None)
-    return None
-
-
 def _float_input_of(classifier: Any) -> _FloatInput:
     """The :class:`_FloatInput` inside a classifier from :func:`make_classifier`."""
     return next(m for m in classifier.model.modules() if isinstance(m, _FloatInput))
-
-
-@lru_cache(maxsize=None)
-def _signature_names(library: type) -> frozenset[str]:
-    """Names of an ART constructor's parameters (read once per class)."""
-    return frozenset(inspect.signature(library.__init__).parameters)
 
 
 def one_hot(labels: torch.Tensor, nb_classes: int) -> np.ndarray:

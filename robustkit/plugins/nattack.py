@@ -342,9 +342,6 @@ class _SharedNoise:
     def next_iteration(self) -> None:
         self.buffer.normal_(generator=self.gen)
 
-    def draw(self, part: slice) -> torch.Tensor:
-        return self.buffer
-
 
 class _PerImageNoise:
     """One stream per image, seeded from the seed, the image's pixels and its label."""

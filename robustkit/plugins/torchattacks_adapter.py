@@ -52,7 +52,6 @@ import io
 import re
 import weakref
 from dataclasses import dataclass
-from functools import lru_cache
 from importlib import metadata, util
 from pathlib import Path
 from types import ModuleType
@@ -65,7 +64,7 @@ from robustkit import hookimpl
 from robustkit.attacks import Attack, AttackResult, model_device, model_facts
 from robustkit.devices import seed_everything
 from robustkit.errors import InputError, ParameterError, RobustkitError
-from robustkit.params import Param, params_from_signature
+from robustkit.params import Param, params_from_signature, signature_names
 from robustkit.threat import NORMS, ThreatModel, threat_of
 
 if util.find_spec("torchattacks") is None:  # a missing library still fails at load, as an eager import would
@@ -302,7 +301,7 @@ class TorchattacksAttack(Attack):
             raise ParameterError(f"{self.display_name()}: {err}") from None
 
     def _library_kwargs(self) -> dict[str, Any]:
-        names = _signature_names(self.torchattacks_class)
+        names = signature_names(self.torchattacks_class)
         return {k: v for k, v in self.config.items() if k in names}
 
     @classmethod
@@ -382,12 +381,6 @@ class _WeakModel(nn.Module):
         if model is None:
             raise RuntimeError("the model this torchattacks object was built for no longer exists")
         return model(*args, **kwargs)
-
-
-@lru_cache(maxsize=None)
-def _signature_names(library_class: type) -> frozenset[str]:
-    """Names of a torchattacks constructor's parameters (read once per class)."""
-    return frozenset(inspect.signature(library_class.__init__).parameters)
 
 
 def _parse_tuple(value: Any, what: str) -> Any:
