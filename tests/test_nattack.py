@@ -161,7 +161,7 @@ def test_batched_equals_per_image(mlp, digits, shared_noise, monkeypatch):
         attack = NAttack(**kwargs)
         batched = attack(model, x, y)
         with monkeypatch.context() as patch:  # one image per pass, at most 2 images' logits scored together
-            patch.setattr(nattack, "_CPU_PASS_ELEMENTS", 30 * 64)
+            patch.setattr(nattack, "_CPU_PASS_ELEMENTS", 30 * 64 // torch.get_num_threads())
             patch.setattr(nattack, "_LOGITS_ELEMENTS", 2 * 10 * 30)
             grouped = attack(model, x, y)
         assert torch.equal(grouped.queries, batched.queries)
