@@ -9,8 +9,9 @@ soon as it is fooled, and the loop ends when every image is fooled or out of ite
 How it stays fast: the search state of the images still attacked is kept compact (rows drop out
 only at the checks, so the host waits for the device once per check, never per iteration); w0 is
 computed once (float64 arctanh, then the working dtype); samples are written into one reused buffer;
-the shared population noise is drawn once per iteration and the update of every image's mean is one
-matrix product; the objective reads the logits class-major, so its reductions over classes are
+the shared population noise is drawn once per iteration, the samples are 1 / (1 + exp(-2 (w0 + mu)) *
+exp(-2 sigma e)) (exps of k x D and b x D values, no sigmoid per sample), and the update of every
+image's mean is one matrix product; the objective reads the logits class-major, so its reductions over classes are
 elementwise, and it needs only the logit gap z_y - max_{c != y} z_c (no softmax over the classes);
 queries are counted from the stopping iteration, not accumulated.
 
@@ -46,7 +47,6 @@ _LOG_FLOOR = 1e-30  # log(p + 1e-30), as in the reference
 _CPU_PASS_ELEMENTS = 1 << 18
 # Most logits (classes x images x population) scored together; more images are scored in groups.
 _LOGITS_ELEMENTS = 1 << 22
-_ONE = torch.ones(())  # the 1 of 1 / (1 + scale * factor), a 0-d tensor that broadcasts to any device
 
 
 class NAttack(Attack):
@@ -186,6 +186,8 @@ class NAttack(Attack):
         base = x.double().clamp(delta, 1.0 - delta) if delta > 0 else x.double()
         w0 = torch.atanh((2.0 * base - 1.0) * (1.0 - _ATANH_SHRINK)).to(dtype)
         lo, hi = (x - eps).clamp_min(0.0), (x + eps).clamp_max(1.0)
+        lo3, hi3 = lo.unsqueeze(1), hi.unsqueeze(1)  # the bounds of every sample of an image (k x 1 x D)
+        one = torch.ones((), device=device, dtype=dtype)  # the 1 of 1 / (1 + scale * factor)
 
         shared = cfg["shared_noise"]
         noise = _SharedNoise(cfg["seed"], b, dim, device, dtype) if shared else _PerImageNoise(cfg["seed"], b, x, y)
@@ -214,6 +216,7 @@ class NAttack(Attack):
                     if keep.numel() == 0:
                         break
                     rows, w0, mu, lo, hi, y = (v[keep] for v in (rows, w0, mu, lo, hi, y))
+                    lo3, hi3 = lo.unsqueeze(1), hi.unsqueeze(1)
                     noise.keep(keep)
             k = rows.numel()
             noise.next_iteration()
@@ -222,7 +225,7 @@ class NAttack(Attack):
                 # scale = exp(-2 (w0 + mu)) per image and factor = exp(-2 sigma e) per iteration: the exps are
                 # taken on k x D and b x D values, not on every sample (a sigmoid costs 4x a reciprocal).
                 factor = noise.factor(sigma)
-                scale = (w0 + mu).mul_(-2.0).exp_()
+                scale = (w0 + mu).mul_(-2.0).exp_().unsqueeze(1)
                 # The logits of every pass are gathered class-major (K x k x b) and scored together: one
                 # objective per iteration instead of one per pass (each is ~20 small operations); images
                 # whose logits would not fit in _LOGITS_ELEMENTS are scored in groups.
@@ -230,8 +233,8 @@ class NAttack(Attack):
                 first = 0  # the image whose logits z[:, 0] holds
                 for start in range(0, k, per_chunk):
                     part = slice(start, min(start + per_chunk, k))
-                    batch = torch.addcmul(_ONE, scale[part].unsqueeze(1), factor, out=samples[:part.stop - start])
-                    batch.reciprocal_().clamp_(lo[part].unsqueeze(1), hi[part].unsqueeze(1))
+                    batch = torch.addcmul(one, scale[part], factor, out=samples[:part.stop - start])
+                    batch.reciprocal_().clamp_(lo3[part], hi3[part])
                     out = self._logits(model, batch, shape)
                     if z is None:  # allocated once: the class count is known from the first pass
                         group = max(part.stop, _LOGITS_ELEMENTS // (out.shape[-1] * b))
@@ -249,7 +252,7 @@ class NAttack(Attack):
                     part = slice(start, min(start + per_chunk, k))
                     e = noise.draw(part)
                     batch = torch.add(centre[part].unsqueeze(1), e, alpha=2.0 * sigma, out=samples[:part.stop - start])
-                    batch.sigmoid_().clamp_(lo[part].unsqueeze(1), hi[part].unsqueeze(1))
+                    batch.sigmoid_().clamp_(lo3[part], hi3[part])
                     out = self._logits(model, batch, shape)
                     a = _standardize(self.objective(out, y[part]))
                     mu[part].add_(torch.bmm(a.unsqueeze(1), e).squeeze(1), alpha=coef)
