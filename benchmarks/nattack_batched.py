@@ -48,7 +48,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -61,6 +60,9 @@ from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "perf"))
+
+import common  # noqa: E402  (the machine facts, the git commit included, shared with the perf scripts)
 
 from robustkit.data import stack  # noqa: E402
 from robustkit.plugins.datasets import load_digits_dataset  # noqa: E402
@@ -326,8 +328,7 @@ def main(argv: list[str] | None = None) -> dict:
                                         "draws its own NumPy noise)",
                    "met": met},
         "runs": runs,
-        "machine": {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-                    "torch": torch.__version__, "numpy": np.__version__},
+        "machine": {**common.machine(runs[0]["loadavg_before"]), "numpy": np.__version__},
         "seconds": round(time.perf_counter() - started, 1),
         "timestamp": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "note": "wall-clock seconds on CPU; the machine is shared with other jobs (see each run's loadavg), so "
