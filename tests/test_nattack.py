@@ -1,5 +1,6 @@
 """NATTACK: success on an undefended model, no better than white-box PGD, query accounting,
-skipping, the legacy other-class term, the saturation margin, and batched == per-image."""
+skipping, the samples the model sees, the legacy other-class term, the saturation margin, and batched ==
+per-image."""
 
 from __future__ import annotations
 
@@ -139,6 +140,46 @@ def test_objective_matches_the_reference_formula_at_every_logit_scale(scale):
     p_other = p.scatter(2, y.view(4, 1, 1).expand(4, 200, 1), 0.0).amax(2)
     expected = (torch.log(p_y + 1e-30) - torch.log(p_other + 1e-30)).clamp_min(0).float()
     torch.testing.assert_close(NAttack().objective(logits, y), expected, atol=2e-6, rtol=1e-5)
+
+
+class _Recorder(nn.Module):
+    """The model, keeping a copy of every batch it is queried with."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model, self.inputs = model, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.inputs.append(x.detach().clone())
+        return self.model(x)
+
+
+@pytest.mark.parametrize("delta", [0.0, None])
+def test_samples_are_the_clipped_tanh_of_the_search_distribution(mlp, digits, delta):
+    """The first iteration's population, as the model sees it, is clip((tanh(w0 + mu + sigma e) + 1) / 2,
+    x - eps, x + eps) in [0, 1], computed here in float64 from the same noise stream (saturated digit pixels,
+    where w0 is about -7.25 with delta = 0, included)."""
+    _, (x, y) = digits
+    x, y = x[:4], y[:4]
+    with torch.no_grad():
+        x, y = x[mlp(x).argmax(1) == y], y[mlp(x).argmax(1) == y]
+    eps, b, sigma, seed = 0.05, 16, 0.1, 7
+    attack = NAttack(eps=eps, iterations=1, population=b, sigma=sigma, seed=seed, delta=delta)
+    recorder = _Recorder(mlp)
+    attack(recorder, x, y)
+    samples = next(q for q in recorder.inputs if len(q) == len(x) * b).view(len(x), b, -1)  # the first population
+
+    gen = torch.Generator().manual_seed(seed)  # the shared stream: the initial mean, then iteration 0's noise
+    mu = torch.empty(64).normal_(generator=gen).double() * 0.001
+    e = torch.empty(1, b, 64).normal_(generator=gen).double()
+    flat = x.view(len(x), -1).double()
+    margin = attack.margin()
+    w0 = torch.atanh((2 * flat.clamp(margin, 1 - margin) - 1) * (1 - 1e-6)).unsqueeze(1)
+    expected = (torch.tanh(w0 + mu + sigma * e) + 1) / 2
+    expected = torch.minimum(torch.maximum(expected, (flat - eps).clamp_min(0).unsqueeze(1)),
+                             (flat + eps).clamp_max(1).unsqueeze(1))
+    assert (flat == 0).any()  # saturated pixels are among those checked
+    torch.testing.assert_close(samples.double(), expected, atol=2e-6, rtol=0)
 
 
 def test_legacy_flag_changes_the_search(mlp, digits):

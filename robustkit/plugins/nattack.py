@@ -11,9 +11,9 @@ only at the checks, so the host waits for the device once per check, never per i
 computed once (float64 arctanh, then the working dtype); samples are written into one reused buffer;
 the shared population noise is drawn once per iteration, the samples are 1 / (1 + exp(-2 (w0 + mu)) *
 exp(-2 sigma e)) (exps of k x D and b x D values, no sigmoid per sample), and the update of every
-image's mean is one matrix product; the objective reads the logits class-major, so its reductions over classes are
-elementwise, and it needs only the logit gap z_y - max_{c != y} z_c (no softmax over the classes);
-queries are counted from the stopping iteration, not accumulated.
+image's mean is one matrix product; the objective reads the logits class-major, so its reductions
+over classes are elementwise, and it needs only the logit gap z_y - max_{c != y} z_c (no softmax over
+the classes); queries are counted from the stopping iteration, not accumulated.
 
 References: Y. Li, L. Li, L. Wang, T. Zhang, B. Gong, "NATTACK: Learning the Distributions of
 Adversarial Examples for an Improved Black-Box Attack on Deep Neural Networks", ICML 2019
