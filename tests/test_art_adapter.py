@@ -9,6 +9,7 @@ import random
 import sys
 import types
 import weakref
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -306,6 +307,17 @@ def test_input_requirements_are_explained(host):
     xw, yw = batch(wide, shape=(1, 8, 6))
     with pytest.raises(InputError, match="square images"):
         host.attacks.create("art:GeoDA")(wide, xw, yw)
+
+
+def test_geoda_writes_nothing_in_the_working_directory(host, tmp_path, monkeypatch):
+    """ART's GeoDA saves its DCT basis (2d_dct_basis_*.npy) in the working directory; robustkit gives it its own."""
+    monkeypatch.chdir(tmp_path)
+    model = tiny_model()
+    x, y = batch(model)
+    result = host.attacks.create("art:GeoDA", {"max_iter": 300, "sub_dim": 4})(model, x[:2], y[:2])
+    assert result.adversarial.shape == x[:2].shape
+    assert list(tmp_path.iterdir()) == []
+    assert Path.cwd() == tmp_path
 
 
 def test_describe_names_the_library_and_norm(host):

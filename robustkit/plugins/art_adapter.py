@@ -43,6 +43,8 @@ Known deviations from calling ART with its defaults (each entry's note repeats i
   none: JSMA then aims at a random wrong class, the shadow attack at leaving the model's prediction.
 - ART 1.20.1 predates NumPy 2 in places: ``GeoDA``'s ``np.mat`` is served as ``np.asmatrix``, and inputs
   promoted to float64 are cast back to the model's dtype.
+- ``GeoDA`` caches its DCT basis as a file in the working directory: it runs in a private temporary
+  directory instead, so nothing is written where the user works.
 - ``SimBA``, ``PixelAttack``, ``ThresholdAttack`` and ``VirtualAdversarialMethod`` need probabilities:
   they see the model with a softmax on top.
 
@@ -54,12 +56,15 @@ package is missing are still registered, marked ``available=False`` with the rea
 from __future__ import annotations
 
 import ast
+import atexit
 import contextlib
 import dataclasses
 import importlib
 import importlib.util
 import inspect
 import re
+import shutil
+import tempfile
 import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -116,6 +121,7 @@ class Facts:
     :param hidden: constructor arguments not exposed (they need ART objects built on the model).
     :param input_shape: the only ``C x H x W`` it accepts.
     :param square: images must be square.
+    :param writes_cwd: ``generate`` caches files in the working directory; it runs in a private one instead.
     """
 
     title: str
@@ -135,6 +141,7 @@ class Facts:
     hidden: tuple[str, ...] = ()
     input_shape: tuple[int, int, int] | None = None
     square: bool = False
+    writes_cwd: bool = False
 
 
 _LINF, _L2 = ("linf",), ("l2",)
@@ -233,7 +240,8 @@ FACTS: dict[str, Facts] = {
     "GeoDA": Facts(
         "Geometric decision-based attack, GeoDA (Rahmati et al. 2020)", ("l2", "linf", "l1"), DECISION, MINIMAL,
         False, "needs square images; ART's query schedule needs max_iter of about 300 or more",
-        norms=("l2", "linf", "l1"), square=True, patched_modules=(f"{_EVASION}.geometric_decision_based_attack",)),
+        norms=("l2", "linf", "l1"), square=True, patched_modules=(f"{_EVASION}.geometric_decision_based_attack",),
+        writes_cwd=True),  # its DCT basis, 2d_dct_basis_<sub_dim>_<size>.npy
     "SignOPTAttack": Facts(
         "Sign-OPT (Cheng et al. 2020)", _L2, DECISION, MINIMAL, False,
         "ART's targeted mode needs example images of each target class (x_init), so only untargeted is offered"),
@@ -473,7 +481,8 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
             try:
                 attack = self._library_attack(classifier, targeted, attacks, device)
                 seed_everything(self.config["seed"])
-                with _on_device(device), patched_numpy(self.facts.patched_modules):
+                with _on_device(device), patched_numpy(self.facts.patched_modules), \
+                        _private_cwd() if self.facts.writes_cwd else contextlib.nullcontext():
                     if self.facts.one_at_a_time:
                         adv = np.concatenate([attack.generate(x[i:i + 1], None if y is None else y[i:i + 1])
                                               for i in range(len(x))])
@@ -675,6 +684,22 @@ def _patched_numpy(module_names: tuple[str, ...]) -> Iterator[None]:
     finally:
         for module, original in zip(modules, saved):
             module.np = original  # type: ignore[attr-defined]
+
+
+@lru_cache(maxsize=1)
+def _private_dir() -> str:
+    """A directory of this process's own for files ART caches in the working directory (removed at exit)."""
+    path = tempfile.mkdtemp(prefix="robustkit-art-")
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+@contextlib.contextmanager
+def _private_cwd() -> Iterator[None]:
+    """Within the block, the working directory is :func:`_private_dir`: ART's cache files (GeoDA's DCT basis)
+    land there, not where the user works, and a stale one from elsewhere is never loaded."""
+    with contextlib.chdir(_private_dir()):
+        yield
 
 
 def _one_line(err: BaseException) -> str:
