@@ -22,7 +22,6 @@ import subprocess
 import sys
 import threading
 import time
-import tomllib
 import types
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from robustkit.bench.report import write_report
 from robustkit.bench.runner import run_benchmark
 from robustkit.bench.spec import SpecError, load_spec, parse_spec
 from robustkit.cli import cli
+from robustkit.compat import tomllib
 from robustkit.errors import RobustkitError
 from robustkit.evaluation import AttackOutcome, SampleRecord, _result
 from robustkit.host import make_host

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import copy
-import tomllib
 from pathlib import Path
 from typing import Any
+
+from robustkit.compat import tomllib
 
 
 class preset_from_file:  # noqa: N801 (used like a function: register(name, preset_from_file(path)))

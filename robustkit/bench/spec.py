@@ -39,12 +39,12 @@ from __future__ import annotations
 import copy
 import functools
 import json
-import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from robustkit.compat import tomllib
 from robustkit.errors import RobustkitError, UnknownNameError
 from robustkit.files import jsonable
 from robustkit.store import cell_key

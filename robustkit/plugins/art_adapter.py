@@ -62,6 +62,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
+import os
 import re
 import shutil
 import tempfile
@@ -698,8 +699,12 @@ def _private_dir() -> str:
 def _private_cwd() -> Iterator[None]:
     """Within the block, the working directory is :func:`_private_dir`: ART's cache files (GeoDA's DCT basis)
     land there, not where the user works, and a stale one from elsewhere is never loaded."""
-    with contextlib.chdir(_private_dir()):
+    previous = os.getcwd()
+    os.chdir(_private_dir())  # contextlib.chdir is Python 3.11+; robustkit supports 3.10
+    try:
         yield
+    finally:
+        os.chdir(previous)
 
 
 def _one_line(err: BaseException) -> str:
