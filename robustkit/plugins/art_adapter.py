@@ -699,8 +699,9 @@ def _private_dir() -> str:
 def _private_cwd() -> Iterator[None]:
     """Within the block, the working directory is :func:`_private_dir`: ART's cache files (GeoDA's DCT basis)
     land there, not where the user works, and a stale one from elsewhere is never loaded."""
-    previous = os.getcwd()
-    os.chdir(_private_dir())  # contextlib.chdir is Python 3.11+; robustkit supports 3.10
+    previous, private = os.getcwd(), _private_dir()
+    os.makedirs(private, exist_ok=True)  # again, should a cleaner have removed it from the temp folder meanwhile
+    os.chdir(private)  # contextlib.chdir is Python 3.11+; robustkit supports 3.10
     try:
         yield
     finally:
