@@ -65,6 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks" / "perf"))
 import common  # noqa: E402  (the machine facts, the git commit included, shared with the perf scripts)
 
 from robustkit.data import stack  # noqa: E402
+from robustkit.errors import ParameterError  # noqa: E402
 from robustkit.plugins.datasets import load_digits_dataset  # noqa: E402
 from robustkit.plugins.nattack import NAttack  # noqa: E402
 
@@ -278,21 +279,22 @@ def run(model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Names
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, default=150, help="test images attacked (the first n)")
+    parser.add_argument("--n", type=common.positive_int, default=150, help="test images attacked (the first n)")
     parser.add_argument("--eps", type=float, default=0.1)
-    parser.add_argument("--iterations", type=int, default=200)
-    parser.add_argument("--population", type=int, default=300)
+    parser.add_argument("--iterations", type=common.positive_int, default=200)
+    parser.add_argument("--population", type=common.positive_int, default=300)
     parser.add_argument("--models", default="mlp,linear", help=f"comma-separated, from {', '.join(MODELS)}")
-    parser.add_argument("--batch-size", type=int, default=_BATCH_SIZE,
+    parser.add_argument("--batch-size", type=common.positive_int, default=_BATCH_SIZE,
                         help="NAttack batch_size (images per forward pass); the attack's default")
-    parser.add_argument("--threads", default="1,2", help="torch thread counts, comma-separated; each is one run")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; medians are reported")
+    parser.add_argument("--threads", type=common.thread_counts, default=[1, 2], help="torch thread counts, comma-separated; each is one run")
+    parser.add_argument("--repeats", type=common.positive_int, default=3, help="interleaved rounds; medians are reported")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "nattack_batched.json"))
     args = parser.parse_args(argv)
-    try:
-        threads = [int(t) for t in str(args.threads).split(",")]
-    except ValueError:
-        parser.error(f"--threads: {args.threads!r} is not a comma-separated list of thread counts, e.g. 1,2")
+    threads = args.threads
+    try:  # the attack checks its own settings (eps in (0, 1], population >= 2...) before anything runs
+        NAttack(eps=args.eps, iterations=args.iterations, population=args.population, batch_size=args.batch_size)
+    except ParameterError as err:
+        parser.error(str(err))
     unknown = [name for name in args.models.split(",") if name not in MODELS]
     if unknown:
         parser.error(f"--models: unknown {', '.join(unknown)}; choose from {', '.join(MODELS)}")

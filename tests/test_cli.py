@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -19,15 +20,11 @@ def run(*args: str) -> "click.testing.Result":  # noqa: F821
 
 def robustkit(*args: str, **env: str) -> subprocess.CompletedProcess:
     """The installed CLI in a fresh process, as a user runs it."""
-    import os
-
     return subprocess.run([sys.executable, "-m", "robustkit", *args], capture_output=True, text=True,
                           env={**os.environ, "ROBUSTKIT_PROGRESS": "0", **env}, timeout=300)
 
 
 def test_python_dash_m_runs_every_command_either_way():
-    import os
-
     for module in ("robustkit", "robustkit.cli"):  # the second once ran a copy of the group without commands
         done = subprocess.run([sys.executable, "-m", module, "bench", "--help"], capture_output=True, text=True,
                               env={**os.environ, "ROBUSTKIT_PROGRESS": "0"}, timeout=300)
@@ -146,8 +143,6 @@ def test_a_broken_plugin_is_reported_and_the_rest_work(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[robustkit]\nbroken = broken_plugin\n")
     (site / "broken_plugin.py").write_text("raise ImportError('needs a library that is not installed')\n")
-    import os
-
     path = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))  # keep a PYTHONPATH install
     proc = robustkit("attacks", "list", "torchattacks:FGSM", PYTHONPATH=path)
     assert proc.returncode == 0

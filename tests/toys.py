@@ -78,4 +78,3 @@ class InterruptAt:
         if self.calls == self.interrupt_at:
             raise KeyboardInterrupt
         return super().batch_loss(model, images, labels)
-

@@ -282,8 +282,8 @@ def show(result: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 7, --quick 5)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--repeats", type=common.positive_int, default=None, help="interleaved repeats (default 7, --quick 5)")
+    parser.add_argument("--threads", type=common.positive_int, default=1,
                         help="torch CPU threads (default 1: less noise from other jobs on a shared machine)")
     parser.add_argument("--out", type=Path, default=common.RESULTS / "perf_attack_throughput.json")
     parser.add_argument("--sweep-models", default="madry-cnn,wrn-32-10",

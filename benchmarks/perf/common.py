@@ -5,12 +5,14 @@
   start, so load drifts on a shared machine hit every variant alike) and keeps every timing;
 - :func:`summary` reduces timings to median and minimum, :func:`machine` records the machine,
   :func:`table` prints a fixed-width table and :func:`write` writes the JSON result;
+- :func:`positive_int` and :func:`thread_counts` check count options, so a bad one ends in argparse's one line;
 - :func:`add_gpu_options`, :func:`gpu_or_exit`, :data:`PRECISION_VARIANTS` and :func:`gpu_facts` are the
   GPU section every script shares (``--gpu-only``, the precision and memory-format sweep, the GPU's facts).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import statistics
@@ -40,6 +42,26 @@ def setup(plugins: str, threads: int) -> None:
     import torch
 
     torch.set_num_threads(threads)
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type``: a whole number >= 1 (a count of images, repeats, threads...), else a one-line error."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def thread_counts(text: str) -> list[int]:
+    """An argparse ``type``: comma-separated torch thread counts, e.g. ``1,2`` (one run each)."""
+    try:
+        return [positive_int(t) for t in str(text).split(",")]
+    except argparse.ArgumentTypeError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of thread counts, e.g. 1,2 "
+                                         f"({err})") from None
 
 
 #: The (precision, channels_last) pairs a GPU section sweeps; the first is the reference the others are compared to.

@@ -58,8 +58,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 PLUGINS = "datasets,paper-models,baseline-defenses,hotcold"
-DEFAULT = {"n": 200, "epochs": 3, "repeats": 5, "models": "lenet", "threads": "1,2"}
-QUICK = {"n": 40, "epochs": 1, "repeats": 3, "models": "lenet", "threads": "1,2"}
+DEFAULT = {"n": 200, "epochs": 3, "repeats": 5, "models": "lenet", "threads": [1, 2]}
+QUICK = {"n": 40, "epochs": 1, "repeats": 3, "models": "lenet", "threads": [1, 2]}
 ATTACKS = ("hotcold", "fgv")
 #: The reference-style search's schedule, written out (checked against robustkit's at start).
 STEPS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 255.0)
@@ -336,11 +336,11 @@ def show(run: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, about a minute")
-    parser.add_argument("--n", type=int, default=None, help="test images attacked (default 200, --quick 40)")
-    parser.add_argument("--epochs", type=int, default=None, help="natural training epochs (default 3, --quick 1)")
+    parser.add_argument("--n", type=common.positive_int, default=None, help="test images attacked (default 200, --quick 40)")
+    parser.add_argument("--epochs", type=common.positive_int, default=None, help="natural training epochs (default 3, --quick 1)")
     parser.add_argument("--models", default=None, help="comma-separated registered models (default lenet)")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default 5, --quick 3)")
-    parser.add_argument("--threads", default=None,
+    parser.add_argument("--repeats", type=common.positive_int, default=None, help="interleaved repeats (default 5, --quick 3)")
+    parser.add_argument("--threads", type=common.thread_counts, default=None,
                         help="torch thread counts, comma-separated, one run each (default 1,2)")
     parser.add_argument("--out", type=Path, default=common.RESULTS / "perf_hotcold_batched.json")
     args = parser.parse_args(argv)
@@ -348,10 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in ("n", "epochs", "models", "repeats", "threads"):
         if getattr(args, key) is not None:
             cfg[key] = getattr(args, key)
-    try:
-        threads = [int(t) for t in str(cfg["threads"]).split(",")]
-    except ValueError:
-        parser.error(f"--threads: {cfg['threads']!r} is not a comma-separated list of thread counts, e.g. 1,2")
+    threads = cfg["threads"]
 
     common.setup(PLUGINS, 1)
     import torch

@@ -280,9 +280,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default="paper-like,digits", help="comma-separated: paper-like, digits")
     parser.add_argument("--gpu-settings", default="paper-like",
                         help="comma-separated settings run on a GPU: paper-like, wrn-32-10")
-    parser.add_argument("--repeats", type=int, default=None, help="interleaved repeats (default: per setting)")
-    parser.add_argument("--other-steps", type=int, default=10, help="attack steps of TRADES and RLFAT (default 10)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--repeats", type=common.positive_int, default=None, help="interleaved repeats (default: per setting)")
+    parser.add_argument("--other-steps", type=common.positive_int, default=10, help="attack steps of TRADES and RLFAT (default 10)")
+    parser.add_argument("--threads", type=common.positive_int, default=1,
                         help="torch CPU threads (default 1: less noise from other jobs on a shared machine)")
     parser.add_argument("--out", type=Path, default=common.RESULTS / "perf_training_cost.json")
     common.add_gpu_options(parser)
@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         gpu_results = []
         for name in [s.strip() for s in args.gpu_settings.split(",") if s.strip()]:
-            setting = {**SETTINGS[name], **(GPU_QUICK if args.quick else GPU)[name]}
+            setting = {**SETTINGS[name], **(GPU_QUICK if args.quick else GPU).get(name, {})}
             if args.repeats:
                 setting["repeats"] = args.repeats
             gpu_result = run_setting(host, name, setting, gpu_device, args.other_steps)
