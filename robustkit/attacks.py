@@ -26,6 +26,7 @@ from robustkit.data import check_images
 from robustkit.errors import InputError, ParameterError
 from robustkit.models import logits
 from robustkit.params import Param, resolve_params
+from robustkit.threat import NORMS, ThreatModel
 
 KNOWLEDGE = ("white-box", "score-based", "decision-based", "transfer")
 GOALS = ("fixed-budget", "minimal-distortion")
@@ -229,3 +230,25 @@ class Attack:
                 target_labels: torch.Tensor | None = None) -> AttackResult:
         """Craft adversarial examples for one batch; the model is already in eval mode."""
         raise NotImplementedError
+
+
+def attack_budget(attack: Attack) -> ThreatModel | None:
+    """The threat model a fixed-budget attack instance promises to stay within, or None when it promises
+    none (minimal-distortion attacks, unbounded ones, or a budget it does not declare).
+
+    Adapters set ``attack.threat`` from their norm and budget parameters; a native attack is read from its
+    ``norm`` and ``eps`` parameters (or its one declared norm).
+    """
+    if getattr(attack, "goal", "fixed-budget") != "fixed-budget":
+        return None
+    threat = getattr(attack, "threat", None)
+    if isinstance(threat, ThreatModel):
+        return threat if threat.norm != "unbounded" else None
+    config = getattr(attack, "config", {}) or {}
+    if "eps" not in config or config["eps"] is None:
+        return None
+    norms = tuple(getattr(attack, "threat_models", ()) or ())
+    norm = str(config.get("norm") or (norms[0] if len(norms) == 1 else "")).lower()
+    if norm not in NORMS or norm == "unbounded":
+        return None
+    return ThreatModel(norm, float(config["eps"]))

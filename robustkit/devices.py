@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -66,3 +68,39 @@ def seed_everything(seed: int) -> None:
     torch.random.default_generator.manual_seed(seed)
     if torch.cuda.is_available():
         torch.cuda.manual_seed_all(seed)
+
+
+@contextlib.contextmanager
+def torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` intra-op CPU threads (None: leave as is).
+
+    CPU results depend on the thread count (reductions are split differently), so a benchmark fixes it
+    for every cell however the cells are scheduled.
+    """
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def numeric_environment(device: torch.device, threads: int) -> dict[str, Any]:
+    """What, besides the settings, decides a run's numbers: device kind, CPU threads, default dtype, torch
+    version, and on CUDA whether cuDNN ran its deterministic kernels."""
+    env: dict[str, Any] = {"device": device.type, "threads": int(threads), "torch": torch.__version__,
+                           "dtype": str(torch.get_default_dtype()).removeprefix("torch.")}
+    if device.type == "cuda":
+        env["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+    return env
+
+
+def environment_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
+    """The first field in which two numeric environments differ, as ``field a vs b`` (None: they agree)."""
+    for key in sorted(set(a) | set(b)):
+        if a.get(key) != b.get(key):
+            return f"{key} {a.get(key)} vs {b.get(key)}"
+    return None

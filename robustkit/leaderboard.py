@@ -125,7 +125,7 @@ def leaderboard_document(entries: Iterable[dict[str, Any]], *, presorted: bool =
     or in the given order with ``presorted`` (benchmark exports rank by matched robustness)."""
     ranked = list(entries) if presorted else sorted(
         entries, key=lambda e: (-_number(e.get("robust_acc")), -_number(e.get("clean_acc"))))
-    return {"schema": "robustkit-leaderboard", "schema_version": 1, "units": dict(UNITS),
+    return {"schema": "robustkit-leaderboard", "schema_version": 2, "units": dict(UNITS),
             "generated": _utc_now(), "entries": ranked}
 
 

@@ -9,6 +9,9 @@ import torch
 from robustkit.errors import ParameterError
 
 NORMS = ("linf", "l2", "l1", "unbounded")
+#: An adversarial counts as within a budget ``eps`` when its distance is at most ``eps + TOLERANCE``:
+#: attacks compute in float32, where ``x + eps`` rounds by up to about 6e-8 in [0, 1].
+TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -62,3 +65,8 @@ def distances(adv: torch.Tensor, x: torch.Tensor) -> dict[str, torch.Tensor]:
         "l1": delta.abs().sum(dim=1),
         "l0": (delta.abs() > 1e-8).sum(dim=1).float(),
     }
+
+
+def within_budget(distance: torch.Tensor | float, eps: float) -> torch.Tensor | bool:
+    """Whether ``distance`` lies within the budget ``eps`` (with :data:`TOLERANCE`)."""
+    return distance <= eps + TOLERANCE

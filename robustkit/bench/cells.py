@@ -17,16 +17,20 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
+import numpy as np
 import torch
 
 from robustkit import __version__
+from robustkit.bench import metrics
 from robustkit.bench.audit import audit_model
 from robustkit.bench.spec import NATURAL_MODEL
 from robustkit.data import stack, take
-from robustkit.devices import resolve_device, seed_everything
+from robustkit.devices import numeric_environment, resolve_device, seed_everything, torch_threads
 from robustkit.evaluation import evaluate
 from robustkit.models import build_model
+from robustkit.outcomes import AttackOutcomes, Outcomes
 from robustkit.store import cell_key
+from robustkit.threat import within_budget
 from robustkit.training import TrainConfig, train
 
 TRAIN_DIR = "train"
@@ -89,15 +93,25 @@ def natural_settings(train_settings: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def run_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str = "auto",
-             data_root: str | None = None, host: Any = None) -> dict[str, Any]:
-    """Train, evaluate, draw the eps curve and audit one cell; return its record (JSON-ready)."""
+             data_root: str | None = None, host: Any = None, threads: int | None = None) -> dict[str, Any]:
+    """Train, evaluate, draw the eps curve and audit one cell; return its record (JSON-ready).
+
+    :param threads: torch's CPU threads for the whole cell (default: as set); recorded in the record's
+        ``environment``, since CPU results depend on it.
+    """
+    with torch_threads(threads):
+        return _run_cell(settings, Path(work_dir), device, data_root, host)
+
+
+def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_root: str | None,
+              host: Any) -> dict[str, Any]:
     if host is None:
         from robustkit.host import get_host
 
         host = get_host()
     started = time.perf_counter()
-    work_dir = Path(work_dir)
     resolved = resolve_device(device)
+    environment = numeric_environment(resolved, torch.get_num_threads())
     dataset = host.datasets.create(settings["dataset"]["name"], settings["dataset"]["params"],
                                    root=Path(data_root) if data_root else None)
     seed = int(settings["seed"])
@@ -110,7 +124,8 @@ def run_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str =
     attacks = {a["label"]: host.attacks.create(a["name"], a["params"]) for a in settings["attacks"]}
     result = evaluate(model, dataset, attacks, n_examples=evaluation["n_examples"],
                       batch_size=evaluation["batch_size"], device=resolved, seed=seed)
-    per_attack, worst_case = _within_threat(result, attacks, settings["threat"])
+    outcomes, per_attack = within_threat(result, attacks, settings["threat"])
+    outside = {label: a["n_outside_threat"] for label, a in per_attack.items() if a["n_outside_threat"]}
     images, labels = stack(take(dataset.test, evaluation["n_examples"]))
     images, labels = images.to(resolved), labels.to(resolved)
     eps_curve = _eps_curve(host, model, images, labels, settings, resolved, seed)
@@ -120,8 +135,13 @@ def run_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str =
         "defense": settings["defense"]["label"], "defense_name": settings["defense"]["name"],
         "knob": settings["defense"]["knob"], "knob_value": settings["defense"]["value"], "seed": seed,
         "n_examples": result.n_examples, "clean_accuracy": result.clean_accuracy,
-        "worst_case_accuracy": worst_case, "n_clean_wrong": result.n_clean_wrong,
-        "attacks": per_attack, "eps_curve": eps_curve, "audit": audit, "training": training,
+        "worst_case_accuracy": float(metrics.value(outcomes, metrics.WORST_CASE, metrics.ones(outcomes.n))[0]),
+        "n_clean_wrong": result.n_clean_wrong, "attacks": per_attack,
+        "threat_flags": [f"{label}: {count} successful adversarial(s) outside the threat "
+                         f"{settings['threat']['norm']} eps {settings['threat']['eps']:g}, counted as not broken"
+                         for label, count in outside.items()],
+        "outcomes": outcomes.to_json(), "environment": environment,
+        "eps_curve": eps_curve, "audit": audit, "training": training,
         "evaluation_seconds": round(result.seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(resolved), "device_name": _device_name(resolved),
@@ -130,39 +150,47 @@ def run_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str =
     }
 
 
-def _within_threat(result: Any, attacks: Mapping[str, Any],
-                   threat: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], float]:
-    """Per-attack facts and the worst case, counting only adversarials inside the threat model.
+def within_threat(result: Any, attacks: Mapping[str, Any], threat: Mapping[str, Any],
+                  ) -> tuple[Outcomes, dict[str, dict[str, Any]]]:
+    """Per-example outcomes counting only adversarials inside the threat model, and per-attack facts.
 
-    A minimal-distortion attack (DeepFool, CW-L2) always "succeeds" eventually; at the benchmark's eps
-    it breaks only the examples whose adversarial lies within eps in the threat norm. Fixed-budget
-    attacks stay within eps by construction. Its distances (rho) keep every success.
+    An example is broken by an attack only if its adversarial is misclassified and its distance in the
+    threat norm is within eps (:func:`robustkit.threat.within_budget`), whatever the attack promised:
+    a minimal-distortion attack (DeepFool, CW-L2) breaks only the examples it fooled within eps, and a
+    fixed-budget attack that returned successful adversarials outside the threat is flagged
+    (``n_outside_threat``) and those examples count as not broken.
     """
-    norm, eps = threat["norm"], float(threat["eps"]) * (1 + 1e-6)  # float round-off at the boundary
-
-    def breaks(outcome: Any, goal: str) -> bool:
-        if not outcome.success:
-            return False
-        if goal != "minimal-distortion":
-            return True
-        distance = {"linf": outcome.linf, "l2": outcome.l2}.get(norm)
-        return distance is not None and distance <= eps
-
-    goals = {label: getattr(attack, "goal", "fixed-budget") for label, attack in attacks.items()}
-    n = max(len(result.records), 1)
-    per_attack = {}
-    for label, summary in result.attacks.items():
-        broken = sum(breaks(r.attacks[label], goals[label]) for r in result.records)
-        correct = sum(r.clean_correct for r in result.records)
-        per_attack[label] = {
-            "robust_accuracy": (correct - broken) / n, "success_rate": summary.success_rate,
-            "n_success": summary.n_success, "mean_l2": summary.mean_l2, "median_l2": summary.median_l2,
-            "mean_linf": summary.mean_linf, "mean_queries": summary.mean_queries,
-            "seconds": round(summary.seconds, 3), "goal": goals[label],
-            "knowledge": getattr(attacks[label], "knowledge", "white-box"),
+    norm, eps = threat["norm"], float(threat["eps"])
+    records = result.records
+    clean = np.array([r.clean_correct for r in records], dtype=bool)
+    outcomes = Outcomes(clean)
+    per_attack: dict[str, dict[str, Any]] = {}
+    for label, attack in attacks.items():
+        rows = [r.attacks[label] for r in records]
+        success = np.array([o.success for o in rows], dtype=bool)
+        if norm == "unbounded":
+            inside = np.ones_like(success)
+        else:
+            inside = np.array([bool(within_budget(getattr(o, norm), eps)) for o in rows], dtype=bool)
+        goal = getattr(attack, "goal", "fixed-budget")
+        outcomes.attacks[label] = AttackOutcomes(success & inside & clean, success,
+                                                 np.array([o.l2 for o in rows], dtype=np.float64))
+        summary = result.attacks[label]
+        facts = {
+            "robust_accuracy": float(metrics.value(outcomes, label, metrics.ones(outcomes.n))[0]),
+            "success_rate": summary.success_rate, "n_success": summary.n_success,
+            "n_outside_threat": int(np.sum(success & ~inside)) if goal == "fixed-budget" else 0,
+            "mean_l2": summary.mean_l2, "median_l2": summary.median_l2, "mean_linf": summary.mean_linf,
+            "mean_queries": summary.mean_queries, "seconds": round(summary.seconds, 3), "goal": goal,
+            "knowledge": getattr(attack, "knowledge", "white-box"),
         }
-    robust = sum(r.clean_correct and not any(breaks(r.attacks[a], goals[a]) for a in attacks) for r in result.records)
-    return per_attack, robust / n
+        if goal == "minimal-distortion":
+            for kind in metrics.RHO_KINDS:
+                rho = float(metrics.value(outcomes, f"{label}:{kind}", metrics.ones(outcomes.n))[0])
+                facts[kind.replace("-", "_")] = None if np.isnan(rho) else rho
+            facts["rho_failed_share"] = metrics.failed_share(outcomes, label)
+        per_attack[label] = facts
+    return outcomes, per_attack
 
 
 def _eps_curve(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,

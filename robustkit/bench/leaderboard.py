@@ -1,13 +1,17 @@
 """Leaderboard files from benchmark runs: export, and merge across machines.
 
-One entry per defense, ranked by its matched robustness at the first target clean accuracy. Each
-entry fills RobustBench's fields as numbers (``clean_acc`` is the target accuracy the curve was read at,
-``robust_acc`` the matched worst case there, ``null`` when the curve does not reach the target) and keeps
-what it was computed from: every raw point, every matched reading, the audit flags and provenance.
+One entry per defense, ranked by its matched robustness at the first target clean accuracy (ties
+shared, see :mod:`robustkit.protocol`). Each entry fills RobustBench's fields as numbers:
+``robust_acc`` is the matched worst case at ``target_acc`` with its 95% interval
+(``robust_acc_interval``), ``null`` when no model of the defense reaches the target; ``clean_acc`` is
+the measured clean accuracy of the model the reading comes from (the least accurate frontier model at
+or above the target; every source model is in ``source_models``). Entries keep what they were
+computed from: every raw point with its per-example outcomes, every matched reading, the audit flags
+and provenance.
 
-Because entries keep their raw points, :func:`merge_leaderboards` can pool results from different
-machines (more seeds, more knob values) and recompute the matching, provided every entry was made
-under the same protocol (same ``protocol_fingerprint``); it refuses anything else.
+Because points keep their outcomes, :func:`merge_leaderboards` can pool results from different
+machines (more seeds, more knob values) and recompute readings and intervals, provided every entry
+was made under the same protocol (``protocol_fingerprint``) in the same numeric environment.
 """
 
 from __future__ import annotations
@@ -15,16 +19,14 @@ from __future__ import annotations
 import math
 from typing import Any, Mapping, Sequence
 
-import torch
-
-from robustkit.bench.analysis import (WORST_CASE, BenchmarkRun, audit_flags, is_accuracy, load_run, matched, metrics,
-                                      ranking, resolve_targets)
+from robustkit.bench.analysis import WORST_CASE, BenchmarkRun, audit_flags, is_accuracy, load_run, metrics
+from robustkit.devices import environment_difference
 from robustkit.errors import RobustkitError
 from robustkit.leaderboard import _utc_now, leaderboard_document, validate_leaderboard
 
 
 def _pct(value: float | None) -> float | None:
-    return None if value is None else round(100.0 * value, 4)
+    return None if value is None or not math.isfinite(value) else round(100.0 * value, 4)
 
 
 def _round(value: float | None, digits: int = 6) -> float | None:
@@ -43,34 +45,44 @@ def export_leaderboard(root: Any) -> dict[str, Any]:
     return build_document(run, meta)
 
 
+def _source(end: Mapping[str, Any] | None, metric: str) -> dict[str, Any] | None:
+    if end is None:
+        return None
+    scale = _pct if is_accuracy(metric) else _round
+    return {"knob": end["knob"], "value": end["value"], "seed": end["seed"], "clean_acc": _pct(end["clean"]),
+            "robust_acc": scale(end["robust"])}
+
+
 def build_document(run: BenchmarkRun, meta: Mapping[str, Mapping[str, str]]) -> dict[str, Any]:
     """Entries for every defense with records, ranked; ``meta`` gives each defense's paper fields."""
     b = run.benchmark
-    targets = resolve_targets(b, run.records)
-    first_name, first_value = targets[0]
-    if first_value is None:
-        raise RobustkitError(f"the first target, defense {first_name!r}, has no finished cell to take its clean "
+    analysis = run.analysis()
+    first = analysis.targets[0]
+    if first.value is None:
+        raise RobustkitError(f"the first target, defense {first.name!r}, has no finished cell to take its clean "
                              "accuracy from; finish the run first")
-    table = matched(run)
-    order = [d for d, _ in ranking(run)]
+    ranked = analysis.comparison(first.name, WORST_CASE)
+    ranking = analysis.comparison(first.name)
     entries = []
-    for rank, defense in enumerate(order, start=1):
+    for place in ranking.ranking:
+        defense = place.name
         own = [r for r in run.records if r["defense"] == defense]
         if not own:
             continue
         readings = []
-        for name, value in targets:
+        for target in analysis.targets:
             for metric in metrics(b):
-                s = table[defense][name][metric]
-                if s is None:
-                    continue
+                r = analysis.comparison(target.name, metric).readings[defense]
                 scale = _pct if is_accuracy(metric) else _round
-                readings.append({"target": name, "target_acc": _pct(value), "metric": metric, "mean": scale(s.mean),
-                                 "low": scale(s.low), "high": scale(s.high), "n": s.n,
-                                 "n_out_of_range": s.n_out_of_range, "status": s.status})
-        at_first = table[defense][first_name]
-        worst = at_first[WORST_CASE]
+                readings.append({"target": target.name, "target_acc": _pct(target.value), "metric": metric,
+                                 "mean": scale(r.value), "low": scale(r.low), "high": scale(r.high),
+                                 "n": r.n_in_range, "of": r.n_seeds, "status": r.status,
+                                 "best_clean_acc": _pct(r.best_clean)})
+        worst = ranked.readings[defense]
+        uppers = [s["upper"]["clean"] for s in worst.sources if s["upper"] is not None]
+        clean = sum(uppers) / len(uppers) if uppers else worst.best_clean
         fixed = [a["label"] for a in b["attacks"] if a["goal"] != "minimal-distortion"]
+        attack_acc = {label: _pct(analysis.comparison(first.name, label).readings[defense].value) for label in fixed}
         flags = audit_flags(run.records, defense)
         info = meta.get(defense, {})
         first_record = own[0]
@@ -87,13 +99,20 @@ def build_document(run: BenchmarkRun, meta: Mapping[str, Mapping[str, str]]) -> 
             "architecture": b["model"]["name"],
             "threat_model": b["threat"]["norm"],
             "eps": float(b["threat"]["eps"]),
-            "clean_acc": _pct(first_value),
-            "robust_acc": _pct(worst.mean) if worst is not None else None,
+            "clean_acc": _pct(clean),
+            "robust_acc": _pct(worst.value),
+            "target_acc": _pct(first.value),
+            "robust_acc_interval": [_pct(worst.low), _pct(worst.high)] if worst.low is not None else None,
+            "reading_status": worst.status,
+            "seeds_in_range": {"n": worst.n_in_range, "of": worst.n_seeds},
+            "source_models": [{"seed": s["seed"], "lower": _source(s["lower"], WORST_CASE),
+                               "upper": _source(s["upper"], WORST_CASE)} for s in worst.sources],
             "attack_suite": "+".join(a["label"] for a in b["attacks"]),
-            "attack_acc": {label: _pct(at_first[label].mean) for label in fixed
-                           if at_first.get(label) is not None and at_first[label].mean is not None},
+            "attack_acc": {k: v for k, v in attack_acc.items() if v is not None},
             "reported": None,
-            "rank": rank,
+            "rank": place.rank,
+            "rank_label": place.label,
+            "tie_group": [p.name for p in ranking.ranking if p.rank is not None and p.rank == place.rank],
             "matched": readings,
             "points": [_point(r, b) for r in sorted(own, key=lambda r: (r["seed"], r["clean_accuracy"],
                                                                          str(r["knob_value"])))],
@@ -122,8 +141,25 @@ def build_document(run: BenchmarkRun, meta: Mapping[str, Mapping[str, str]]) -> 
     doc["benchmark"]["seeds"] = sorted({int(r["seed"]) for r in run.records})
     doc["benchmark"]["attacks"] = [{k: a[k] for k in ("label", "name", "params", "goal", "knowledge")}
                                    for a in b["attacks"]]
-    doc["benchmark"]["target_accuracies"] = {name: _pct(value) for name, value in targets}
+    doc["benchmark"]["target_accuracies"] = {t.name: _pct(t.value) for t in analysis.targets}
+    doc["benchmark"]["bootstrap"] = dict(analysis.bootstrap)
+    doc["benchmark"]["environment"] = environment_of(run)
     return validate_leaderboard(doc)
+
+
+def environment_of(run: BenchmarkRun) -> dict[str, Any]:
+    """The one numeric environment of a run's records (refused when they mix several)."""
+    found: dict[str, Any] | None = None
+    for r in run.records:
+        env = r.get("environment")
+        if env is None:
+            continue
+        if found is not None and environment_difference(found, env):
+            raise RobustkitError(f"the records of {run.root or 'these files'} were made in different numeric "
+                                 f"environments ({environment_difference(found, env)}); their readings would mix "
+                                 "them: rerun the odd cells in one environment")
+        found = env
+    return found or run.benchmark.get("environment") or {}
 
 
 def _point(record: Mapping[str, Any], benchmark: Mapping[str, Any]) -> dict[str, Any]:
@@ -132,11 +168,14 @@ def _point(record: Mapping[str, Any], benchmark: Mapping[str, Any]) -> dict[str,
         "knob": record["knob"], "value": record["knob_value"], "seed": int(record["seed"]),
         "clean_acc": _pct(record["clean_accuracy"]), "robust_acc": _pct(record["worst_case_accuracy"]),
         "attack_acc": {a["label"]: _pct(attacks[a["label"]]["robust_accuracy"]) for a in benchmark["attacks"]},
-        "rho": {a["label"]: {"mean": _round(attacks[a["label"]]["mean_l2"]),
-                             "median": _round(attacks[a["label"]]["median_l2"])}
+        "rho": {a["label"]: {kind: _round(attacks[a["label"]].get(kind.replace("-", "_")))
+                             for kind in ("rho", "rho-median", "rho-success")}
                 for a in benchmark["attacks"] if a["goal"] == "minimal-distortion"},
         "audit_flags": list(record["audit"]["flags"]) if record.get("audit") else None,
+        "threat_flags": list(record.get("threat_flags", [])),
         "seconds_per_epoch": record["training"].get("seconds_per_epoch"),
+        "environment": record.get("environment"),
+        "outcomes": record["outcomes"],
     }
 
 
@@ -147,15 +186,19 @@ def _record(point: Mapping[str, Any], defense: str, benchmark: Mapping[str, Any]
     for a in benchmark["attacks"]:
         rho = point.get("rho", {}).get(a["label"], {})
         attacks[a["label"]] = {"robust_accuracy": point["attack_acc"][a["label"]] / 100.0,
-                               "mean_l2": rho.get("mean"), "median_l2": rho.get("median")}
-    return {"defense": defense, "seed": point["seed"], "knob": point["knob"], "knob_value": point["value"],
-            "clean_accuracy": point["clean_acc"] / 100.0, "worst_case_accuracy": point["robust_acc"] / 100.0,
-            "attacks": attacks, "n_examples": provenance["n_examples"],
-            "audit": {"flags": point["audit_flags"]} if point.get("audit_flags") is not None else None,
-            "training": {"seconds_per_epoch": point.get("seconds_per_epoch")}, "seconds": 0.0,
-            "device": provenance["device"],
-            "versions": {"robustkit": provenance["robustkit_version"], "plugins": provenance["plugin_versions"],
-                         "torch": provenance.get("torch_version", torch.__version__)}}
+                               **{kind.replace("-", "_"): value for kind, value in rho.items()}}
+    record = {"defense": defense, "seed": point["seed"], "knob": point["knob"], "knob_value": point["value"],
+              "clean_accuracy": point["clean_acc"] / 100.0, "worst_case_accuracy": point["robust_acc"] / 100.0,
+              "attacks": attacks, "n_examples": provenance["n_examples"], "outcomes": point["outcomes"],
+              "audit": {"flags": point["audit_flags"]} if point.get("audit_flags") is not None else None,
+              "threat_flags": point.get("threat_flags", []),
+              "training": {"seconds_per_epoch": point.get("seconds_per_epoch")}, "seconds": 0.0,
+              "device": provenance["device"],
+              "versions": {"robustkit": provenance["robustkit_version"], "plugins": provenance["plugin_versions"],
+                           "torch": provenance.get("torch_version", "")}}
+    if point.get("environment") is not None:
+        record["environment"] = point["environment"]
+    return record
 
 
 def merge_leaderboards(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
@@ -178,6 +221,12 @@ def merge_leaderboards(docs: Sequence[tuple[str, Mapping[str, Any]]]) -> dict[st
                 raise RobustkitError(f"cannot merge: {where} entry {i} ({entry['defense']}) has protocol fingerprint "
                                      f"{theirs}, {base_where} has {fingerprint}; results from different data, "
                                      "model, budget, threat model or attacks are not comparable")
+        difference = environment_difference(base["benchmark"].get("environment") or {},
+                                            doc["benchmark"].get("environment") or {})
+        if difference is not None:
+            raise RobustkitError(f"cannot merge: {where} and {base_where} were made in different numeric environments "
+                                 f"({difference}), so the same cell would give different numbers; rerun one of "
+                                 "them like the other (bench run --threads, --device)")
         for key in ("targets", "rank_by"):
             if doc["benchmark"][key] != base["benchmark"][key]:
                 raise RobustkitError(f"cannot merge: {where} has {key} {doc['benchmark'][key]}, {base_where} has "

@@ -2,11 +2,11 @@
 
 Files written into the benchmark folder:
 
-- ``report.md``: the spec in brief, the ranking, every matched value with its 95% interval, every raw
-  point and the audit;
-- ``robustness_curves.png``: per metric, each defense's curve (clean accuracy on x, robustness on y,
-  points ordered by clean accuracy) with the target accuracies as vertical lines and the matched
-  readings marked;
+- ``report.md``: the spec in brief, at every target the ranking with each reading's 95% interval, the
+  seeds in range and the models it comes from, the paired differences, every raw point and the audit;
+- ``robustness_curves.png``: per metric, each defense's points (clean accuracy on x, robustness on y),
+  its frontier as a line and dominated models hollow, the targets as vertical lines and the readings
+  as stars with their intervals;
 - ``accuracy_vs_eps.png``: accuracy against eps of the curve attack, one line per trained model
   (written when the spec asks for an eps curve).
 """
@@ -14,93 +14,171 @@ Files written into the benchmark folder:
 from __future__ import annotations
 
 from pathlib import Path
-from robustkit.bench.analysis import (BenchmarkRun, audit_flags, defenses, is_accuracy, load_run, matched, metrics,
-                                      points_by_seed, ranking, resolve_targets)
+
+from robustkit.bench.analysis import (NOT_RUN, BenchmarkRun, Comparison, MatchedReading, audit_flags, defenses,
+                                      is_accuracy, load_run, metrics, points_by_seed)
 from robustkit.files import atomic_write, atomic_write_text
-from robustkit.protocol import Summary, curve
+from robustkit.protocol import EXCEEDS, frontier
 
 REPORT_FILE = "report.md"
 CURVES_FILE = "robustness_curves.png"
 EPS_FILE = "accuracy_vs_eps.png"
 
+RULE = ("Each defense is read on its frontier (the models no other model of it beats on both clean accuracy and "
+        "robustness) at the target clean accuracy: linear interpolation between the two frontier models that "
+        "straddle the target; a defense whose every model is more accurate than the target reads its best model "
+        "(marked ^); one with no model reaching the target cannot be read (never extrapolated). Named targets "
+        "are read per seed at that seed's own model. [95% interval]: paired bootstrap over evaluation examples "
+        "(and seeds); rank: 1 + the number of defenses whose difference to it has an interval above 0, shared "
+        "ranks marked =.")
 
-def fmt(summary: Summary | None, metric: str) -> str:
-    """A matched value for tables: percent for accuracies, L2 for rho; interval when there are seeds."""
-    if summary is None:
-        return "n/a"
-    if summary.mean is None:
-        return "out of range"
+
+def scaled(value: float | None, metric: str) -> str:
+    if value is None:
+        return "?"
     scale, digits = (100.0, 1) if is_accuracy(metric) else (1.0, 3)
-    text = f"{scale * summary.mean:.{digits}f}"
-    if summary.low is not None:
-        text += f" [{scale * summary.low:.{digits}f}, {scale * summary.high:.{digits}f}]"
-    return text
+    return f"{scale * value:.{digits}f}"
+
+
+def fmt(reading: MatchedReading | None, metric: str) -> str:
+    """A matched value for tables: percent for accuracies, L2 for rho, its interval, ^ when it exceeds."""
+    if reading is None or reading.status == NOT_RUN:
+        return "n/a"
+    if reading.value is None:
+        return f"cannot reach (best clean {100 * reading.best_clean:.1f}%)" if reading.best_clean is not None \
+            else "cannot reach"
+    text = scaled(reading.value, metric)
+    if reading.low is not None:
+        text += f" [{scaled(reading.low, metric)}, {scaled(reading.high, metric)}]"
+    return text + (" ^" if reading.status == EXCEEDS else "")
+
+
+def seeds_in_range(reading: MatchedReading) -> str:
+    return f"{reading.n_in_range}/{reading.n_seeds}"
+
+
+def sources(reading: MatchedReading) -> str:
+    """The models a reading comes from: ``knob=value (clean%)``, per seed with several."""
+    parts = []
+    for source in reading.sources:
+        ends = [e for e in (source["lower"], source["upper"]) if e is not None]
+        if not ends:
+            continue
+        text = " .. ".join((f"{e['knob']}={e['value']:g}" if e["knob"] else "model") + f" ({100 * e['clean']:.1f}%)"
+                           for e in ends)
+        parts.append(text if len(reading.sources) == 1 else f"s{source['seed']}: {text}")
+    return "; ".join(parts) or "-"
+
+
+def target_title(comparison: Comparison) -> str:
+    t = comparison.target
+    value = f" ({100 * t.value:.2f}% clean" + (", per seed" if len(t.per_seed) > 1 else "") + ")" \
+        if t.value is not None else " (its defense has no finished cell)"
+    return f"target {t.name}{value}"
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
+    return lines + ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+
+
+def ranking_rows(run: BenchmarkRun, comparison: Comparison) -> list[list[str]]:
+    rows = []
+    for place in comparison.ranking:
+        reading = comparison.readings[place.name]
+        flags = audit_flags(run.records, place.name)
+        rows.append([place.label, place.name, fmt(reading, comparison.metric), seeds_in_range(reading),
+                     sources(reading), ", ".join(f"{k} x{v}" for k, v in flags.items()) or "none"])
+    return rows
 
 
 def terminal_table(run: BenchmarkRun) -> str:
-    """The ranking at every target on the ranking metric, plus point counts and audit flags."""
-    targets = resolve_targets(run.benchmark, run.records)
+    """The ranking at every target on the ranking metric, with intervals, seeds in range and audit flags."""
+    analysis = run.analysis()
     metric = run.benchmark.get("rank_by", "worst-case")
-    table = matched(run)
-    order = [d for d, _ in ranking(run)]
-    headers = ["rank", "defense", "points", "clean range %"] + [
-        f"{metric} @ {name}" + (f" ({100 * value:.1f}%)" if value is not None else "") for name, value in targets
-    ] + ["audit flags"]
-    rows = []
-    for i, defense in enumerate(order, start=1):
-        own = [r for r in run.records if r["defense"] == defense]
-        cleans = [100 * r["clean_accuracy"] for r in own]
-        flags = audit_flags(run.records, defense)
-        rows.append([str(i), defense, str(len(own)), f"{min(cleans):.1f}-{max(cleans):.1f}" if cleans else "-"]
-                    + [fmt(table[defense][name][metric], metric) for name, _ in targets]
-                    + [", ".join(f"{k} x{v}" for k, v in flags.items()) or "none"])
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    unit = "%" if is_accuracy(metric) else "(L2)"
     head = (f"benchmark {run.benchmark['name']}: {len(run.records)} of {len(run.benchmark['cells'])} cells "
             f"recorded" + ("" if run.complete else " (incomplete: rerun `bench run` to finish)"))
-    return "\n".join([head, ""] + lines)
+    lines = [head, f"{metric} {unit} read on each defense's frontier at each target; [95% paired bootstrap "
+                   f"interval, {analysis.bootstrap['resamples']} draws]; ^ every model exceeds the target; "
+                   "= shared rank (no clear difference)"]
+    for target in analysis.targets:
+        comparison = analysis.comparison(target.name, metric)
+        lines += ["", target_title(comparison)]
+        lines += _table(["rank", "defense", f"{metric} {unit}", "seeds", "from models (clean %)", "audit flags"],
+                        ranking_rows(run, comparison))
+    return "\n".join(lines)
+
+
+def differences(comparison: Comparison) -> list[str]:
+    """Markdown rows of every ranked pair's difference, upper defense minus lower."""
+    ranked = [p.name for p in comparison.ranking if p.rank is not None]
+    rows = []
+    for i, a in enumerate(ranked):
+        for b in ranked[i + 1:]:
+            diff, low, high = comparison.differences[(a, b)]
+            bounds = f" [{scaled(low, comparison.metric)}, {scaled(high, comparison.metric)}]" if low is not None else ""
+            clear = "yes" if low is not None and (low > 0 or high < 0) else "no"  # type: ignore[operator]
+            rows.append(f"| {a} - {b} | {scaled(diff, comparison.metric)}{bounds} | {clear} |")
+    return rows
 
 
 def markdown(run: BenchmarkRun, images: list[str]) -> str:
     b = run.benchmark
-    targets = resolve_targets(b, run.records)
-    table = matched(run)
+    analysis = run.analysis()
+    rank_by = b.get("rank_by", "worst-case")
     out = [f"# Benchmark `{b['name']}`", ""]
     if b.get("description"):
         out += [b["description"], ""]
+    environment = b.get("environment") or {}
     out += [f"- dataset `{b['dataset']['name']}`, model `{b['model']['name']}`, threat {b['threat']['norm']} "
             f"eps {b['threat']['eps']:g}, seeds {b['seeds']}, {b['evaluation']['n_examples']} evaluation examples",
             "- attacks: " + ", ".join(f"`{a['label']}` ({a['name']} {a['params']})" for a in b["attacks"]),
-            "- targets: " + ", ".join(f"{n} = {100 * v:.2f}%" if v is not None else f"{n} (not run)"
-                                       for n, v in targets),
+            "- targets: " + ", ".join(f"{t.name} = {100 * t.value:.2f}%" if t.value is not None else f"{t.name} (not run)"
+                                       for t in analysis.targets),
             f"- protocol fingerprint `{b['fingerprint']}`, spec hash `{b['spec_hash']}`",
+            "- numeric environment: " + (", ".join(f"{k} {v}" for k, v in environment.items()) or "not recorded"),
+            f"- bootstrap: {analysis.bootstrap['resamples']} paired draws over {analysis.bootstrap['over']}, "
+            f"seed {analysis.bootstrap['seed']}, {100 * analysis.bootstrap['level']:.0f}% percentile intervals",
             f"- cells recorded: {len(run.records)} of {len(b['cells'])}", ""]
-    out += ["## Matched comparison", "",
-            "Each defense's curve read at the target clean accuracy by linear interpolation between its two "
-            "neighbouring points; out of range means the curve does not reach the target (never extrapolated). "
-            "Accuracies in %, rho in L2; [95% interval] over seeds.", ""]
-    for name, value in targets:
-        out += [f"### Target {name}" + (f" ({100 * value:.2f}%)" if value is not None else ""), ""]
-        cols = metrics(b)
-        out += ["| defense | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
-        for defense, _ in ranking(run, target=name):
-            out.append(f"| {defense} | " + " | ".join(fmt(table[defense][name][m], m) for m in cols) + " |")
+    out += ["## Matched comparison", "", RULE + " Accuracies in %, rho in L2.", ""]
+    cols = metrics(b)
+    for target in analysis.targets:
+        comparison = analysis.comparison(target.name, rank_by)
+        out += [f"### {target_title(comparison)[0].upper()}{target_title(comparison)[1:]}", "",
+                f"Ranked by `{rank_by}`.", "",
+                "| rank | defense | " + " | ".join(cols) + " | seeds in range | from models (clean %) |",
+                "|---" * (len(cols) + 4) + "|"]
+        for place in comparison.ranking:
+            cells = [fmt(analysis.comparison(target.name, m).readings[place.name], m) for m in cols]
+            reading = comparison.readings[place.name]
+            out.append(f"| {place.label} | {place.name} | " + " | ".join(cells)
+                       + f" | {seeds_in_range(reading)} | {sources(reading)} |")
+        rows = differences(comparison)
+        if rows:
+            out += ["", f"Paired differences in `{rank_by}` (clear: the interval excludes 0):", "",
+                    "| pair | difference [95%] | clear |", "|---|---|---|"] + rows
         out.append("")
-    out += ["## Points", "", "| defense | knob | seed | clean % | worst case % | "
-            + " | ".join(a["label"] for a in b["attacks"]) + " | train s/epoch | audit flags |",
+    out += ["## Points", "", "Every trained model as measured; rho over every example (misclassified count 0, "
+            "failures left out), rho-success over successes only.", "",
+            "| defense | knob | seed | clean % | worst case % | "
+            + " | ".join(a["label"] for a in b["attacks"]) + " | train s/epoch | flags |",
             "|---" * (6 + len(b["attacks"]) + 1) + "|"]
     for r in sorted(run.records, key=lambda r: (r["defense"], r["seed"], r["clean_accuracy"])):
         cells = []
         for a in b["attacks"]:
             v = r["attacks"][a["label"]]
-            cells.append(f"rho {v['mean_l2']:.3f}" if a["goal"] == "minimal-distortion" and v["mean_l2"] is not None
-                         else f"{100 * v['robust_accuracy']:.1f}")
-        flags = ", ".join(r["audit"]["flags"]) if r.get("audit") else "not audited"
+            if a["goal"] == "minimal-distortion":
+                cells.append(f"{100 * v['robust_accuracy']:.1f}; rho {scaled(v.get('rho'), 'x:rho')}, "
+                             f"rho-success {scaled(v.get('rho_success'), 'x:rho')}")
+            else:
+                cells.append(f"{100 * v['robust_accuracy']:.1f}")
+        flags = (list(r["audit"]["flags"]) if r.get("audit") else ["not audited"]) + list(r.get("threat_flags", []))
         knob = f"{r['knob']}={r['knob_value']}" if r["knob"] else "-"
         out.append(f"| {r['defense']} | {knob} | {r['seed']} | {100 * r['clean_accuracy']:.1f} | "
                    f"{100 * r['worst_case_accuracy']:.1f} | " + " | ".join(cells)
-                   + f" | {r['training']['seconds_per_epoch']} | {flags or 'none'} |")
+                   + f" | {r['training']['seconds_per_epoch']} | {'; '.join(flags) or 'none'} |")
     out += ["", "## Gradient-masking audit", "",
             "Per trained model: unbounded PGD must reach ~0% accuracy; more PGD steps must not raise accuracy; "
             "a black-box attack and transfer from a natural model must not beat the white-box attacks.", ""]
@@ -119,10 +197,10 @@ def plot_curves(run: BenchmarkRun, path: Path) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    analysis = run.analysis()
     names = metrics(run.benchmark)
-    targets = [(n, v) for n, v in resolve_targets(run.benchmark, run.records) if v is not None]
-    table = matched(run)
-    fig = Figure(figsize=(5.2 * len(names), 4.2), dpi=100)
+    targets = [t for t in analysis.targets if t.value is not None]
+    fig = Figure(figsize=(5.2 * len(names), 4.4), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, metric in zip(axes, names):
@@ -130,22 +208,30 @@ def plot_curves(run: BenchmarkRun, path: Path) -> None:
         for i, defense in enumerate(defenses(run)):
             color = f"C{i % 10}"
             for seed, points in sorted(points_by_seed(run.records, defense, metric).items()):
-                ordered = curve(points)
-                ax.plot([100 * p.clean for p in ordered], [scale * p.robust for p in ordered], marker="o",
-                        color=color, alpha=0.9, label=defense if seed == min(run.benchmark["seeds"]) else None)
-            for name, value in targets:
-                summary = table[defense][name][metric]
-                if summary is not None and summary.mean is not None:
-                    ax.plot([100 * value], [scale * summary.mean], marker="*", markersize=14, color=color,
-                            markeredgecolor="black")
-        for name, value in targets:
-            ax.axvline(100 * value, color="grey", linestyle="--", linewidth=1)
+                front = frontier(points)
+                label = defense if seed == min(run.benchmark["seeds"]) else None
+                ax.plot([100 * p.clean for p in front], [scale * p.robust for p in front], marker="o", color=color,
+                        alpha=0.9, label=label)
+                off = [p for p in points if p not in front]
+                ax.plot([100 * p.clean for p in off], [scale * p.robust for p in off], linestyle="none", marker="o",
+                        markerfacecolor="none", color=color, alpha=0.9)
+            for target in targets:
+                reading = analysis.comparison(target.name, metric).readings[defense]
+                if reading.value is not None:
+                    error = None
+                    if reading.low is not None:
+                        error = [[scale * (reading.value - reading.low)], [scale * (reading.high - reading.value)]]
+                    ax.errorbar([100 * target.value], [scale * reading.value], yerr=error, marker="*", markersize=13,
+                                color=color, markeredgecolor="black", capsize=3, linestyle="none")
+        for target in targets:
+            ax.axvline(100 * target.value, color="grey", linestyle="--", linewidth=1)
         ax.set(xlabel="clean accuracy %", ylabel=f"{metric} {'accuracy %' if is_accuracy(metric) else '(L2)'}",
                title=metric)
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
-    fig.suptitle(f"{run.benchmark['name']}: robustness curves (stars: matched at the dashed targets)")
+    fig.suptitle(f"{run.benchmark['name']}: frontiers (lines; hollow: dominated models) and readings at the dashed "
+                 "targets (stars, 95% intervals)")
     fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 

@@ -23,6 +23,7 @@ from typing import Any, Callable
 
 from robustkit.bench.cells import run_cell
 from robustkit.bench.spec import NATURAL_MODEL, BenchmarkSpec, Cell
+from robustkit.devices import environment_difference, numeric_environment, resolve_device
 from robustkit.errors import RobustkitError
 from robustkit.files import atomic_write_text, jsonable
 from robustkit.progress import progress
@@ -70,18 +71,27 @@ def _cost(host: Any, d: Any) -> float:
 
 
 def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: int = 1, device: str = "auto",
-                  say: Callable[[str], None] = print) -> RunSummary:
+                  threads: int | None = None, say: Callable[[str], None] = print) -> RunSummary:
     """Run the cells of ``spec`` that ``out_dir`` has no record of; return what happened.
 
     :param jobs: worker processes (1 runs in this process, with per-cell progress bars).
-    :raises RobustkitError: on Ctrl-C, after keeping every finished record (rerun to continue).
+    :param threads: torch CPU threads of every cell, however many run at once (default: this process's
+        setting, normally one per core). CPU numbers depend on it, so it is part of the numeric
+        environment that ``benchmark.json`` and every record state, and a folder keeps one environment.
+    :raises RobustkitError: on Ctrl-C, after keeping every finished record (rerun to continue); when
+        ``out_dir`` holds results of another numeric environment.
     """
+    import torch
+
     out_dir = Path(out_dir)
+    threads = threads or torch.get_num_threads()
+    environment = numeric_environment(resolve_device(device), threads)
+    _check_environment(out_dir, environment)
     # Missing or damaged dataset files would fail every cell alike: say it once, before anything runs.
     host.datasets.create(spec.dataset["name"], spec.dataset.get("params") or {},
                          root=Path(spec.data_root) if spec.data_root else None)
     out_dir.mkdir(parents=True, exist_ok=True)
-    described = describe_benchmark(spec, host)
+    described = {**describe_benchmark(spec, host), "environment": environment}
     atomic_write_text(out_dir / BENCHMARK_FILE, json.dumps(described, indent=2, sort_keys=True) + "\n")
     store = ResultStore(out_dir)
     cells = sorted(spec.cells(), key=lambda c: c.settings["defense"]["name"] != "natural")  # stable
@@ -90,9 +100,14 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
     costs = {d["label"]: d["cost"] for d in described["defenses"]}
     weight = {c.key: spec.training["epochs"] * costs.get(c.defense, 1.0) for c in todo}
     say(f"benchmark {spec.name}: {len(cells)} cells, {summary.reused} already recorded in {out_dir}, "
-        f"{len(todo)} to run" + (f" on {jobs} processes" if jobs > 1 and todo else ""))
+        f"{len(todo)} to run" + (f" on {jobs} processes" if jobs > 1 and todo else "")
+        + f" with {threads} torch thread(s) each")
     if not todo:
         return summary
+    cores = os.cpu_count() or 1
+    if jobs > 1 and jobs * threads > cores:
+        say(f"  note: {jobs} processes x {threads} threads on {cores} cores; --threads {max(1, cores // jobs)} "
+            "runs faster, in a new --out folder (the thread count changes the numbers)")
     started = time.perf_counter()
     bar = progress(total=round(sum(weight.values()), 3), desc=f"{spec.name} (cost-weighted)", unit="pass",
                    leave=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]")
@@ -115,7 +130,8 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
         if jobs <= 1:
             for cell in todo:
                 try:
-                    record = run_cell(cell.settings, out_dir, device=device, data_root=spec.data_root, host=host)
+                    record = run_cell(cell.settings, out_dir, device=device, data_root=spec.data_root, host=host,
+                                      threads=threads)
                 except RobustkitError as err:
                     if _interrupted(err):  # the training loop turns Ctrl-C into a RobustkitError: stop, don't skip
                         raise KeyboardInterrupt from None
@@ -123,7 +139,7 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
                     continue
                 finished(cell, record, None)
         else:
-            _run_parallel(todo, out_dir, jobs, device, spec.data_root, finished)
+            _run_parallel(todo, out_dir, jobs, device, threads, spec.data_root, finished)
     except KeyboardInterrupt:
         bar.close()
         raise RobustkitError(f"benchmark interrupted: {len(summary.finished) + summary.reused} of {summary.total} "
@@ -143,35 +159,49 @@ def _interrupted(err: BaseException) -> bool:
     return False
 
 
-def _worker_init(threads: int) -> None:
-    import torch
-
-    os.environ["ROBUSTKIT_PROGRESS"] = "0"  # bars of several processes would garble the terminal
-    torch.set_num_threads(threads)
-
-
-def _worker(settings: dict[str, Any], out_dir: str, device: str, data_root: str | None) -> tuple[Any, str | None]:
+def _check_environment(out_dir: Path, environment: dict[str, Any]) -> None:
+    """Refuse to add records of another numeric environment to a folder (their numbers would differ)."""
+    path = out_dir / BENCHMARK_FILE
+    if not path.exists():
+        return
     try:
-        return run_cell(settings, out_dir, device=device, data_root=data_root), None
+        recorded = json.loads(path.read_text(encoding="utf-8")).get("environment")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return  # rewritten below; the records' own environments still say how each was made
+    if not isinstance(recorded, dict):
+        return
+    difference = environment_difference(recorded, environment)
+    if difference is not None:
+        hint = f"pass --threads {recorded['threads']}" if difference.startswith("threads") else "run as before"
+        raise RobustkitError(f"{out_dir} holds results made with a different numeric environment ({difference}, "
+                             f"recorded vs now); {hint}, or use another --out folder")
+
+
+def _worker_init() -> None:
+    os.environ["ROBUSTKIT_PROGRESS"] = "0"  # bars of several processes would garble the terminal
+
+
+def _worker(settings: dict[str, Any], out_dir: str, device: str, threads: int,
+            data_root: str | None) -> tuple[Any, str | None]:
+    try:
+        return run_cell(settings, out_dir, device=device, data_root=data_root, threads=threads), None
     except RobustkitError as err:
         return None, str(err)
 
 
-def _run_parallel(todo: list[Cell], out_dir: Path, jobs: int, device: str, data_root: str | None,
+def _run_parallel(todo: list[Cell], out_dir: Path, jobs: int, device: str, threads: int, data_root: str | None,
                   finished: Callable[[Cell, Any, str | None], None]) -> None:
     import multiprocessing
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
     naturals = [c for c in todo if c.settings["defense"]["name"] == "natural"]
     rest = [c for c in todo if c.settings["defense"]["name"] != "natural"]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init,
-                             initargs=(threads,)) as pool:
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:
         try:
             # Natural cells first and to the end: the others' audits reuse their weights as transfer surrogates.
             for batch in (naturals, rest):
                 pending: dict[Future[Any], Cell] = {
-                    pool.submit(_worker, c.settings, str(out_dir), device, data_root): c for c in batch}
+                    pool.submit(_worker, c.settings, str(out_dir), device, threads, data_root): c for c in batch}
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:

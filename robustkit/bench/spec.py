@@ -44,10 +44,12 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping
 
+from robustkit.attacks import attack_budget
 from robustkit.compat import tomllib
 from robustkit.errors import RobustkitError, UnknownNameError
 from robustkit.files import jsonable
 from robustkit.store import cell_key
+from robustkit.threat import TOLERANCE
 
 SCHEMA_FILE = "schemas/benchmark.schema.json"
 SUFFIXES = (".toml", ".yaml", ".yml", ".json")
@@ -56,6 +58,11 @@ WORST_CASE = "worst-case"
 #: settings and seed (e.g. hard positives' ``base``): cells stay self-contained, the natural model is
 #: trained once and shared.
 NATURAL_MODEL = "@natural"
+
+#: Version of what a cell records and how it is read (2: per-example outcomes, worst case within the threat
+#: for every attack, frontier readings). Part of every cell key but not of the training key, so a new
+#: version re-evaluates the trained models without retraining them.
+PROTOCOL_VERSION = 2
 
 #: Training settings a spec may leave out, and what they default to.
 TRAINING_DEFAULTS: dict[str, Any] = {
@@ -151,7 +158,7 @@ class BenchmarkSpec:
     def common_settings(self) -> dict[str, Any]:
         """What every cell shares: the protocol without the defenses and seeds."""
         return {
-            "format": 1,
+            "format": 1, "protocol": PROTOCOL_VERSION,
             "dataset": {"name": self.dataset["name"], "params": jsonable(self.dataset.get("params", {}))},
             "model": {"name": self.model["name"], "params": jsonable(self.model.get("params", {}))},
             "training": jsonable(self.training),
@@ -376,7 +383,24 @@ def _attack(host: Any, doc: Mapping[str, Any], threat: Mapping[str, Any], where:
         raise fail(f"{where}.params", str(err)) from None
     goal = getattr(attack, "goal", entry.info.get("goal", "fixed-budget"))
     knowledge = getattr(attack, "knowledge", entry.info.get("knowledge", "white-box"))
+    _check_budget(attack, doc["name"], threat, where, fail)
     return AttackSpec(doc.get("label", doc["name"]), doc["name"], params, goal, knowledge)
+
+
+def _check_budget(attack: Any, name: str, threat: Mapping[str, Any], where: str, fail: Any) -> None:
+    """Refuse a fixed-budget attack whose own norm or eps contradicts the spec's threat model."""
+    budget = attack_budget(attack)
+    if budget is None or threat["norm"] == "unbounded":
+        return
+    wanted = f"the threat model is {threat['norm']} eps {threat['eps']:g}"
+    if budget.norm != threat["norm"]:
+        norms = tuple(getattr(attack, "threat_models", ()) or ())
+        hint = (f"set params.norm = \"{threat['norm']}\"" if threat["norm"] in norms and len(norms) > 1
+                else f"use an attack that bounds {threat['norm']}")
+        raise fail(f"{where}.name", f"{name} bounds {budget.norm} eps {budget.eps:g}, but {wanted}; {hint}")
+    if budget.eps > float(threat["eps"]) + TOLERANCE:
+        raise fail(f"{where}.params", f"{name} has eps {budget.eps:g}, larger than {wanted}; drop its eps "
+                   "(it then takes the threat's) or lower it")
 
 
 def _defense(host: Any, doc: Mapping[str, Any], where: str, fail: Any) -> DefenseSpec:

@@ -86,12 +86,15 @@ def show(spec: str, data_root: Path | None, dataset: str | None) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Results folder; default runs/bench-NAME. Rerunning into it skips finished cells.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Cells to run in parallel processes.")
+              help="Cells to run in parallel processes (the numbers do not depend on it).")
+@click.option("--threads", type=click.IntRange(min=1), default=None,
+              help="Torch CPU threads of every cell  [default: one per core]. CPU numbers depend on it, so a "
+                   "results folder keeps one value.")
 @data_options
 @device_option
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report when done.")
-def run(spec: str, out_dir: Path | None, jobs: int, data_root: Path | None, dataset: str | None, device: str,
-        report: bool) -> None:
+def run(spec: str, out_dir: Path | None, jobs: int, threads: int | None, data_root: Path | None,
+        dataset: str | None, device: str, report: bool) -> None:
     """Train and evaluate every cell of SPEC (a preset name or a .toml/.yaml file), resumably.
 
     Each finished cell (defense x knob value x seed) is recorded atomically under --out; killing the
@@ -101,7 +104,7 @@ def run(spec: str, out_dir: Path | None, jobs: int, data_root: Path | None, data
     \b
     Examples:
       robustkit bench run quick
-      robustkit bench run quick --out runs/quick --jobs 2
+      robustkit bench run quick --out runs/quick --jobs 2 --threads 1
       robustkit bench run my-spec.yaml --data-root ~/data --device cuda
       robustkit bench run localized-at --dataset mnist --data-root ~/data --out runs/lat-mnist
     """
@@ -110,7 +113,7 @@ def run(spec: str, out_dir: Path | None, jobs: int, data_root: Path | None, data
     host = get_host()
     loaded = _load(spec, data_root, dataset)
     out_dir = out_dir or Path("runs") / (f"bench-{loaded.name}" + (f"-{dataset}" if dataset else ""))
-    summary = run_benchmark(loaded, out_dir, host, jobs=jobs, device=device, say=click.echo)
+    summary = run_benchmark(loaded, out_dir, host, jobs=jobs, device=device, threads=threads, say=click.echo)
     if report and summary.total - len(summary.failed) > 0:
         _report(out_dir)
     if summary.failed:

@@ -85,7 +85,20 @@ def merge(paths: tuple[Path, ...], output: Path) -> None:
 
 def _summary(doc: dict) -> None:
     for entry in doc["entries"]:
-        robust = "out of range" if entry.get("robust_acc") is None else f"{entry['robust_acc']:.2f}%"
         flags = ", ".join(entry.get("audit", {}).get("flags", [])) or "none"
-        click.echo(f"{entry.get('rank', '-')}. {entry['defense']}: {robust} at clean {entry['clean_acc']:.2f}% "
-                   f"(audit flags: {flags})")
+        if "target_acc" not in entry:  # a file of single evaluations
+            robust = "n/a" if entry.get("robust_acc") is None else f"{entry['robust_acc']:.2f}%"
+            click.echo(f"{entry['defense']}: {robust} at clean {entry['clean_acc']:.2f}% (audit flags: {flags})")
+            continue
+        if entry.get("robust_acc") is None:
+            reading = (f"cannot reach the target {entry['target_acc']:.2f}% (best model {entry['clean_acc']:.2f}% "
+                       "clean)")
+        else:
+            interval = entry.get("robust_acc_interval")
+            bounds = f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else ""
+            reading = (f"{entry['robust_acc']:.2f}%{bounds} at target {entry['target_acc']:.2f}% "
+                       f"(source model {entry['clean_acc']:.2f}% clean"
+                       + (", exceeds the target" if entry.get("reading_status") == "exceeds target" else "") + ")")
+        seeds = entry.get("seeds_in_range")
+        in_range = f", seeds in range {seeds['n']}/{seeds['of']}" if seeds else ""
+        click.echo(f"{entry.get('rank_label', '-')}  {entry['defense']}: {reading}{in_range}, audit flags: {flags}")
