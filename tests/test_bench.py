@@ -25,6 +25,9 @@ import time
 import types
 from pathlib import Path
 
+import base64
+
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -33,8 +36,9 @@ from click.testing import CliRunner
 import robustkit.host as host_module
 from robustkit import hookimpl
 from robustkit.bench import runner
-from robustkit.bench.analysis import is_accuracy, load_run, matched, metric_value, metrics, resolve_targets
-from robustkit.bench.cells import _within_threat
+from robustkit.bench import metrics as bench_metrics
+from robustkit.bench.analysis import is_accuracy, load_run, metrics
+from robustkit.bench.cells import within_threat
 from robustkit.bench.presets import preset_from_file
 from robustkit.bench.report import write_report
 from robustkit.bench.runner import run_benchmark
@@ -509,7 +513,8 @@ def test_rerun_recomputes_nothing(e2e, host, monkeypatch):
     said = []
     summary = run_benchmark(spec, out, host, say=said.append)
     assert (summary.total, summary.reused, summary.finished, summary.failed) == (3, 3, [], {})
-    assert said == [f"benchmark tiny: 3 cells, 3 already recorded in {out}, 0 to run"]
+    assert said == [f"benchmark tiny: 3 cells, 3 already recorded in {out}, 0 to run with "
+                    f"{torch.get_num_threads()} torch thread(s) each"]
     assert {p: p.stat().st_mtime_ns for folder in ("cells", "train") for p in (out / folder).rglob("*")
             if p.is_file()} == before
 
@@ -554,48 +559,64 @@ def test_changed_attack_reevaluates_without_retraining(e2e, host, tmp_path, monk
 
 
 def _hand_value(record, metric):
+    """A record's value of ``metric`` recomputed from its stored per-example outcomes, by hand."""
+    o = record["outcomes"]
+    n = o["n"]
+    bits = lambda text: np.unpackbits(np.frombuffer(base64.b64decode(text), np.uint8), count=n).astype(bool)  # noqa
+    clean = bits(o["clean_correct"])
+    fooled = {k: bits(v["fooled"]) for k, v in o["attacks"].items()}
     if metric == "worst-case":
-        return record["worst_case_accuracy"]
-    if metric.endswith(":rho-median"):
-        return record["attacks"][metric[:-len(":rho-median")]]["median_l2"]
+        return float(np.mean(clean & ~np.any(list(fooled.values()), axis=0)))
     if metric.endswith(":rho"):
-        return record["attacks"][metric[:-len(":rho")]]["mean_l2"]
-    return record["attacks"][metric]["robust_accuracy"]
+        label = metric[:-4]
+        l2 = np.frombuffer(base64.b64decode(o["attacks"][label]["l2"]), "<f4")
+        success = bits(o["attacks"][label]["success"])
+        counted = ~clean | success
+        values = np.where(clean, l2, 0.0)[counted]
+        return float(values.mean()) if values.size else None
+    return float(np.mean(clean & ~fooled[metric]))
 
 
 def test_matched_values_agree_with_a_hand_computation(e2e):
     out, spec, _ = e2e
     run = load_run(out)
-    assert metrics(run.benchmark) == ["worst-case", "pgd", "deepfool:rho", "deepfool:rho-median"]
+    assert metrics(run.benchmark) == ["worst-case", "pgd", "deepfool:rho", "deepfool:rho-median",
+                                      "deepfool:rho-success"]
+    analysis = run.analysis()
     natural = [r for r in run.records if r["defense"] == "natural"]
-    targets = dict(resolve_targets(run.benchmark, run.records))
-    assert targets == {"natural": natural[0]["clean_accuracy"], "0.5": 0.5}
-    table = matched(run)
+    assert [(t.name, t.value) for t in analysis.targets] == [("natural", natural[0]["clean_accuracy"]), ("0.5", 0.5)]
+    for r in run.records:  # the summary numbers of a record are its outcomes' numbers
+        assert _hand_value(r, "worst-case") == pytest.approx(r["worst_case_accuracy"])
+        assert _hand_value(r, "pgd") == pytest.approx(r["attacks"]["pgd"]["robust_accuracy"])
+        rho = _hand_value(r, "deepfool:rho")
+        assert rho == pytest.approx(r["attacks"]["deepfool"]["rho"]) if rho is not None else True
     for defense in ("natural", "pgd-at"):
         own = [r for r in run.records if r["defense"] == defense]
-        for name, target in targets.items():
-            for metric in metrics(run.benchmark):
+        for target in analysis.targets:
+            for metric in ("worst-case", "pgd", "deepfool:rho"):
                 points = [Point(r["clean_accuracy"], _hand_value(r, metric)) for r in own
                           if _hand_value(r, metric) is not None]
-                summary = table[defense][name][metric]
-                if not points:
-                    assert summary is None
-                    continue
-                reading = read_at(points, target)
-                assert summary.mean == reading.value, (defense, name, metric)
-                assert summary.low is None and summary.high is None  # one seed: no interval
-    # The natural defense read at its own accuracy is its own point.
-    assert table["natural"]["natural"]["worst-case"].mean == natural[0]["worst_case_accuracy"]
+                got = analysis.comparison(target.name, metric).readings[defense]
+                expected = read_at(points, target.value)
+                assert got.value == pytest.approx(expected.value) if expected.value is not None else got.value is None
+                assert got.status == expected.status and (got.n_in_range, got.n_seeds) == (int(got.value is not None), 1)
+                if got.value is not None:
+                    assert got.low <= got.value <= got.high  # the measured value lies in its interval
+    # The natural defense read at its own accuracy is its own point, and always in range.
+    reading = analysis.comparison("natural", "worst-case").readings["natural"]
+    assert reading.value == natural[0]["worst_case_accuracy"] and reading.status == "ok"
 
-    # In range, by the interpolation formula: a target a quarter of the way between PGD-AT's two points.
+    # In range, by the interpolation formula: a target a quarter of the way between PGD-AT's two points
+    # (when both are on its frontier).
     a, b = sorted((r for r in run.records if r["defense"] == "pgd-at"), key=lambda r: r["clean_accuracy"])
     (ca, ra), (cb, rb) = ((r["clean_accuracy"], r["attacks"]["pgd"]["robust_accuracy"]) for r in (a, b))
-    target = ca + 0.25 * (cb - ca)
-    run.benchmark["targets"] = [target]
-    reading = matched(run)["pgd-at"][f"{target:g}"]["pgd"]
-    expected = ra + 0.25 * (rb - ra) if cb > ca else (ra + rb) / 2  # equal accuracies merge into one point
-    assert reading.mean == pytest.approx(expected)
-    assert reading.n == 1 and reading.n_out_of_range == 0
+    run.benchmark["targets"] = [ca + 0.25 * (cb - ca)]
+    run._analysis = None
+    got = run.analysis().comparison(metric="pgd").readings["pgd-at"]
+    if cb > ca and ra > rb:
+        assert got.value == pytest.approx(ra + 0.25 * (rb - ra))
+    else:  # one point dominates the other: the better one is read, never an average
+        assert got.value == max(ra, rb) if cb == ca else got.value == rb
 
 
 def test_metrics_of_attacks_labelled_by_their_names():
@@ -603,13 +624,10 @@ def test_metrics_of_attacks_labelled_by_their_names():
     benchmark = {"attacks": [{"label": "torchattacks:PGD", "goal": "fixed-budget"},
                              {"label": "art:DeepFool", "goal": "minimal-distortion"}]}
     names = metrics(benchmark)
-    assert names == ["worst-case", "torchattacks:PGD", "art:DeepFool:rho", "art:DeepFool:rho-median"]
-    record = {"worst_case_accuracy": 0.25, "attacks": {
-        "torchattacks:PGD": {"robust_accuracy": 0.5, "mean_l2": None, "median_l2": None},
-        "art:DeepFool": {"robust_accuracy": 0.75, "mean_l2": 1.5, "median_l2": 1.25}}}
-    assert [metric_value(record, m) for m in names] == [0.25, 0.5, 1.5, 1.25]
-    assert [is_accuracy(m) for m in names] == [True, True, False, False]
-    assert metric_value(record, "art:PGD") is None
+    assert names == ["worst-case", "torchattacks:PGD", "art:DeepFool:rho", "art:DeepFool:rho-median",
+                     "art:DeepFool:rho-success"]
+    assert [bench_metrics.split(m) for m in names[1:3]] == [("torchattacks:PGD", "accuracy"), ("art:DeepFool", "rho")]
+    assert [is_accuracy(m) for m in names] == [True, True, False, False, False]
 
 
 def test_report_command_prints_the_table(e2e, host):
@@ -618,13 +636,14 @@ def test_report_command_prints_the_table(e2e, host):
     assert result.exit_code == 0, result.output
     text = result.output
     assert "benchmark tiny: 3 of 3 cells recorded" in text
-    assert "worst-case @ natural" in text and "worst-case @ 0.5 (50.0%)" in text
-    rows = {line.split()[1]: line for line in text.splitlines() if line[:1].isdigit()}
-    assert set(rows) == {"natural", "pgd-at"}
     run = load_run(out)
     natural = next(r for r in run.records if r["defense"] == "natural")
-    assert f"{100 * natural['worst_case_accuracy']:.1f}" in rows["natural"]
-    assert rows["natural"].split()[2] == "1" and rows["pgd-at"].split()[2] == "2"  # points
+    assert f"target natural ({100 * natural['clean_accuracy']:.2f}% clean)" in text and "target 0.5 (50.00% clean)" in text
+    block = text.split("target natural")[1].split("target 0.5")[0]
+    rows = {line.split()[1]: line for line in block.splitlines()[3:] if line.strip()}
+    assert set(rows) == {"natural", "pgd-at"}
+    assert rows["natural"].split()[2] == f"{100 * natural['worst_case_accuracy']:.1f}"
+    assert "1/1" in rows["natural"]  # seeds in range
     for name in ("report.md", "robustness_curves.png", "accuracy_vs_eps.png"):
         assert f"wrote {out / name}" in text
     assert "benchmark tiny: 3 of 3 cells recorded" in output  # bench run printed the same table
@@ -674,13 +693,17 @@ def _hand_made_result():
 def test_minimal_distortion_breaks_only_within_the_threat_eps():
     result, attacks = _hand_made_result()
     assert result.worst_case_accuracy == 1 / 6  # evaluate() counts every success of every attack
-    per_attack, worst = _within_threat(result, attacks, {"norm": "linf", "eps": 0.1})
+    per_attack, worst = _within(result, attacks, {"norm": "linf", "eps": 0.1})
     assert per_attack["pgd"]["robust_accuracy"] == pytest.approx(4 / 6)
     assert per_attack["df"]["robust_accuracy"] == pytest.approx(3 / 6)  # rows 1 and 4 broken; 2 and 3 not by df
     assert worst == pytest.approx(2 / 6)  # rows 2 and 5
-    # rho keeps every success, inside the threat or not
+    # rho keeps every success, inside the threat or not; by default misclassified examples count 0 (SPECS)
     assert per_attack["df"]["n_success"] == 4
     assert per_attack["df"]["mean_l2"] == pytest.approx((0.3 + 0.6 + 0.9 + 0.7) / 4)
+    assert per_attack["df"]["rho_success"] == pytest.approx((0.3 + 0.6 + 0.9 + 0.7) / 4)
+    assert per_attack["df"]["rho"] == pytest.approx((0.0 + 0.3 + 0.6 + 0.9 + 0.7) / 5)  # row 5 failed: left out
+    assert per_attack["df"]["rho_median"] == pytest.approx(0.6)
+    assert per_attack["df"]["rho_failed_share"] == pytest.approx(1 / 6)
     assert per_attack["df"]["success_rate"] == pytest.approx(4 / 5)
     assert (per_attack["df"]["goal"], per_attack["pgd"]["goal"]) == ("minimal-distortion", "fixed-budget")
     assert per_attack["df"]["knowledge"] == "white-box" and per_attack["df"]["seconds"] == 2.0
@@ -688,20 +711,29 @@ def test_minimal_distortion_breaks_only_within_the_threat_eps():
 
 def test_minimal_distortion_uses_the_threat_norm():
     result, attacks = _hand_made_result()
-    per_attack, worst = _within_threat(result, attacks, {"norm": "l2", "eps": 0.5})
+    per_attack, worst = _within(result, attacks, {"norm": "l2", "eps": 0.5})
     assert per_attack["df"]["robust_accuracy"] == pytest.approx(4 / 6)  # only row 1 (l2 0.3) is inside
     assert worst == pytest.approx(3 / 6)  # rows 2, 4 and 5
     # A budget covering every distance counts every success, as evaluate() does.
-    per_attack, worst = _within_threat(result, attacks, {"norm": "linf", "eps": 1.0})
+    per_attack, worst = _within(result, attacks, {"norm": "linf", "eps": 1.0})
     assert per_attack["df"]["robust_accuracy"] == pytest.approx(result.attacks["df"].robust_accuracy)
     assert worst == pytest.approx(result.worst_case_accuracy)
 
 
-def test_fixed_budget_successes_always_count():
+def test_fixed_budget_successes_outside_the_threat_are_flagged_and_do_not_count():
     result, attacks = _hand_made_result()
-    per_attack, _ = _within_threat(result, attacks, {"norm": "linf", "eps": 0.01})
-    assert per_attack["pgd"]["robust_accuracy"] == pytest.approx(4 / 6)
+    per_attack, worst = _within(result, attacks, {"norm": "linf", "eps": 0.01})
+    assert per_attack["pgd"]["robust_accuracy"] == pytest.approx(5 / 6)  # its success at linf 0.1 is outside
+    assert per_attack["pgd"]["n_outside_threat"] == 1
     assert per_attack["df"]["robust_accuracy"] == pytest.approx(5 / 6)
+    assert per_attack["df"]["n_outside_threat"] == 0  # a minimal-distortion attack promises no budget
+    per_attack, _ = _within(result, attacks, {"norm": "linf", "eps": 0.1})
+    assert per_attack["pgd"]["n_outside_threat"] == 0
+
+
+def _within(result, attacks, threat):
+    outcomes, per_attack = within_threat(result, attacks, threat)
+    return per_attack, float(bench_metrics.value(outcomes, "worst-case", bench_metrics.ones(outcomes.n))[0])
 
 
 # --- 7. resume after a killed process -----------------------------------------------------------
@@ -825,18 +857,22 @@ def test_jobs_2_records_what_jobs_1_records(tmp_path, host, no_timm):
     first = {r["key"]: r for r in ResultStore(tmp_path / "one")}
     second = {r["key"]: r for r in ResultStore(tmp_path / "two")}
     assert set(first) == set(second) == set(keys(spec))
-    # Workers run max(1, cores // jobs) torch threads. CPU training is deterministic for a given thread
-    # count, but float sums split over a different number of threads may round differently, so the
-    # numbers must match exactly only when the workers ran as many threads as this process.
-    exact = max(1, (os.cpu_count() or 1) // 2) == torch.get_num_threads()
+    # Every cell runs the same torch thread count however cells are scheduled: the records are equal
+    # but for timings and the folder they point to, per-example outcomes included.
     for key in first:
         assert first[key]["settings"] == second[key]["settings"]
-        a, b = first[key]["result"], second[key]["result"]
-        numbers = [(a["clean_accuracy"], b["clean_accuracy"]), (a["worst_case_accuracy"], b["worst_case_accuracy"]),
-                   (a["attacks"]["pgd"]["robust_accuracy"], b["attacks"]["pgd"]["robust_accuracy"])]
-        for x, y in numbers:
-            assert x == y if exact else abs(x - y) <= 0.1, (key, x, y)
-        assert a["training"]["train_key"] == b["training"]["train_key"]
+        a, b = without_timings(first[key]["result"]), without_timings(second[key]["result"])
+        assert a == b, key
+        assert a["environment"]["threads"] == torch.get_num_threads()
+
+
+def without_timings(value):
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items()
+                if "seconds" not in k and "time" not in k and k != "checkpoint"}
+    if isinstance(value, list):
+        return [without_timings(v) for v in value]
+    return value
 
 
 # --- 10. Ctrl-C -----------------------------------------------------------------------------------

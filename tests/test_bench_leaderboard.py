@@ -62,12 +62,25 @@ def test_export_is_valid_ranked_and_keeps_every_point(two_runs):
     out, _, _, _ = two_runs
     doc = export_leaderboard(out)
     validate_leaderboard(doc)
-    assert [e["rank"] for e in doc["entries"]] == list(range(1, len(doc["entries"]) + 1))
+    ranks = [e["rank"] for e in doc["entries"] if e["rank"] is not None]
+    assert ranks == sorted(ranks) and ranks[0] == 1
     by_defense = {e["defense"]: e for e in doc["entries"]}
     assert len(by_defense["pgd-at"]["points"]) == 2 and len(by_defense["natural"]["points"]) == 1
     natural = by_defense["natural"]
-    assert natural["clean_acc"] == doc["benchmark"]["target_accuracies"]["natural"]
+    assert natural["target_acc"] == doc["benchmark"]["target_accuracies"]["natural"]
+    assert natural["clean_acc"] == natural["points"][0]["clean_acc"]  # the measured model
     assert natural["robust_acc"] == natural["points"][0]["robust_acc"]  # read at its own accuracy
+    low, high = natural["robust_acc_interval"]
+    assert low <= natural["robust_acc"] <= high and natural["seeds_in_range"] == {"n": 1, "of": 1}
+    assert natural["reading_status"] == "ok" and natural["rank_label"].startswith(str(natural["rank"]))
+    assert natural["source_models"] == [{"seed": 0, "lower": None, "upper": {
+        "knob": None, "value": None, "seed": 0, "clean_acc": natural["clean_acc"], "robust_acc": natural["robust_acc"]}}]
+    assert doc["benchmark"]["bootstrap"]["resamples"] == 1000 and doc["benchmark"]["environment"]["device"] == "cpu"
+    pgd = by_defense["pgd-at"]
+    if pgd["robust_acc"] is None:  # cannot reach: its best model's clean accuracy is stated
+        assert pgd["clean_acc"] == max(p["clean_acc"] for p in pgd["points"]) and pgd["rank"] is None
+    else:
+        assert pgd["clean_acc"] >= pgd["target_acc"]
     prov = natural["provenance"]
     assert prov["protocol_fingerprint"] == doc["benchmark"]["fingerprint"] and prov["seeds"] == [0]
     assert prov["n_examples"] == 40 and prov["spec_hash"] and prov["plugin_versions"]
@@ -111,7 +124,11 @@ def test_merge_pools_seeds_into_intervals(two_runs, host):
     assert sorted({p["seed"] for p in pgd["points"]}) == [0, 1] and len(pgd["points"]) == 4
     assert merged["benchmark"]["seeds"] == [0, 1]
     readings = [m for m in pgd["matched"] if m["metric"] == "worst-case" and m["target"] == "0.5"]
-    assert readings[0]["n"] + readings[0]["n_out_of_range"] == 2
+    assert readings[0]["of"] == 2 and 0 <= readings[0]["n"] <= 2
+    natural = next(e for e in merged["entries"] if e["defense"] == "natural")
+    # Each seed's natural model is read at its own accuracy: in range on both seeds.
+    assert natural["seeds_in_range"] == {"n": 2, "of": 2}
+    assert natural["robust_acc"] == pytest.approx(sum(p["robust_acc"] for p in natural["points"]) / 2, abs=1e-3)
 
 
 def test_merge_refuses_a_different_protocol(two_runs):
@@ -124,6 +141,10 @@ def test_merge_refuses_a_different_protocol(two_runs):
     other = copy.deepcopy(doc)
     other["benchmark"]["targets"] = [0.9]
     with pytest.raises(RobustkitError, match="targets"):
+        merge_leaderboards([("a", doc), ("b", other)])
+    other = copy.deepcopy(doc)
+    other["benchmark"]["environment"]["threads"] = 7
+    with pytest.raises(RobustkitError, match="numeric environments .threads"):
         merge_leaderboards([("a", doc), ("b", other)])
     plain = copy.deepcopy(doc)
     del plain["benchmark"]

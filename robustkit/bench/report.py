@@ -205,8 +205,10 @@ def plot_curves(run: BenchmarkRun, path: Path) -> None:
     axes = fig.subplots(1, len(names), squeeze=False)[0]
     for ax, metric in zip(axes, names):
         scale = 100.0 if is_accuracy(metric) else 1.0
-        for i, defense in enumerate(defenses(run)):
+        labels = defenses(run)
+        for i, defense in enumerate(labels):
             color = f"C{i % 10}"
+            nudge = 0.06 * (i - (len(labels) - 1) / 2)  # readings at one target side by side, not on top
             for seed, points in sorted(points_by_seed(run.records, defense, metric).items()):
                 front = frontier(points)
                 label = defense if seed == min(run.benchmark["seeds"]) else None
@@ -221,7 +223,7 @@ def plot_curves(run: BenchmarkRun, path: Path) -> None:
                     error = None
                     if reading.low is not None:
                         error = [[scale * (reading.value - reading.low)], [scale * (reading.high - reading.value)]]
-                    ax.errorbar([100 * target.value], [scale * reading.value], yerr=error, marker="*", markersize=13,
+                    ax.errorbar([100 * target.value + nudge], [scale * reading.value], yerr=error, marker="*", markersize=13,
                                 color=color, markeredgecolor="black", capsize=3, linestyle="none")
         for target in targets:
             ax.axvline(100 * target.value, color="grey", linestyle="--", linewidth=1)
