@@ -179,6 +179,14 @@ BAD_SPECS = [
     ("curve-attack-without-eps", [("eps_curve = [0.05, 0.2]", 'eps_curve = [0.05, 0.2], curve_attack = "deepfool"')],
      "$.evaluation.curve_attack", "takes no eps"),
     ("invalid-toml", [("epochs = 1,", "epochs = = 1,")], "", "not valid TOML"),
+    # The threat model holds: an attack whose own norm or budget contradicts it is refused.
+    ("linf-attack-for-l2-threat", [('norm = "linf", eps = 0.1', 'norm = "l2", eps = 0.5')], "$.attacks[0].name",
+     "torchattacks:PGD bounds linf eps 0.5, not the threat model's l2 eps 0.5; use an attack that bounds l2"),
+    ("attack-eps-above-threat", [("alpha = 0.04, steps = 3", "alpha = 0.04, steps = 3, eps = 0.2")],
+     "$.attacks[0].params", "torchattacks:PGD has eps 0.2, above the threat model's linf eps 0.1"),
+    ("black-box-of-another-norm", [("params = {n_queries = 20}", 'params = {n_queries = 20, norm = "L2"}')],
+     "$.audit.black_box.name", "torchattacks:Square bounds l2 eps 0.1, not the threat model's linf eps 0.1; "
+     'set params.norm = "linf"'),
 ]
 
 

@@ -392,14 +392,14 @@ def _check_budget(attack: Any, name: str, threat: Mapping[str, Any], where: str,
     budget = attack_budget(attack)
     if budget is None or threat["norm"] == "unbounded":
         return
-    wanted = f"the threat model is {threat['norm']} eps {threat['eps']:g}"
+    wanted = f"the threat model's {threat['norm']} eps {threat['eps']:g}"
     if budget.norm != threat["norm"]:
         norms = tuple(getattr(attack, "threat_models", ()) or ())
         hint = (f"set params.norm = \"{threat['norm']}\"" if threat["norm"] in norms and len(norms) > 1
                 else f"use an attack that bounds {threat['norm']}")
-        raise fail(f"{where}.name", f"{name} bounds {budget.norm} eps {budget.eps:g}, but {wanted}; {hint}")
+        raise fail(f"{where}.name", f"{name} bounds {budget.norm} eps {budget.eps:g}, not {wanted}; {hint}")
     if budget.eps > float(threat["eps"]) + TOLERANCE:
-        raise fail(f"{where}.params", f"{name} has eps {budget.eps:g}, larger than {wanted}; drop its eps "
+        raise fail(f"{where}.params", f"{name} has eps {budget.eps:g}, above {wanted}; drop its eps "
                    "(it then takes the threat's) or lower it")
 
 
