@@ -12,6 +12,11 @@ Conventions:
 - ``success``: the attack turned a correct prediction into a wrong one (untargeted).
 - Distortion statistics (mean and median L2 and Linf) are over successful adversarials only;
   ``n_clean_wrong`` says how many examples were wrong before any attack.
+- ``worst_case_accuracy`` is the pointwise worst case over every attack at any distance; the numbers
+  to report against a threat model are :meth:`EvaluationResult.worst_cases`: per budget (norm, eps)
+  of the fixed-budget attacks in the suite, an example counts as broken only by an attack bounded in
+  that norm whose adversarial lies within eps. Attacks without a budget (minimal-distortion) are
+  never inside a worst case: their distances are reported beside it.
 - Accuracies are fractions in [0, 1] here; :mod:`robustkit.leaderboard` reports percent.
 - Before each attack call the global RNGs are seeded with ``seed + batch_index``, so an attack's
   result depends neither on the other attacks in the suite nor on their order.
@@ -36,7 +41,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from robustkit.attacks import Attack
+from robustkit.attacks import Attack, attack_budget
 from robustkit.data import ImageDataset, check_images, take
 from robustkit.devices import resolve_device, seed_everything
 from robustkit.files import atomic_write_text
@@ -44,7 +49,7 @@ from robustkit.errors import InputError, RobustkitError
 from robustkit.models import logits
 from robustkit.precision import PRECISIONS, wrap
 from robustkit.progress import progress
-from robustkit.threat import distances
+from robustkit.threat import TOLERANCE, ThreatModel, distances, within_budget
 
 Data = Dataset | ImageDataset | tuple[torch.Tensor, torch.Tensor]
 
@@ -58,6 +63,7 @@ class AttackOutcome:
     :param success: the attack turned a correct prediction into a wrong one.
     :param l2: L2 distance to the clean image.
     :param linf: Linf distance to the clean image.
+    :param l1: L1 distance to the clean image.
     :param queries: model queries the attack reported, if it counts them.
     :param pass_score: PASS of a successful adversarial (perceptual similarity after alignment), when asked for.
     """
@@ -69,6 +75,7 @@ class AttackOutcome:
     linf: float
     queries: int | None = None
     pass_score: float | None = None
+    l1: float = 0.0
 
 
 @dataclass
@@ -167,7 +174,9 @@ class Examples:
 class EvaluationResult:
     """What :func:`evaluate` measured; accuracies are fractions in [0, 1].
 
-    ``examples`` holds the kept examples (``keep_examples``), never written to the summary.
+    ``examples`` holds the kept examples (``keep_examples``), never written to the summary; ``budgets``
+    the threat model each attack promised to stay within (None: no budget; see
+    :func:`robustkit.attacks.attack_budget`).
     """
 
     n_examples: int
@@ -180,15 +189,51 @@ class EvaluationResult:
     device: str
     seconds: float
     examples: Examples | None = None
+    budgets: dict[str, ThreatModel | None] = field(default_factory=dict)
 
     @property
     def robust_accuracy(self) -> dict[str, float]:
         """Robust accuracy per attack name."""
         return {name: s.robust_accuracy for name, s in self.attacks.items()}
 
+    def threats(self) -> list[ThreatModel]:
+        """The distinct budgets of the suite's fixed-budget attacks, in suite order."""
+        out: list[ThreatModel] = []
+        for budget in self.budgets.values():
+            if budget is not None and all((t.norm, t.eps) != (budget.norm, budget.eps) for t in out):
+                out.append(budget)
+        return out
+
+    def unbounded(self) -> list[str]:
+        """The attacks that are in no worst case: without a budget (minimal-distortion ones)."""
+        return [name for name in self.attacks if self.budgets.get(name) is None]
+
+    def worst_case_within(self, threat: ThreatModel) -> float:
+        """Accuracy when an example counts as broken only by an attack bounded in ``threat.norm`` whose
+        adversarial lies within ``threat.eps`` in that norm.
+
+        :raises RobustkitError: when no attack of the suite stays within the threat (bounded in its norm, with
+            a budget no larger than its eps): the number would claim robustness that nothing tested.
+        """
+        names = [n for n, b in self.budgets.items() if b is not None and b.norm == threat.norm]
+        if not any(self.budgets[n].eps <= threat.eps + TOLERANCE for n in names):  # type: ignore[union-attr]
+            raise RobustkitError(f"no attack of the suite stays within {threat.norm} eps {threat.eps:g}; add one "
+                                 "bounded there (the worst case is never taken over attacks without that budget)")
+
+        def broken(outcome: AttackOutcome) -> bool:
+            return outcome.success and bool(within_budget(getattr(outcome, threat.norm), threat.eps))
+
+        robust = sum(r.clean_correct and not any(broken(r.attacks[n]) for n in names) for r in self.records)
+        return robust / max(self.n_examples, 1)
+
+    def worst_cases(self) -> dict[str, float]:
+        """The worst case within each threat of the suite (:meth:`threats`), keyed ``"linf eps 0.1"``."""
+        return {f"{t.norm} eps {t.eps:g}": self.worst_case_within(t) for t in self.threats()}
+
     def summary(self) -> dict[str, Any]:
         """Everything but the per-sample records, JSON-ready."""
         return {"n_examples": self.n_examples, "clean_accuracy": self.clean_accuracy,
+                "worst_case_within_threat": self.worst_cases(), "not_in_any_worst_case": self.unbounded(),
                 "worst_case_accuracy": self.worst_case_accuracy, "n_clean_wrong": self.n_clean_wrong,
                 "attacks": {name: asdict(s) for name, s in self.attacks.items()},
                 "seed": self.seed, "device": self.device, "seconds": self.seconds}
@@ -375,7 +420,7 @@ def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Ten
         records[i].attacks[name] = AttackOutcome(
             attacked=True, adv_pred=pred, success=pred != records[i].label, l2=float(dist["l2"][j]),
             linf=float(dist["linf"][j]), queries=None if queries[j] is None else int(queries[j]),
-            pass_score=passes[j],
+            pass_score=passes[j], l1=float(dist["l1"][j]),
         )
     return result.adversarial
 
@@ -404,7 +449,7 @@ def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], seconds:
     return EvaluationResult(
         n_examples=n, clean_accuracy=n_correct / n, worst_case_accuracy=sum(r.robust for r in records) / n,
         n_clean_wrong=n - n_correct, attacks=summaries, records=records, seed=seed, device=str(device),
-        seconds=total_seconds,
+        seconds=total_seconds, budgets={name: attack_budget(attack) for name, attack in attacks.items()},
     )
 
 

@@ -6,7 +6,9 @@ One entry per (defense, model). Fields follow RobustBench (``link``, ``name``, `
 
 - Numbers are JSON numbers, not strings. Accuracies are in **percent** (0-100) like RobustBench,
   rounded to 4 decimals; ``eps`` is in pixel units of images in [0, 1] (8/255 is 0.0313...).
-- ``robust_acc`` is the pointwise worst case over the attack suite named by ``attack_suite``;
+- ``robust_acc`` is the pointwise worst case over the attack suite named by ``attack_suite`` within the
+  entry's threat model (``threat_model``, ``eps``): an example counts as broken only by an attack
+  bounded in that norm whose adversarial lies within eps; attacks without a budget never count.
   ``autoattack_acc`` (the same number) is present only when the suite is ``autoattack``.
   ``attack_acc`` keeps each attack's own robust accuracy.
 
@@ -31,6 +33,7 @@ from robustkit import __version__
 from robustkit.errors import RobustkitError
 from robustkit.evaluation import EvaluationResult
 from robustkit.files import atomic_write_text, jsonable
+from robustkit.threat import ThreatModel
 
 SCHEMA_FILE = "schemas/leaderboard.schema.json"
 AUTOATTACK = "autoattack"
@@ -88,7 +91,7 @@ def leaderboard_entry(result: EvaluationResult, *, defense: str, model: str, dat
         "threat_model": threat_model,
         "eps": float(eps),
         "clean_acc": _percent(result.clean_accuracy),
-        "robust_acc": _percent(result.worst_case_accuracy),
+        "robust_acc": _percent(result.worst_case_within(ThreatModel(threat_model, float(eps)))),
         "attack_suite": suite,
         "attack_acc": {k: _percent(v) for k, v in result.robust_accuracy.items()},
         "reported": None if reported is None else float(reported),

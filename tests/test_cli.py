@@ -75,6 +75,27 @@ def test_example_plugin_attack_and_command_run():
     assert run("noise-demo", "--eps", "0.25").output.strip() == "max change: 0.250"
 
 
+def test_attack_reports_the_worst_case_per_threat_and_unbounded_attacks_beside_it(tmp_path):
+    result = run("attack", "--model", "lenet", "--n-examples", "30", "--out", str(tmp_path),
+                 "--attack", "torchattacks:PGD eps=0.1 steps=3", "--attack", "torchattacks:FGSM eps=0.05",
+                 "--attack", "torchattacks:PGDL2 eps=0.5 steps=3", "--attack", "art:DeepFool max_iter=5")
+    assert result.exit_code == 0, result.output
+    rows = {line.split("  ")[0].strip(): line.split() for line in result.output.splitlines() if line.startswith("(")}
+    assert set(rows) == {"(clean)", "(worst case, linf eps 0.1)", "(worst case, linf eps 0.05)",
+                         "(worst case, l2 eps 0.5)"}
+    assert "in no worst case (no budget; their successes count at any distance): art:DeepFool" in result.output
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    within = summary["worst_case_within_threat"]
+    attacks = summary["attacks"]
+    # One attack bounded in l2: its worst case is its own accuracy; linf 0.1 takes PGD and FGSM (eps 0.05 lies
+    # inside it), linf 0.05 FGSM and whatever PGD found within 0.05.
+    assert within["l2 eps 0.5"] == attacks["torchattacks:PGDL2"]["robust_accuracy"]
+    assert within["linf eps 0.05"] <= attacks["torchattacks:FGSM"]["robust_accuracy"]
+    assert within["linf eps 0.1"] <= min(attacks["torchattacks:PGD"]["robust_accuracy"], within["linf eps 0.05"])
+    assert summary["not_in_any_worst_case"] == ["art:DeepFool"]
+    assert summary["worst_case_accuracy"] <= min(within.values())  # any distance, every attack
+
+
 def test_train_attack_and_resume_through_the_cli(tmp_path):
     out = tmp_path / "run"
     args = ["train", "--model", "lenet", "--defense", "pgd-at", "--param", "eps=0.1", "--param", "steps=2",

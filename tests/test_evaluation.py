@@ -162,7 +162,7 @@ def test_records_and_summary_files(tmp_path):
                        "attacks": {"to-zero": {"attacked": True, "adv_pred": 0, "success": True,
                                                "l2": pytest.approx(8 * 5 / 9, rel=1e-5),
                                                "linf": pytest.approx(5 / 9), "queries": None,
-                                               "pass_score": None}}}
+                                               "pass_score": None, "l1": pytest.approx(64 * 5 / 9, rel=1e-5)}}}
     assert rows[2]["clean_correct"] is False and rows[2]["attacks"]["to-zero"]["attacked"] is False
 
     with open(result.save_records(tmp_path / "records.csv"), newline="") as handle:

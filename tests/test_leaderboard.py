@@ -12,17 +12,30 @@ import torch
 
 import robustkit
 from robustkit.errors import RobustkitError
-from robustkit.evaluation import AttackSummary, EvaluationResult
+from robustkit.evaluation import AttackOutcome, AttackSummary, EvaluationResult, SampleRecord
 from robustkit.host import make_host
+from robustkit.threat import ThreatModel
 from robustkit.leaderboard import (
     leaderboard_document, leaderboard_entry, leaderboard_schema, load_leaderboard, validate_leaderboard,
     write_leaderboard,
 )
 
 
-def fake_result(clean: float = 0.9, worst: float = 0.4, per_attack: dict[str, float] | None = None) -> EvaluationResult:
-    """An evaluation result with chosen accuracies (records are not needed for the leaderboard)."""
+def fake_result(clean: float = 0.9, worst: float = 0.4, per_attack: dict[str, float] | None = None,
+                n: int = 200) -> EvaluationResult:
+    """An evaluation result with chosen accuracies, and per-sample records that give them: the first
+    ``clean * n`` examples are correct; the first attack breaks a block from ``worst * n`` on, the others a
+    block ending at ``clean * n`` (within their linf budget 8/255), so together they leave ``worst``."""
     per_attack = per_attack or {"pgd": 0.5, "square": 0.45}
+    correct, low = round(clean * n), round(worst * n)
+    records = [SampleRecord(i, 0, 0 if i < correct else 1) for i in range(n)]
+    for k, (name, acc) in enumerate(per_attack.items()):
+        broken = correct - round(acc * n)
+        block = range(low, low + broken) if k == 0 else range(correct - broken, correct)
+        for i, r in enumerate(records):
+            hit = i in block
+            r.attacks[name] = AttackOutcome(r.clean_correct, 1 if hit else r.clean_pred, hit, 0.1 if hit else 0.0,
+                                            0.01 if hit else 0.0)
     attacks = {
         name: AttackSummary(description={"name": f"torchattacks:{name.upper()}",
                                          "params": {"eps": 8 / 255, "steps": 10, "dims": (2, 10)}},
@@ -30,8 +43,11 @@ def fake_result(clean: float = 0.9, worst: float = 0.4, per_attack: dict[str, fl
                             mean_linf=None, median_linf=None, mean_queries=None, seconds=1.5)
         for name, acc in per_attack.items()
     }
-    return EvaluationResult(n_examples=200, clean_accuracy=clean, worst_case_accuracy=worst, n_clean_wrong=20,
-                            attacks=attacks, records=[], seed=3, device="cpu", seconds=12.3456)
+    result = EvaluationResult(n_examples=n, clean_accuracy=clean, worst_case_accuracy=worst, n_clean_wrong=n - correct,
+                              attacks=attacks, records=records, seed=3, device="cpu", seconds=12.3456,
+                              budgets={name: ThreatModel("linf", 8 / 255) for name in per_attack})
+    assert result.worst_case_within(ThreatModel("linf", 8 / 255)) == pytest.approx(worst)
+    return result
 
 
 def entry(**overrides):
@@ -62,6 +78,13 @@ def test_entry_fields_are_numbers_in_percent_with_provenance():
     assert p["robustkit_version"] == robustkit.__version__ and p["torch_version"] == torch.__version__
     assert p["plugin_versions"] == {"torchattacks": "0.1.0", "example": None}
     assert (p["seed"], p["n_examples"], p["device"], p["runtime_seconds"]) == (3, 200, "cpu", 12.346)
+    # robust_acc is the worst case within the entry's threat: a wider eps counts the same successes; a
+    # smaller one, or another norm, has no attack that stayed within it to answer for it.
+    assert entry(eps=0.1)["robust_acc"] == 40.0
+    with pytest.raises(RobustkitError, match="no attack of the suite stays within linf eps 0.005"):
+        entry(eps=0.005)
+    with pytest.raises(RobustkitError, match="no attack of the suite stays within l2 eps 0.5"):
+        entry(threat_model="l2", eps=0.5)
     assert p["attacks"][0] == {"name": "pgd", "attack": "torchattacks:PGD",
                                "params": {"eps": 8 / 255, "steps": 10, "dims": [2, 10]}}
     assert p["timestamp"].endswith("+00:00")
@@ -69,7 +92,7 @@ def test_entry_fields_are_numbers_in_percent_with_provenance():
 
 
 def test_percent_is_rounded_to_four_decimals():
-    e = entry(result=fake_result(clean=2 / 3, worst=1 / 3, per_attack={"pgd": 1 / 3}))
+    e = entry(result=fake_result(clean=2 / 3, worst=1 / 3, per_attack={"pgd": 1 / 3}, n=600))
     assert e["clean_acc"] == 66.6667 and e["robust_acc"] == 33.3333
 
 
@@ -96,7 +119,7 @@ def test_autoattack_suite_adds_autoattack_acc_and_only_then():
 
 def test_write_ranks_validates_and_reads_back(tmp_path):
     weak = entry(defense="none", result=fake_result(clean=0.99, worst=0.0))
-    strong = entry(defense="trades", result=fake_result(clean=0.8, worst=0.5))
+    strong = entry(defense="trades", result=fake_result(clean=0.8, worst=0.5, per_attack={"pgd": 0.6, "square": 0.55}))
     middle = entry()
     path = tmp_path / "board" / "leaderboard.json"
     doc = write_leaderboard(path, [weak, strong, middle])

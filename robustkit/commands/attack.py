@@ -19,7 +19,8 @@ from robustkit.params import parse_assignments
 
 
 def print_evaluation(result: EvaluationResult) -> None:
-    """The evaluation as a table: accuracies in percent, distortion of successful adversarials."""
+    """The evaluation as a table: accuracies in percent, distortion of successful adversarials, and the worst
+    case within each threat of the suite (attacks without a budget are listed beside it, never in it)."""
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}"
 
@@ -32,12 +33,15 @@ def print_evaluation(result: EvaluationResult) -> None:
     for name, s in result.attacks.items():
         row = [name, pct(s.robust_accuracy), pct(s.success_rate), num(s.mean_l2), num(s.median_l2)]
         rows.append(row + ([num(s.mean_pass)] if with_pass else []) + [f"{s.seconds:.1f}"])
-    if len(result.attacks) > 1:
-        rows.append(["(worst case)", pct(result.worst_case_accuracy), *blank[1:]])
+    for threat, accuracy in result.worst_cases().items():
+        rows.append([f"(worst case, {threat})", pct(accuracy), *blank[1:]])
     headers = ["attack", "accuracy %", "success %", "mean L2", "median L2"]
     echo_table(rows, headers + (["mean PASS"] if with_pass else []) + ["seconds"])
     click.echo(f"{result.n_examples} examples, {result.n_clean_wrong} misclassified before any attack, "
                f"device {result.device}, {result.seconds:.1f} s")
+    if result.unbounded():
+        click.echo(f"in no worst case (no budget; their successes count at any distance): "
+                   f"{', '.join(result.unbounded())}")
 
 
 @cli.command(name="attack")
