@@ -63,12 +63,49 @@ def test_registration_and_construction_do_not_import_torchattacks(monkeypatch):
     imported = {a.name.split(".")[0] for n in top for a in n.names} | {
         (n.module or "").split(".")[0] for n in top if isinstance(n, ast.ImportFrom)}
     assert "torchattacks" not in imported
-    # ... and registering, building and describing work with torchattacks unimportable.
+    # ... and registering and constructing work with torchattacks unimportable; describing reads the settings
+    # back from constructed torchattacks objects, so it needs the library.
     monkeypatch.setitem(sys.modules, "torchattacks", None)
     names: list[str] = []
     aa.register_attacks(lambda name, factory, **info: names.append(name))
     assert names == ["autoattack"]
-    assert len(AutoAttack(eps=0.1).describe()["fingerprint"]) == 64
+    attack = AutoAttack(eps=0.1)
+    with pytest.raises(ImportError):
+        attack.describe()
+
+
+REFERENCE = {  # the reference's settings, written out here rather than read from the plugin's catalogue
+    "apgd-ce": ("APGD", {"loss": "ce", "steps": 100, "n_restarts": 1, "eot_iter": 1, "rho": 0.75}, None),
+    "apgd-t": ("APGDT", {"steps": 100, "n_restarts": 1, "eot_iter": 1, "rho": 0.75}, 9),
+    "fab-t": ("FAB", {"multi_targeted": True, "steps": 100, "n_restarts": 1, "alpha_max": 0.1, "eta": 1.05,
+                      "beta": 0.9}, 9),
+    "square": ("Square", {"n_queries": 5000, "n_restarts": 1, "p_init": 0.8, "loss": "margin",
+                          "resc_schedule": False}, None),
+}
+
+
+@pytest.mark.parametrize("classes", [None, 10, 100])
+def test_recorded_settings_are_read_from_the_constructed_objects_and_are_the_reference(classes):
+    """Every reference setting as the torchattacks objects hold it: losing one on the way (a dropped argument,
+    torchattacks' own default of K - 1 target classes on 100 classes) fails here."""
+    settings = AutoAttack(eps=0.03, n_classes=classes).settings()
+    assert [item["name"] for item in settings["plan"]] == list(REFERENCE)
+    for item in settings["plan"]:
+        cls, params, targets = REFERENCE[item["name"]]
+        assert item["torchattacks"] == cls and item["params"] == params, item["name"]
+        assert (item["norm"], item["eps"], item["seed"]) == ("Linf", pytest.approx(0.03), 0)
+        assert item.get("n_target_classes") == targets, item["name"]
+
+
+def test_a_run_records_what_its_objects_held():
+    model = tiny_model(classes=12)
+    x, y = batch(model, n=6)
+    result = AutoAttack(eps=0.05, version="custom", steps=3, n_queries=20, n_target_classes=11)(model, x, y)
+    ran = {item["name"]: item for item in result.extra["ran"]}
+    assert set(ran) <= set(REFERENCE) and "apgd-ce" in ran
+    assert ran["apgd-ce"]["params"]["steps"] == 3
+    if "apgd-t" in ran:
+        assert ran["apgd-t"]["n_target_classes"] == 11
 
 
 def test_standard_is_exactly_the_reference_settings():
@@ -79,7 +116,7 @@ def test_standard_is_exactly_the_reference_settings():
     plan = {item["name"]: item for item in settings["plan"]}
     assert [item["name"] for item in settings["plan"]] == ["apgd-ce", "apgd-t", "fab-t", "square"]
     assert plan["apgd-ce"]["torchattacks"] == "APGD"
-    assert plan["apgd-ce"]["params"] == {"loss": "ce", "steps": 100, "n_restarts": 1, "eot_iter": 1, "rho": 0.75}
+    assert plan["apgd-ce"]["params"] == REFERENCE["apgd-ce"][1]
     assert plan["apgd-t"]["torchattacks"] == "APGDT"
     assert plan["apgd-t"]["params"]["steps"] == 100 and plan["apgd-t"]["n_target_classes"] == 9
     assert plan["apgd-t"]["params"]["n_restarts"] == 1

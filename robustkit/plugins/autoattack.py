@@ -40,8 +40,11 @@ Versions:
   refused for the named versions, so "standard" always means the original settings.
 
 Provenance: :meth:`AutoAttack.describe` (and so every evaluation summary and leaderboard entry)
-carries ``settings``, the full resolved plan with the torchattacks version, and ``fingerprint``,
-the SHA-256 of its canonical JSON; each :class:`AttackResult` carries the same in ``extra``,
+carries ``settings``, the plan as read back from the torchattacks objects it constructs (steps,
+restarts, rho, target classes, queries, schedule: what would run, not what was meant to), with the
+torchattacks version, and ``fingerprint``, the SHA-256 of its canonical JSON; describing therefore
+needs torchattacks, constructing does not. Each :class:`AttackResult` carries the same in ``extra``,
+plus ``ran``, the settings read from the objects that actually ran on that batch,
 plus which sub-attack fooled each image (``fooled_by``: name, None if none did, "clean" if it was
 wrong to begin with; ``fooled_by_index`` the same as plan indices, -1, -2), how many images each
 sub-attack received and fooled (``n_attacked``, ``n_fooled``) and its wall time (``seconds``).
@@ -103,6 +106,9 @@ VERSIONS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "rand": [("apgd-ce", {"eot_iter": 20}), ("apgd-dlr", {"eot_iter": 20})],
 }
 
+#: torchattacks' attribute for a catalogue parameter, where its name differs.
+_ATTRIBUTES = {"rho": "thr_decr", "resc_schedule": "rescale_schedule"}
+
 # Overrides only version=custom accepts: parameter -> the sub-attack argument it sets.
 _OVERRIDES = ("attacks", "steps", "n_queries", "n_target_classes", "n_restarts")
 _NORMS = {"linf": "Linf", "l2": "L2"}
@@ -159,6 +165,7 @@ class AutoAttack(Attack):
                 f"{NAME}: {', '.join(given)} can only be changed with version=custom; version="
                 f"{self.config['version']} always runs the reference settings")
         self.plan = self._plan()
+        self._settings: dict[str, Any] | None = None
 
     # -- settings and fingerprint --------------------------------------------------------------
 
@@ -194,17 +201,26 @@ class AutoAttack(Attack):
         return plan
 
     def settings(self) -> dict[str, Any]:
-        """Everything that decides what this attack computes, JSON-ready (the fingerprint's input)."""
-        return {
-            "attack": NAME,
-            "version": self.config["version"],
-            "norm": self.config["norm"],
-            "eps": float(self.config["eps"]),
-            "seed": int(self.config["seed"]),
-            "n_classes": self.config["n_classes"] if self.config["n_classes"] is not None else "from model logits",
-            "plan": copy.deepcopy(self.plan),
-            "library": f"torchattacks {library_version()}",
-        }
+        """Everything that decides what this attack computes, JSON-ready (the fingerprint's input).
+
+        The plan is read back from torchattacks objects built on a stand-in model (with ``n_classes``, or 10
+        classes when it is read from the model), so a setting lost on the way shows here.
+        """
+        if self._settings is None:
+            n_classes = int(self.config["n_classes"] or 10)
+            stand_in = nn.Linear(1, 1)
+            self._settings = {
+                "attack": NAME,
+                "version": self.config["version"],
+                "norm": self.config["norm"],
+                "eps": float(self.config["eps"]),
+                "seed": int(self.config["seed"]),
+                "n_classes": self.config["n_classes"] if self.config["n_classes"] is not None else "from model logits",
+                "plan": [observed(self.build(item, stand_in, n_classes, torch.device("cpu")), item)
+                         for item in self.plan],
+                "library": f"torchattacks {library_version()}",
+            }
+        return copy.deepcopy(self._settings)
 
     @property
     def fingerprint(self) -> str:
@@ -251,6 +267,7 @@ class AutoAttack(Attack):
         seconds: dict[str, float] = {}
         skipped: dict[str, str] = {}
         targets: dict[str, int] = {}
+        ran: list[dict[str, Any]] = []
         for index, item in enumerate(self.plan):
             name = item["name"]
             if n_classes < item["min_classes"]:
@@ -265,6 +282,7 @@ class AutoAttack(Attack):
                 continue
             tick = time.perf_counter()
             attack = self.build(item, model, n_classes, device)
+            ran.append(observed(attack, item))
             seed_everything(int(self.config["seed"]))
             x_sub, y_sub = x[todo], y[todo]
             candidate = attack(x_sub, y_sub).detach().to(device, x.dtype)
@@ -284,6 +302,7 @@ class AutoAttack(Attack):
         extra = {
             "fingerprint": fingerprint_of(self.settings()),
             "settings": settings,
+            "ran": ran,
             "fooled_by": per_image,
             "fooled_by_index": fooled_by,
             "n_attacked": n_attacked,
@@ -292,6 +311,17 @@ class AutoAttack(Attack):
             "skipped": skipped,
         }
         return AttackResult(adversarial=adv.to(images.device), extra=extra)
+
+
+def observed(attack: Any, item: dict[str, Any]) -> dict[str, Any]:
+    """One plan item's settings as the built torchattacks object holds them (``"<missing>"``: it has no such
+    attribute, so the setting cannot have reached it)."""
+    params = {p: getattr(attack, _ATTRIBUTES.get(p, p), "<missing>") for p in item["params"]}
+    out = {"name": item["name"], "torchattacks": type(attack).__name__, "params": params,
+           "norm": attack.norm, "eps": float(attack.eps), "seed": attack.seed, "min_classes": item["min_classes"]}
+    if "n_target_classes" in item:
+        out["n_target_classes"] = attack.n_target_classes
+    return out
 
 
 def _device_of(model: nn.Module, images: torch.Tensor) -> torch.device:
