@@ -99,12 +99,10 @@ def run_preset(args: argparse.Namespace) -> Any:
 
 def target_accuracy(run: Any) -> tuple[str, float]:
     """The first matching target of the run: its name and clean accuracy."""
-    from robustkit.bench.analysis import resolve_targets
-
-    name, value = resolve_targets(run.benchmark, run.records)[0]
-    if value is None:
-        raise SystemExit(f"the target {name!r} has no finished cell; rerun the benchmark")
-    return name, value
+    target = run.analysis().targets[0]
+    if target.value is None:
+        raise SystemExit(f"the target {target.name!r} has no finished cell; rerun the benchmark")
+    return target.name, target.value
 
 
 def representative(run: Any, label: str, target: float) -> dict[str, Any]:

@@ -242,6 +242,12 @@ class Analysis:
                 return t
         raise RobustkitError(f"no target {name!r}; targets: {', '.join(t.name for t in self.targets)}")
 
+    def table(self) -> dict[str, dict[str, dict[str, MatchedReading]]]:
+        """``[defense][target name][metric]``: every reading of the run."""
+        names = metrics(self.run.benchmark)
+        return {d: {t.name: {m: self.comparison(t.name, m).readings[d] for m in names} for t in self.targets}
+                for d in defenses(self.run)}
+
     def comparison(self, target: str | None = None, metric: str | None = None) -> Comparison:
         """The comparison at ``target`` (default: the first) on ``metric`` (default: the ranking metric)."""
         chosen = self.target(target)

@@ -41,16 +41,17 @@ def scaled(value: float | None, metric: str) -> str:
 
 
 def fmt(reading: MatchedReading | None, metric: str) -> str:
-    """A matched value for tables: percent for accuracies, L2 for rho, its interval, ^ when it exceeds."""
+    """A matched value for tables: percent for accuracies, L2 for rho, its interval, ^ when it exceeds, and
+    with several seeds how many reach the target."""
     if reading is None or reading.status == NOT_RUN:
         return "n/a"
+    seeds = f" ({seeds_in_range(reading)} seeds)" if reading.n_seeds > 1 else ""
     if reading.value is None:
-        return f"cannot reach (best clean {100 * reading.best_clean:.1f}%)" if reading.best_clean is not None \
-            else "cannot reach"
+        return f"cannot reach (best clean {100 * reading.best_clean:.1f}%){seeds}"
     text = scaled(reading.value, metric)
     if reading.low is not None:
         text += f" [{scaled(reading.low, metric)}, {scaled(reading.high, metric)}]"
-    return text + (" ^" if reading.status == EXCEEDS else "")
+    return text + (" ^" if reading.status == EXCEEDS else "") + seeds
 
 
 def seeds_in_range(reading: MatchedReading) -> str:

@@ -63,13 +63,11 @@ ROBUSTNESS_KEYS = ("fgm", "mim", "deepfool_rho", "deepfool_rho_median", "cw_rho"
 
 
 def matched_values(run: Any, target: str) -> dict[str, dict[str, float | None]]:
-    """Per method, the suite's metrics read off its robustness curve at ``target`` (None: out of range)."""
-    from robustkit.bench.analysis import matched
-
-    table = matched(run)
-    metrics = {"fgm": "fgm", "mim": "mim", "deepfool_rho": "deepfool:rho", "deepfool_rho_median": "deepfool:rho-median"}
-    return {label: {key: getattr(table[label][target].get(metric), "mean", None) for key, metric in metrics.items()}
-            for label in table}
+    """Per method, the suite's metrics read on its frontier at ``target`` (None: no model reaches it)."""
+    table = run.analysis().table()
+    metrics = {"fgm": "fgm", "mim": "mim", "deepfool_rho": "deepfool:rho", "deepfool_rho_median": "deepfool:rho-median",
+               "deepfool_rho_success": "deepfool:rho-success"}
+    return {label: {key: table[label][target][metric].value for key, metric in metrics.items()} for label in table}
 
 
 def cw_rho(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, device: torch.device,
@@ -206,20 +204,23 @@ def plot_cw_curves(cw: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str
 
 def tables(rows: Mapping[str, Mapping[str, Any]], cost: Mapping[str, Mapping[str, Any]], target: float) -> str:
     """The Table-2 analogue (ours and the paper's, same columns) and the training-cost table, as Markdown."""
-    header = ["method", "model", "clean", "FGM", "MIM", "DF rho", "DF median", "CW rho", "CW median", "CW broken",
-              "CW acc@eps", "BB FGM", "BB MIM", "BB DF", "BB CW"]
-    keys = ["clean", "fgm", "mim", "deepfool_rho", "deepfool_rho_median", "cw_rho", "cw_rho_median", "cw_broken",
-            "cw_accuracy_at_eps", "bb_fgm", "bb_mim", "bb_deepfool", "bb_cw"]
+    header = ["method", "model", "clean", "FGM", "MIM", "DF rho", "DF median", "DF rho-success", "CW rho",
+              "CW median", "CW broken", "CW acc@eps", "BB FGM", "BB MIM", "BB DF", "BB CW"]
+    keys = ["clean", "fgm", "mim", "deepfool_rho", "deepfool_rho_median", "deepfool_rho_success", "cw_rho",
+            "cw_rho_median", "cw_broken", "cw_accuracy_at_eps", "bb_fgm", "bb_mim", "bb_deepfool", "bb_cw"]
     ours = [[NAMES.get(label, label), row["model"]] + [row.get(k) for k in keys] for label, row in rows.items()]
     paper = [[NAMES[label], "paper"] + [p.get(k) for k in keys] for label, p in PAPER_TABLE2.items()]
     cost_keys = ["declared_passes_per_batch", "seconds_per_epoch", "ratio_to_natural", "fastest_epoch_seconds",
                  "fastest_ratio_to_natural", "paper_seconds_per_epoch", "paper_ratio_to_natural"]
     cost_rows = [[NAMES.get(label, label)] + [c[k] for k in cost_keys] for label, c in cost.items()]
     return (f"## Ours: every method at the naive model's clean accuracy {100 * target:.1f}%\n\n"
-            "clean: the target for the matched columns (FGM, MIM, DF); model: the representative that the CW and "
-            "black-box (BB) columns come from, with its own clean accuracy. '-': the target lies outside the "
-            "method's curve (not extrapolated). CW broken: successes / examples correct before the attack; "
-            "CW rho averages the successes only; CW acc@eps: accuracy left within the threat's L2 eps.\n\n" +
+            "clean: the target for the matched columns (FGM, MIM, DF), read on each method's frontier; model: the "
+            "representative that the CW and black-box (BB) columns come from, with its own clean accuracy. '-': no "
+            "model of the method reaches the target (never extrapolated). DF rho counts examples misclassified "
+            "before the attack as 0 and leaves failures out; DF rho-success averages the successes only. CW "
+            "broken: successes / examples correct before the attack; CW rho averages the successes only; CW "
+            "acc@eps: accuracy left within the threat's L2 eps. Intervals of the matched columns are in "
+            "report.md.\n\n" +
             markdown_table(header, ours) +
             "\n## Paper, Table 2 (CIFAR-100, one GPU)\n\n" + markdown_table(header, paper) +
             "\n## Training cost per epoch (ours: CPU; mean over each method's cells, and fastest epoch of any of its "

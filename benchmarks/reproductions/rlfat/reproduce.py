@@ -64,11 +64,11 @@ def table1_row(record: dict[str, Any]) -> dict[str, float]:
 
 
 def matched_rows(run: Any) -> dict[str, dict[str, Any]]:
-    """Each curve read at each target (interpolated; ``None`` where a curve does not reach it)."""
-    from robustkit.bench.analysis import matched
-
-    table = matched(run)
-    return {label: {target: {metric: (None if s is None else s.mean) for metric, s in row.items()}
+    """Each defense read at each target on its frontier: value, 95% interval and status (value ``None`` where
+    it cannot reach the target)."""
+    table = run.analysis().table()
+    return {label: {target: {metric: {"value": r.value, "low": r.low, "high": r.high, "status": r.status}
+                             for metric, r in row.items()}
                     for target, row in table[label].items()}
             for label in DEFENSES}
 
@@ -94,6 +94,15 @@ def saliency(run: Any, records: dict[str, dict[str, Any]], images: torch.Tensor,
     print(f"wrote {path}")
 
 
+def reading_text(reading: dict[str, Any]) -> str:
+    if reading["value"] is None:
+        return "-"
+    text = f"{100 * reading['value']:.1f}"
+    if reading["low"] is not None:
+        text += f" [{100 * reading['low']:.1f}, {100 * reading['high']:.1f}]"
+    return text + (" ^" if reading["status"] == "exceeds target" else "")
+
+
 def markdown(out: dict[str, Any]) -> str:
     eps = out["eval_eps"]
     t1 = out["table1_at_eval_eps"]
@@ -102,9 +111,11 @@ def markdown(out: dict[str, Any]) -> str:
     text = f"# RLFAT reproduction (written by reproduce.py)\n\n**Table 1, models trained at eps {eps:g}** (%)\n\n"
     text += markdown_table(["defense", "train eps", "clean", "PGD", "CW", "NATTACK", "paper CIFAR-10"], rows)
     for target, value in out["targets"].items():
-        text += f"\n**Table 1, matched at {target} = {100 * value:.1f}% clean** (%; '-' = curve does not reach it)\n\n"
-        rows = [[label] + [None if out["matched"][label][target][m] is None else 100 * out["matched"][label][target][m]
-                           for m in ATTACKS + ("worst-case",)] for label in DEFENSES]
+        text += (f"\n**Table 1, matched at {target} = {100 * value:.1f}% clean** (%, read on each defense's "
+                 "frontier, [95% paired bootstrap interval]; ^ every model is more accurate than the target; "
+                 "'-' = no model reaches it)\n\n")
+        rows = [[label] + [reading_text(out["matched"][label][target][m]) for m in ATTACKS + ("worst-case",)]
+                for label in DEFENSES]
         text += markdown_table(["defense", "PGD", "CW", "NATTACK", "worst case"], rows)
     text += "\n**Accuracy on block-shuffled test images** (RBS, k = 2; %)\n\n"
     text += markdown_table(["defense"] + list(DEFENSES), [["RBS(x)"] + [100 * out["rbs_accuracy"][d] for d in DEFENSES]])
@@ -123,7 +134,6 @@ def main(argv: list[str] | None = None) -> None:
     run = run_preset(args)
     publish(run, results)
     started = time.perf_counter()
-    from robustkit.bench.analysis import resolve_targets
     from robustkit.sensitivity import sensitivity_table
 
     target_accuracy(run)  # fails clearly when the natural cell is missing
@@ -131,7 +141,7 @@ def main(argv: list[str] | None = None) -> None:
     images, labels = test_data(run, run.benchmark["evaluation"]["n_examples"], data_root=args.data_root)
     out: dict[str, Any] = {
         "eval_eps": run.benchmark["threat"]["eps"], "n_examples": int(labels.shape[0]),
-        "targets": dict(resolve_targets(run.benchmark, run.records)),
+        "targets": {t.name: t.value for t in run.analysis().targets},
         "table1_at_eval_eps": {label: table1_row(r) for label, r in records.items()},
         "matched": matched_rows(run),
         "loss_sensitivity": {label: sensitivity_table(load_cell_model(run, r), images, labels)
