@@ -47,7 +47,9 @@ from robustkit.cli import cli
 from robustkit.compat import tomllib
 from robustkit.errors import RobustkitError
 from robustkit.evaluation import AttackOutcome, SampleRecord, _result
+from robustkit.attacks import Attack, AttackResult
 from robustkit.host import make_host
+from robustkit.params import Param
 from robustkit.protocol import Point, read_at
 from robustkit.store import ResultStore, cell_key
 
@@ -429,6 +431,39 @@ def test_third_party_plugin_registers_a_preset(tmp_path, host, no_timm):
     assert "my-bench" in result.output and "my-plugin" in result.output
     result = invoke(mine, ["bench", "show", "my-bench"])
     assert result.exit_code == 0 and result.output.startswith("mine: ")
+
+
+class OverBudget(Attack):
+    """Claims linf eps but returns the image pushed 3 eps towards the far end of [0, 1]: out of budget."""
+
+    name = "over-budget"
+    threat_models = ("linf",)
+    params = (Param("eps", float, 0.1, "claimed budget"),)
+
+    def perturb(self, model, images, labels, target_labels=None):
+        return AttackResult((images + torch.where(images < 0.5, 3.0, -3.0) * self.config["eps"]).clamp(0, 1))
+
+
+def test_an_attack_returning_images_outside_the_threat_is_flagged_and_not_counted(tmp_path, host, no_timm):
+    plugin = types.ModuleType("liar_plugin")
+    plugin.register_attacks = hookimpl(lambda register: register("over-budget", OverBudget))
+    liar = make_host(plugins=[("liar", plugin)])
+    text = edited(TINY, ('name = "art:DeepFool"\nlabel = "deepfool"\nparams = {max_iter = 10, batch_size = 64, '
+                         'verbose = false}', 'name = "over-budget"\nlabel = "liar"'),
+                  ("sweep = [0.05, 0.1]", "sweep = [0.1]"), ("eps_curve = [0.05, 0.2]", "eps_curve = []"))
+    spec = load_spec(str(write(tmp_path, text)), liar)
+    summary = run_benchmark(spec, tmp_path / "out", liar, say=lambda line: None)
+    assert not summary.failed
+    for record in load_run(tmp_path / "out").records:
+        liar_facts = record["attacks"]["liar"]
+        fooled_anywhere = liar_facts["n_success"]
+        assert fooled_anywhere > 0 and liar_facts["n_outside_threat"] == fooled_anywhere
+        assert liar_facts["robust_accuracy"] == record["clean_accuracy"]  # none of its successes count
+        assert record["worst_case_accuracy"] == record["attacks"]["pgd"]["robust_accuracy"]
+        assert record["threat_flags"] == [f"liar: {fooled_anywhere} successful adversarial(s) outside the threat "
+                                          "linf eps 0.1, counted as not broken"]
+    write_report(tmp_path / "out")
+    assert "outside the threat" in (tmp_path / "out" / "report.md").read_text()
 
 
 def test_broken_preset_file_is_a_plugin_failure(tmp_path, no_timm):

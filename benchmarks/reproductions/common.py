@@ -58,6 +58,8 @@ def parse_args(preset: str, description: str, argv: Sequence[str] | None = None)
     parser.add_argument("--dataset", default=None, help="run on this registered dataset instead of digits")
     parser.add_argument("--data-root", type=Path, default=None, help="folder holding the real dataset files")
     parser.add_argument("--jobs", type=int, default=1, help="benchmark cells run in parallel processes")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads of every cell (default: one per core; the numbers depend on it)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--results", type=Path, default=None,
                         help="where result files go (default: results/ beside reproduce.py, results-DATASET/ "
@@ -87,7 +89,7 @@ def run_preset(args: argparse.Namespace) -> Any:
     host = get_host()
     spec = load_spec(args.preset, host, data_root=str(args.data_root) if args.data_root else None,
                      dataset=args.dataset)
-    summary = run_benchmark(spec, args.out, host, jobs=args.jobs, device=args.device)
+    summary = run_benchmark(spec, args.out, host, jobs=args.jobs, device=args.device, threads=args.threads)
     if summary.failed:
         name, error = next(iter(summary.failed.items()))
         fail(f"{len(summary.failed)} cells failed (first: {name}: {error}); the others are recorded in "
