@@ -562,6 +562,20 @@ def test_rerun_recomputes_nothing(e2e, host, monkeypatch):
             if p.is_file()} == before
 
 
+def test_a_folder_keeps_one_numeric_environment(e2e, host):
+    out, spec, _ = e2e
+    recorded = json.loads((out / "benchmark.json").read_text())["environment"]
+    assert recorded == {"device": "cpu", "threads": torch.get_num_threads(), "dtype": "float32",
+                        "torch": torch.__version__}
+    other = torch.get_num_threads() + 1
+    with pytest.raises(RobustkitError, match=rf"different numeric environment \(threads {recorded['threads']} vs "
+                                             rf"{other}, recorded vs now\); pass --threads {recorded['threads']}"):
+        run_benchmark(spec, out, host, threads=other, say=lambda line: None)
+    result = invoke(host, ["bench", "run", str(spec.source), "--out", str(out), "--threads", str(other)])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert json.loads((out / "benchmark.json").read_text())["environment"] == recorded  # nothing rewritten
+
+
 def test_changed_attack_reevaluates_without_retraining(e2e, host, tmp_path, monkeypatch):
     out, spec, _ = e2e
     copy_ = tmp_path / "out"
