@@ -92,8 +92,9 @@ def _coerce(value: Any, kind: type, what: str) -> Any:
             return float(eval_fraction(value) if isinstance(value, str) else value)
         if kind is str:
             return str(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{what} must be of type {kind.__name__}, got {value!r}") from None
+    except (TypeError, ValueError) as err:
+        reason = f" ({err})" if "divides by zero" in str(err) else ""
+        raise ParameterError(f"{what} must be of type {kind.__name__}, got {value!r}{reason}") from None
     return value
 
 
@@ -102,7 +103,10 @@ def eval_fraction(text: str) -> float:
     text = text.strip()
     if "/" in text:
         num, _, den = text.partition("/")
-        return float(num) / float(den)
+        numerator, denominator = float(num), float(den)
+        if denominator == 0:
+            raise ValueError(f"{text!r} divides by zero")
+        return numerator / denominator
     return float(text)
 
 
@@ -113,6 +117,9 @@ def parse_assignments(pairs: Iterable[str], what: str = "--param") -> dict[str, 
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ParameterError(f"{what} expects key=value, got {pair!r}")
+        if key.strip() in out:
+            raise ParameterError(f"{what}: '{key.strip()}' is given twice ({out[key.strip()]!r} and {value.strip()!r}); "
+                                 "give it once")
         out[key.strip()] = value.strip()
     return out
 

@@ -149,7 +149,7 @@ def markdown(run: BenchmarkRun, images: list[str]) -> str:
         comparison = analysis.comparison(target.name, rank_by)
         out += [f"### {target_title(comparison)[0].upper()}{target_title(comparison)[1:]}", "",
                 f"Ranked by `{rank_by}`.", "",
-                "| rank | defense | " + " | ".join(cols) + " | seeds in range | from models (clean %) |",
+                "| rank | defense | " + " | ".join(cols) + f" | seeds in range | {rank_by} read from (clean %) |",
                 "|---" * (len(cols) + 4) + "|"]
         for place in comparison.ranking:
             cells = [fmt(analysis.comparison(target.name, m).readings[place.name], m) for m in cols]

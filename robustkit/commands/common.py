@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from robustkit.data import ImageDataset
-from robustkit.params import parse_assignments, parse_spec
+from robustkit.params import eval_fraction, parse_assignments, parse_spec
 
 
 def device_option(f: Callable) -> Callable:
@@ -22,8 +23,30 @@ def precision_options(f: Callable) -> Callable:
                         help="Mixed precision: bf16 or fp16 autocast (fp16 scales the loss).")(f)
 
 
+#: Seeds torch, NumPy and Python all accept.
+SEED_RANGE = click.IntRange(0, 2**63 - 1)
+
+
+class Fraction(click.ParamType):
+    """A number written as ``0.3``, ``8/255`` or ``1e-3`` (eps values), checked by click: one line, exit 2."""
+
+    name = "number"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            number = eval_fraction(str(value))
+        except ValueError as err:
+            self.fail(f"{value!r} is not a number like 0.3 or 8/255 ({err})", param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not finite", param, ctx)
+        return number
+
+
 def seed_option(f: Callable) -> Callable:
-    return click.option("--seed", type=int, default=0, show_default=True, help="Seed for everything random.")(f)
+    return click.option("--seed", type=SEED_RANGE, default=0, show_default=True,
+                        help="Seed for everything random.")(f)
 
 
 def data_options(f: Callable) -> Callable:

@@ -7,11 +7,12 @@ from pathlib import Path
 import click
 
 from robustkit.cli import cli, echo_table
-from robustkit.commands.common import data_options, device_option, load_dataset, precision_options, seed_option
+from robustkit.commands.common import (Fraction, data_options, device_option, load_dataset, precision_options,
+                                      seed_option)
 from robustkit.devices import seed_everything
 from robustkit.host import get_host
 from robustkit.models import build_model
-from robustkit.params import eval_fraction, parse_assignments
+from robustkit.params import parse_assignments
 from robustkit.training import TrainConfig, train as run_training
 
 
@@ -32,7 +33,7 @@ from robustkit.training import TrainConfig, train as run_training
 @click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default="constant", show_default=True)
 @click.option("--val-examples", type=int, default=500, show_default=True,
               help="Test images to check after each epoch (0: none).")
-@click.option("--val-eps", default=None,
+@click.option("--val-eps", type=Fraction(), default=None,
               help="Linf eps of the per-epoch PGD check; default: the defense's eps if it has one, else off.")
 @seed_option
 @device_option
@@ -67,7 +68,7 @@ def train(model_name, model_params, dataset_name, data_root, dataset_params, def
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, val_examples=val_examples,
         precision=precision, channels_last=channels_last,
-        val_eps=eval_fraction(str(val_eps)) if val_eps is not None else None,
+        val_eps=val_eps,
         out_dir=out_dir or Path("runs") / f"{dataset_name}-{model_name.replace(':', '_')}-{defense_name}-s{seed}",
     )
     config.check()
