@@ -225,11 +225,33 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise RobustkitError(f"{meta_path} is not a robustkit checkpoint (no \"format\": \"{FORMAT}\")")
-    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise RobustkitError(
-            f"{meta_path} was written by a newer robustkit (format {meta['format_version']}); upgrade robustkit"
-        )
+    version = meta.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise RobustkitError(f"{meta_path}: format_version is {version!r}, not a whole number; the checkpoint is "
+                             "damaged: retrain or restore it")
+    if version > FORMAT_VERSION:
+        raise RobustkitError(f"{meta_path} was written by a newer robustkit (format {version}); upgrade robustkit")
+    _check_files(meta.get("files"), meta_path)
     return meta
+
+
+def _check_files(files: Any, meta_path: Path) -> None:
+    """The ``files`` entry names plain files beside the JSON: no folders, no way out of the checkpoint's own."""
+    if files is None:
+        return
+    if not isinstance(files, dict):
+        raise RobustkitError(f"{meta_path}: \"files\" must be a table of file names, got {type(files).__name__}; "
+                             "the checkpoint is damaged: retrain or restore it")
+    for key in ("weights", "state"):
+        name = files.get(key)
+        if name is None:
+            continue
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise RobustkitError(f"{meta_path}: files.{key} is {name!r}; it must be a file name beside the JSON (no "
+                                 "folders, no absolute paths): the checkpoint is damaged or was tampered with")
+    for key in ("weights_sha256", "state_sha256"):
+        if files.get(key) is not None and not isinstance(files.get(key), str):
+            raise RobustkitError(f"{meta_path}: files.{key} must be a checksum string; the checkpoint is damaged")
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -239,6 +261,11 @@ def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, An
     files = meta.get("files") or {}
     weights_path = paths.meta.with_name(files.get("weights") or paths.weights.name)
     tensors, _ = _read_tensors(weights_path, files.get("weights_sha256"), paths.meta)
+    broken = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if broken:
+        raise RobustkitError(f"{weights_path} holds NaN or infinite weights ({_few(broken)}): the training that wrote "
+                             "it diverged; retrain (a lower learning rate, or an eps warm-up) or use an earlier "
+                             "checkpoint")
     _load_strict(model, tensors, weights_path)
     return meta
 

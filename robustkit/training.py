@@ -309,7 +309,12 @@ def _resume(paths: CheckpointPaths, identity: dict[str, Any], model: nn.Module, 
         defense.load_state_dict(state)
     if scaler is not None and meta.get("grad_scaler"):
         scaler.load_state_dict(meta["grad_scaler"])
-    return [dict(row) for row in meta.get("history") or []]
+    history = meta.get("history") or []
+    if not isinstance(history, list) or not all(isinstance(row, dict) and isinstance(row.get("epoch"), int)
+                                                for row in history):
+        raise RobustkitError(f"{paths.meta}: its training history is damaged (not a list of epochs); use --no-resume "
+                             "to train again, or a new --out")
+    return [dict(row) for row in history]
 
 
 def _differences(stored: Any, current: Any, prefix: str = "", limit: int = 3) -> str:

@@ -1,18 +1,26 @@
 """Bad inputs through the CLI, as a careless user or an attacker types them: every one ends in one line on
 stderr naming what is wrong, exit code 2, and no traceback.
 
-Each case is ``(id, argv, fragment of the message)``; files a case needs are written by ``prepare`` into the
-test's folder (``{tmp}`` in argv is replaced by it).
+Each case is ``(id, argv, fragment of the message)``; files the cases need are written once per module into a
+shared folder (``{tmp}`` in argv is replaced by it), around one tiny trained checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pytest
+import safetensors.torch
+import torch
 from click.testing import CliRunner
 
 from robustkit.cli import cli
+
+TRAIN = ["train", "--model", "lenet", "--model-param", "width=0.25", "--epochs", "1", "--val-examples", "0"]
+FGSM = ["--attack", "torchattacks:FGSM eps=0.1", "--n-examples", "10"]
 
 TINY_SPEC = """\
 name = "probe"
@@ -57,17 +65,57 @@ CASES = [
     ("missing-argument", ["bench", "show"], "Missing argument 'SPEC'"),
     ("defense-param-twice", ["train", "--model", "lenet", "--defense", "pgd-at", "--param", "eps=0.1", "--param",
                              "eps=0.2"], "'eps' is given twice"),
+    # checkpoints edited, damaged or tampered with
+    ("checkpoint-weights-outside", ["attack", "{tmp}/ck-dotdot/last.json", *FGSM],
+     "files.weights is '../x.safetensors'; it must be a file name beside the JSON"),
+    ("checkpoint-weights-absolute", ["attack", "{tmp}/ck-absolute/last.json", *FGSM],
+     "files.weights is '/etc/passwd'; it must be a file name beside the JSON"),
+    ("checkpoint-format-version", ["attack", "{tmp}/ck-version/last.json", *FGSM],
+     "format_version is 'abc', not a whole number"),
+    ("checkpoint-files-not-a-table", ["attack", "{tmp}/ck-files/last.json", *FGSM],
+     '"files" must be a table of file names, got str'),
+    ("checkpoint-nan-weights", ["attack", "{tmp}/ck-nan/last.json", *FGSM], "holds NaN or infinite weights"),
+    ("checkpoint-history-string", [*TRAIN, "--out", "{tmp}/ck-history"], "its training history is damaged"),
+    ("checkpoint-history-number", [*TRAIN, "--out", "{tmp}/ck-history-5"], "its training history is damaged"),
 ]
 
 
-def prepare(folder: Path) -> None:
+def _edited_checkpoint(base: Path, folder: Path, edit) -> None:
+    shutil.copytree(base, folder)
+    meta = json.loads((folder / "last.json").read_text())
+    edit(meta)
+    (folder / "last.json").write_text(json.dumps(meta))
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("probe")
     (folder / "big-seed.toml").write_text(TINY_SPEC.replace("seeds = [0]", "seeds = [99999999999999999999]"))
+    trained = CliRunner().invoke(cli, [*TRAIN, "--out", str(folder / "ck")])
+    assert trained.exit_code == 0, trained.output
+    base = folder / "ck"
+    _edited_checkpoint(base, folder / "ck-dotdot", lambda m: m["files"].update(weights="../x.safetensors"))
+    _edited_checkpoint(base, folder / "ck-absolute", lambda m: m["files"].update(weights="/etc/passwd"))
+    _edited_checkpoint(base, folder / "ck-version", lambda m: m.update(format_version="abc"))
+    _edited_checkpoint(base, folder / "ck-files", lambda m: m.update(files="x"))
+    _edited_checkpoint(base, folder / "ck-history", lambda m: m.update(history="abc"))
+    _edited_checkpoint(base, folder / "ck-history-5", lambda m: m.update(history=5))
+    # All weights NaN, with a checksum that matches: what a diverged run leaves.
+    nan = folder / "ck-nan"
+    shutil.copytree(base, nan)
+    tensors = safetensors.torch.load_file(nan / "last.safetensors")
+    safetensors.torch.save_file({k: torch.full_like(v, float("nan")) for k, v in tensors.items()},
+                                nan / "last.safetensors", {"format": "robustkit-checkpoint"})
+    _edited_checkpoint(nan, folder / "ck-nan-fixed", lambda m: m["files"].update(
+        weights_sha256=hashlib.sha256((nan / "last.safetensors").read_bytes()).hexdigest()))
+    shutil.rmtree(nan)
+    (folder / "ck-nan-fixed").rename(nan)
+    return folder
 
 
 @pytest.mark.parametrize("argv, fragment", [pytest.param(a, f, id=i) for i, a, f in CASES])
-def test_bad_input_is_one_line_with_exit_code_2(tmp_path, argv, fragment):
-    prepare(tmp_path)
-    result = CliRunner().invoke(cli, [a.replace("{tmp}", str(tmp_path)) for a in argv])
+def test_bad_input_is_one_line_with_exit_code_2(workspace, argv, fragment):
+    result = CliRunner().invoke(cli, [a.replace("{tmp}", str(workspace)) for a in argv])
     assert result.exit_code == 2, (result.output, result.exception)
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
