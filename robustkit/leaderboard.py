@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
@@ -142,13 +143,20 @@ def validate_leaderboard(doc_or_path: dict[str, Any] | str | Path) -> dict[str, 
     if isinstance(doc_or_path, (str, Path)):
         where = str(doc_or_path)
         try:
-            doc = json.loads(Path(doc_or_path).read_text(encoding="utf-8"))
+            doc = json.loads(Path(doc_or_path).read_text(encoding="utf-8"), parse_constant=_no_constant)
         except OSError as err:
             raise RobustkitError(f"{where}: cannot read: {err.strerror or err}") from None
+        except UnicodeDecodeError:
+            raise RobustkitError(f"{where}: not a text file (not UTF-8); give a leaderboard JSON file") from None
         except json.JSONDecodeError as err:
             raise RobustkitError(f"{where}: not JSON: {err.msg} at line {err.lineno} column {err.colno}") from None
+        except ValueError as err:
+            raise RobustkitError(f"{where}: {err}") from None
     else:
         doc = doc_or_path
+    bad = _first_non_finite(doc, "$")
+    if bad is not None:
+        raise RobustkitError(f"{where}: {bad}: a number must be finite (NaN or infinity found)")
     validator = jsonschema.Draft202012Validator(leaderboard_schema())
     error = jsonschema.exceptions.best_match(validator.iter_errors(doc))
     if error is not None:
@@ -156,6 +164,13 @@ def validate_leaderboard(doc_or_path: dict[str, Any] | str | Path) -> dict[str, 
         if len(message) > 200:
             message = message[:197] + "..."
         raise RobustkitError(f"{where}: {error.json_path}: {message}")
+    if "benchmark" in doc:
+        for i, entry in enumerate(doc["entries"]):
+            theirs = entry["provenance"].get("protocol_fingerprint")
+            if theirs != doc["benchmark"]["fingerprint"]:
+                raise RobustkitError(f"{where}: $.entries[{i}].provenance.protocol_fingerprint is {theirs!r}, but the "
+                                     f"file's benchmark.fingerprint is {doc['benchmark']['fingerprint']!r}; an entry "
+                                     "made under another protocol does not belong in this file")
     seen: dict[tuple[str, str], int] = {}
     for i, entry in enumerate(doc["entries"]):
         key = (entry["defense"], entry["model"])
@@ -164,6 +179,27 @@ def validate_leaderboard(doc_or_path: dict[str, Any] | str | Path) -> dict[str, 
                                  f"appears at $.entries[{seen[key]}]; keep one entry per (defense, model)")
         seen[key] = i
     return doc
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number a leaderboard may hold (values must be finite)")
+
+
+def _first_non_finite(value: Any, path: str) -> str | None:
+    """The JSON path of the first NaN or infinite number in ``value`` (None: there is none)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _first_non_finite(item, f"{path}.{key}")
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _first_non_finite(item, f"{path}[{i}]")
+            if found:
+                return found
+    return None
 
 
 def write_leaderboard(path: str | Path, entries: Iterable[dict[str, Any]]) -> dict[str, Any]:

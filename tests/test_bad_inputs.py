@@ -77,6 +77,19 @@ CASES = [
     ("checkpoint-nan-weights", ["attack", "{tmp}/ck-nan/last.json", *FGSM], "holds NaN or infinite weights"),
     ("checkpoint-history-string", [*TRAIN, "--out", "{tmp}/ck-history"], "its training history is damaged"),
     ("checkpoint-history-number", [*TRAIN, "--out", "{tmp}/ck-history-5"], "its training history is damaged"),
+    ("attack-at-another-size", ["attack", "{tmp}/ck/last.json", *FGSM, "--dataset-param", "resize=28"],
+     "was trained on 8x8 grey images, but the dataset gives 28x28 grey"),
+    # specs
+    ("spec-nan-target", ["bench", "show", "{tmp}/nan-target.toml"],
+     "$.protocol.targets[0]: a target clean accuracy must be in (0, 1], got nan"),
+    ("spec-target-above-1", ["bench", "show", "{tmp}/big-target.toml"], "99 is greater than the maximum of 1"),
+    # leaderboards
+    ("leaderboard-binary", ["leaderboard", "validate", "{tmp}/binary.json"], "not a text file (not UTF-8)"),
+    ("leaderboard-merge-binary", ["leaderboard", "merge", "{tmp}/binary.json", "{tmp}/binary.json", "-o",
+                                  "{tmp}/merged.json"], "not a text file"),
+    ("leaderboard-nan", ["leaderboard", "validate", "{tmp}/nan.json"], "NaN is not a number a leaderboard may hold"),
+    ("leaderboard-merge-nan", ["leaderboard", "merge", "{tmp}/nan.json", "{tmp}/nan.json", "-o", "{tmp}/merged.json"],
+     "NaN is not a number"),
 ]
 
 
@@ -91,6 +104,12 @@ def _edited_checkpoint(base: Path, folder: Path, edit) -> None:
 def workspace(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("probe")
     (folder / "big-seed.toml").write_text(TINY_SPEC.replace("seeds = [0]", "seeds = [99999999999999999999]"))
+    (folder / "nan-target.toml").write_text(TINY_SPEC.replace('targets = ["natural"]', "targets = [nan]"))
+    (folder / "big-target.toml").write_text(TINY_SPEC.replace('targets = ["natural"]', "targets = [99]"))
+    (folder / "binary.json").write_bytes(bytes(range(256)) * 4)
+    (folder / "nan.json").write_text('{"schema": "robustkit-leaderboard", "schema_version": 2, "entries": [], '
+                                     '"generated": "2026-01-01T00:00:00", "units": {"accuracy": "percent", '
+                                     '"eps": "pixel"}, "extra": NaN}')
     trained = CliRunner().invoke(cli, [*TRAIN, "--out", str(folder / "ck")])
     assert trained.exit_code == 0, trained.output
     base = folder / "ck"

@@ -152,6 +152,19 @@ def test_merge_refuses_a_different_protocol(two_runs):
         merge_leaderboards([("a", doc), ("plain", plain)])
 
 
+def test_validate_refuses_entries_of_another_protocol_and_non_finite_numbers(two_runs):
+    doc = export_leaderboard(two_runs[0])
+    other = copy.deepcopy(doc)
+    other["benchmark"]["fingerprint"] = "0" * 20
+    with pytest.raises(RobustkitError, match=r"\$\.entries\[0\]\.provenance\.protocol_fingerprint is '[0-9a-f]+', "
+                                             "but the file's benchmark.fingerprint is '0+'"):
+        validate_leaderboard(other)
+    nan = copy.deepcopy(doc)
+    nan["entries"][0]["points"][0]["clean_acc"] = float("nan")
+    with pytest.raises(RobustkitError, match=r"\$\.entries\[0\]\.points\[0\]\.clean_acc: a number must be finite"):
+        validate_leaderboard(nan)
+
+
 def test_a_benchmark_export_without_its_points_is_invalid(two_runs, tmp_path, host):
     """Merging re-ranks from the raw points: a benchmark file that lost them fails validation, not merge."""
     doc = export_leaderboard(two_runs[0])

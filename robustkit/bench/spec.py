@@ -341,6 +341,8 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
     protocol = doc.get("protocol", {})
     targets = tuple(protocol.get("targets", ["natural"] if any(d.label == "natural" for d in defenses) else []))
     for i, target in enumerate(targets):
+        if not isinstance(target, str) and not 0 < target <= 1:  # NaN fails this too
+            raise fail(f"$.protocol.targets[{i}]", f"a target clean accuracy must be in (0, 1], got {target}")
         if isinstance(target, str) and target not in {d.label for d in defenses}:
             raise fail(f"$.protocol.targets[{i}]", f"{target!r} is neither an accuracy nor a defense label of this "
                        f"spec; labels: {', '.join(d.label for d in defenses)}")

@@ -94,6 +94,12 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
         params.update(parse_assignments(dataset_params, "--dataset-param"))
         dataset = load_dataset(host, name, params, data_root)
         model = load_model(checkpoint, host)
+        trained_on = model.spec.dataset.input_shape if getattr(model, "spec", None) is not None else None
+        if trained_on is not None and tuple(dataset.info.input_shape) != tuple(trained_on):
+            raise RobustkitError(
+                f"{checkpoint} was trained on {_shape(trained_on)} images, but the dataset gives "
+                f"{_shape(dataset.info.input_shape)}; attack it on data of its own size (drop --dataset-param "
+                "resize, or pass the resize it was trained with)")
     else:
         dataset = load_dataset(host, dataset_name or "digits", dataset_params, data_root)
         seed_everything(seed)
@@ -113,6 +119,11 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
         click.echo(f"wrote {out_dir / 'summary.json'} and {out_dir / 'records.jsonl'}")
     if keep:
         write_grid(result, grid_path, class_names=dataset.info.class_names)
+
+
+def _shape(shape: tuple[int, ...]) -> str:
+    channels, height, width = shape
+    return f"{height}x{width} {'grey' if channels == 1 else f'{channels}-channel'}"
 
 
 def write_grid(result: EvaluationResult, path: Path, class_names: tuple[str, ...] = ()) -> None:
