@@ -35,9 +35,10 @@ class RobustkitGroup(click.Group):
             return
         for name in self._plugin_command_names:
             self.commands.pop(name, None)
-        before = set(self.commands)
-        host.add_commands(self)
-        self._plugin_command_names = tuple(set(self.commands) - before)
+        added = host.add_commands(self)
+        for name, plugin in added.items():
+            _guard(self.commands[name], plugin)
+        self._plugin_command_names = tuple(added)
         self._plugin_commands_for = id(host)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -78,6 +79,24 @@ class RobustkitGroup(click.Group):
                             "permissions (results written before this point are kept)") from None
         except KeyboardInterrupt:
             raise UserError("interrupted; finished results were kept, rerun the same command to continue") from None
+
+
+def _guard(command: click.Command, plugin: str) -> None:
+    """Make a plugin command's crash one line that names the plugin (its own user errors pass through)."""
+    original = command.invoke
+
+    def invoke(ctx: click.Context) -> Any:
+        try:
+            return original(ctx)
+        except (RobustkitError, click.ClickException, click.exceptions.Exit, click.exceptions.Abort,
+                KeyboardInterrupt):
+            raise
+        except Exception as err:
+            lines = f"{type(err).__name__}: {err}".strip().splitlines()
+            raise UserError(f"command '{command.name}' of plugin '{plugin}' failed ({lines[0]}); report it to the "
+                            f"plugin's authors, or skip the plugin with ROBUSTKIT_BLOCK_PLUGINS={plugin}") from None
+
+    command.invoke = invoke  # type: ignore[method-assign]
 
 
 @click.group(cls=RobustkitGroup)

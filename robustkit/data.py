@@ -94,3 +94,12 @@ def check_images(images: torch.Tensor, labels: torch.Tensor | None = None, *, wh
             raise InputError(f"labels must be a 1-D tensor with one label per image ({images.shape[0]}), got {got}")
         if labels.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
             raise InputError(f"labels must be integer class indices, got dtype {labels.dtype}")
+
+
+def check_labels(labels: torch.Tensor, info: "DatasetInfo") -> None:
+    """Raise :class:`InputError` unless every label is a class of ``info`` (0 .. num_classes - 1)."""
+    outside = labels[(labels < 0) | (labels >= info.num_classes)]
+    if outside.numel():
+        raise InputError(f"dataset '{info.name}' has label {int(outside[0])}, outside its {info.num_classes} classes "
+                         f"(0..{info.num_classes - 1}): its labels and its class count disagree; fix the dataset "
+                         "or its plugin")

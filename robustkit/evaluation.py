@@ -385,7 +385,13 @@ def _predict(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
 
 
 def _clean_records(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, offset: int) -> list[SampleRecord]:
-    preds = _predict(model, images).tolist()
+    with torch.no_grad():
+        out = logits(model, images)
+    outside = labels[(labels < 0) | (labels >= out.shape[1])]
+    if outside.numel():
+        raise InputError(f"label {int(outside[0])} is not one of the model's {out.shape[1]} classes "
+                         f"(0..{out.shape[1] - 1}); the data and the model disagree")
+    preds = out.argmax(dim=1).tolist()
     return [SampleRecord(offset + i, int(y), int(p)) for i, (y, p) in enumerate(zip(labels.tolist(), preds))]
 
 

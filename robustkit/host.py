@@ -21,6 +21,7 @@ from typing import Any, Iterable
 import pluggy
 
 from robustkit import hookspecs
+from robustkit.errors import PluginError
 from robustkit.registry import Entry, Registry
 
 ENTRY_POINT_GROUP = "robustkit"
@@ -89,7 +90,11 @@ class Host:
     def _load_entry_points(self) -> None:
         only = _env_names("ROBUSTKIT_LOAD_PLUGINS")
         blocked = _env_names("ROBUSTKIT_BLOCK_PLUGINS") or set()
-        for ep in sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
+        for name in sorted((only or set()) - {ep.name for ep in found}):
+            self.failures.append(PluginFailure(name, "load", "ROBUSTKIT_LOAD_PLUGINS names it, but no installed plugin "
+                                               f"has that name (installed: {', '.join(ep.name for ep in found)})"))
+        for ep in found:
             if (only is not None and ep.name not in only) or ep.name in blocked:
                 continue
             dist = getattr(ep, "dist", None)
@@ -114,7 +119,7 @@ class Host:
         self.records[name] = PluginRecord(name, distribution, version, module, hooks)
 
     def _fill_registry(self, hook_name: str, kind: str) -> Registry[Any]:
-        registry: Registry[Any] = Registry(kind, LIST_COMMANDS.get(kind))
+        registry: Registry[Any] = Registry(kind, LIST_COMMANDS.get(kind), returns=_returns(kind))
         caller = getattr(self.pm.hook, hook_name)
         for impl in caller.get_hookimpls():  # registration order: the first plugin wins a duplicate
             record = self.records[impl.plugin_name]
@@ -144,18 +149,32 @@ class Host:
                 record.registered.setdefault(kind, []).extend(added)
         return registry
 
-    def add_commands(self, cli: Any) -> None:
-        """Let each plugin add CLI commands; one that raises is reported and skipped."""
+    def add_commands(self, cli: Any) -> dict[str, str]:
+        """Let each plugin add CLI commands; return ``{command: plugin}`` of those added.
+
+        A plugin that raises, or that replaces a command already there (a built-in's or another plugin's),
+        is reported (``robustkit plugins`` lists it) and its commands are left out.
+        """
+        added: dict[str, str] = {}
         for impl in self.pm.hook.register_commands.get_hookimpls():
             before = dict(cli.commands)
             try:
                 impl.function(cli=cli)
+                replaced = sorted(name for name, command in before.items() if cli.commands.get(name) is not command)
+                if replaced:
+                    raise PluginError(f"it replaces the command(s) {', '.join(replaced)}; a plugin may add "
+                                      "commands, not take over existing ones")
             except Exception as err:
                 cli.commands.clear()
                 cli.commands.update(before)
-                failure = PluginFailure(impl.plugin_name, "register_commands", _one_line(err))
-                self.failures.append(failure)
-                print(f"robustkit: warning: {failure.message()}", file=sys.stderr)
+                failure = PluginFailure(impl.plugin_name, "register_commands",
+                                        str(err) if isinstance(err, PluginError) else _one_line(err))
+                if failure not in self.failures:
+                    self.failures.append(failure)
+                    print(f"robustkit: warning: {failure.message()}", file=sys.stderr)
+                continue
+            added.update({name: impl.plugin_name for name in set(cli.commands) - set(before)})
+        return added
 
     # -- use ---------------------------------------------------------------------------------
 
@@ -187,6 +206,18 @@ class Host:
         """Print one line per broken plugin (stderr by default)."""
         for failure in self.failures:
             print(f"robustkit: warning: {failure.message()}", file=stream or sys.stderr)
+
+
+def _returns(kind: str) -> type | tuple[type, ...]:
+    """What a factory of ``kind`` must return (the hook specs' contract), checked on every create."""
+    from torch import nn
+
+    from robustkit.attacks import Attack
+    from robustkit.data import ImageDataset
+    from robustkit.defenses import Defense
+
+    return {"model": nn.Module, "dataset": ImageDataset, "attack": Attack, "defense": Defense,
+            "benchmark": dict}[kind]
 
 
 def _first_doc_line(obj: Any) -> str:

@@ -57,14 +57,19 @@ class Registry(Generic[T]):
 
     :param kind: singular noun used in messages ("attack", "defense").
     :param list_command: the command that lists them, for messages (default ``robustkit KINDs list``).
+    :param returns: what every factory must return (checked on each :meth:`create`); None: anything.
     """
 
-    def __init__(self, kind: str, list_command: str | None = None):
+    def __init__(self, kind: str, list_command: str | None = None, returns: type | tuple[type, ...] | None = None):
         self.kind = kind
         self.list_command = list_command or f"robustkit {kind}s list"
+        self.returns = returns
         self._entries: dict[str, Entry[T]] = {}
 
     def add(self, entry: Entry[T]) -> None:
+        if not callable(entry.factory):
+            raise PluginError(f"{self.kind} '{entry.name}': its factory is a {type(entry.factory).__name__}, not "
+                              "something to call; register a class or a function")
         key = entry.name.lower()
         if key in self._entries:
             first = self._entries[key]
@@ -109,7 +114,7 @@ class Registry(Generic[T]):
             names = [self._entries[c].name for c in close]
             hint = f"did you mean {', '.join(names)}? " if names else ""
             raise UnknownNameError(
-                f"unknown {self.kind} '{name}'; {hint}run `{self.list_command}` to see them all"
+                f"unknown {self.kind} '{name}'; {hint}run `{self.list_command}` to see them all{_limited_hint()}"
             ) from None
 
     def create(self, name: str, params: Mapping[str, Any] | None = None, **context: Any) -> T:
@@ -121,7 +126,23 @@ class Registry(Generic[T]):
         entry = self.get(name)
         resolved = entry.resolve(params or {}, tuple(context))
         try:
-            return entry.factory(**resolved, **context)
+            made = entry.factory(**resolved, **context)
         except (TypeError, ValueError) as err:
             # A library constructor rejecting a value is a parameter problem, not a crash.
             raise ParameterError(f"{entry.name}: {err}") from err
+        if self.returns is not None and not isinstance(made, self.returns):
+            wanted = " or ".join(t.__name__ for t in (self.returns if isinstance(self.returns, tuple)
+                                                       else (self.returns,)))
+            raise PluginError(f"{self.kind} '{entry.name}' of plugin '{entry.plugin}' returned a value of type "
+                              f"{type(made).__name__}, not {wanted}: the plugin is broken; report it to its "
+                              f"authors, or skip it with ROBUSTKIT_BLOCK_PLUGINS={entry.plugin}")
+        return made
+
+
+def _limited_hint() -> str:
+    """Why a name may be missing: the environment limits which plugins load."""
+    import os
+
+    notes = [f"{var}={os.environ[var]!r}" for var in ("ROBUSTKIT_LOAD_PLUGINS", "ROBUSTKIT_BLOCK_PLUGINS")
+             if var in os.environ]
+    return f" ({' and '.join(notes)} limits which plugins load)" if notes else ""

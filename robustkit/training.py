@@ -37,7 +37,7 @@ from robustkit.adversarial import pgd, pgd_step_size
 from robustkit.checkpoints import (CheckpointPaths, defer_interrupts, load_training_state, load_weights, read_metadata,
                                    save_checkpoint)
 from robustkit.files import atomic_write, atomic_write_text, jsonable
-from robustkit.data import ImageDataset, check_images, take
+from robustkit.data import ImageDataset, check_images, check_labels, take
 from robustkit.defenses import Defense
 from robustkit.devices import resolve_device, seed_everything
 from robustkit.errors import ParameterError, RobustkitError
@@ -353,6 +353,7 @@ def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Opti
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
         if epoch == 1 and batch == 1:
             check_images(images, labels, what="training images", shape=dataset.info.input_shape)
+        check_labels(labels, dataset.info)  # every batch: one bad label anywhere would index out of range
         net.train()
         optimizer.zero_grad(set_to_none=True)
         out = defense.batch_loss(net, images, labels)

@@ -12,12 +12,18 @@ import json
 import shutil
 from pathlib import Path
 
+import types
+
+import click
 import pytest
 import safetensors.torch
 import torch
 from click.testing import CliRunner
 
+import robustkit.host as host_module
+from robustkit import hookimpl
 from robustkit.cli import cli
+from robustkit.host import make_host
 
 TRAIN = ["train", "--model", "lenet", "--model-param", "width=0.25", "--epochs", "1", "--val-examples", "0"]
 FGSM = ["--attack", "torchattacks:FGSM eps=0.1", "--n-examples", "10"]
@@ -143,3 +149,110 @@ def test_bad_input_is_one_line_with_exit_code_2(workspace, argv, fragment):
 
 def test_the_probe_is_wide():
     assert len({i for i, _, _ in CASES}) == len(CASES)
+
+
+# --- plugins and the environment ------------------------------------------------------------------
+
+
+def _plugin(**hooks) -> types.ModuleType:
+    module = types.ModuleType("probe_plugin")
+    for name, function in hooks.items():
+        setattr(module, name, hookimpl(function))
+    return module
+
+
+def _raises(**_):
+    raise RuntimeError("boom")
+
+
+class _Command:
+    """register_commands implementations a broken plugin might ship."""
+
+    @staticmethod
+    def crashing(cli):
+        @cli.command(name="crash")
+        def crash():
+            raise ZeroDivisionError("division by zero")
+
+    @staticmethod
+    def shadowing(cli):
+        @cli.command(name="train")
+        def train():
+            click.echo("not the real train")
+
+    @staticmethod
+    def raising(cli):
+        raise RuntimeError("cannot register")
+
+
+def _mislabelled(root=None):
+    """Ten classes declared, labels up to 11 (a plugin whose labels and class count disagree)."""
+    from torch.utils.data import TensorDataset
+
+    from robustkit.data import DatasetInfo, ImageDataset
+
+    images = torch.rand(64, 1, 8, 8)
+    labels = torch.arange(64) % 12
+    info = DatasetInfo("mislabelled", 10, 1, (8, 8), (0.5,), (0.25,))
+    return ImageDataset(info, TensorDataset(images, labels), TensorDataset(images, labels))
+
+
+PLUGIN_CASES = [
+    ("dataset-labels-outside-its-classes", dict(register_datasets=lambda register: register("mislabelled",
+                                                                                            _mislabelled)),
+     [*TRAIN, "--dataset", "mislabelled", "--out", "{tmp}/mislabelled"],
+     "outside its 10 classes (0..9): its labels and its class count disagree"),
+    ("evaluation-labels-outside-the-models-classes",
+     dict(register_datasets=lambda register: register("mislabelled", _mislabelled)),
+     ["attack", "--model", "lenet", "--dataset", "mislabelled", "--attack", "torchattacks:FGSM eps=0.1"],
+     "label 10 is not one of the model's 10 classes"),
+    ("factory-not-callable", dict(register_defenses=lambda register: register("broken", 42)),
+     ["train", "--model", "lenet", "--defense", "broken"], "unknown defense 'broken'"),
+    ("factory-returns-a-number", dict(register_attacks=lambda register: register("number", lambda: 42)),
+     ["attack", "--model", "lenet", "--attack", "number"],
+     "attack 'number' of plugin 'probe' returned a value of type int, not Attack: the plugin is broken"),
+    ("factory-returns-none", dict(register_defenses=lambda register: register("nothing", lambda: None)),
+     ["train", "--model", "lenet", "--defense", "nothing"], "returned a value of type NoneType, not Defense"),
+    ("factory-returns-a-string", dict(register_models=lambda register: register(
+        "text", lambda num_classes, in_channels, image_size: "a model")),
+     ["train", "--model", "text"], "model 'text' of plugin 'probe' returned a value of type str, not Module"),
+    ("command-raises", dict(register_commands=_Command.crashing), ["crash"],
+     "command 'crash' of plugin 'probe' failed (ZeroDivisionError: division by zero)"),
+]
+
+
+@pytest.mark.parametrize("hooks, argv, fragment", [pytest.param(h, a, f, id=i) for i, h, a, f in PLUGIN_CASES])
+def test_a_broken_plugin_is_named_in_one_line(monkeypatch, tmp_path, hooks, argv, fragment):
+    monkeypatch.setenv("ROBUSTKIT_BLOCK_PLUGINS", "timm-models")
+    host_module._HOST = make_host(plugins=[("probe", _plugin(**hooks))])
+    result = CliRunner().invoke(cli, [a.replace("{tmp}", str(tmp_path)) for a in argv])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    errors = [line for line in result.stderr.strip().splitlines() if not line.startswith("robustkit: warning:")]
+    assert len(errors) == 1 and fragment in errors[0], result.stderr
+
+
+def test_plugins_lists_a_factory_that_is_not_callable_and_commands_that_fail(monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_BLOCK_PLUGINS", "timm-models")
+    hooks = [("not-callable", _plugin(register_defenses=lambda register: register("broken", 42))),
+             ("shadow", _plugin(register_commands=_Command.shadowing)),
+             ("no-commands", _plugin(register_commands=_Command.raising))]
+    host_module._HOST = make_host(plugins=hooks)
+    listing = CliRunner().invoke(cli, ["plugins"])
+    assert listing.exit_code == 0
+    failed = [line for line in listing.stdout.splitlines() if line.startswith("FAILED")]
+    assert any("'not-callable' failed in register_defenses" in line and "not something to call" in line
+               for line in failed), failed
+    assert any("'shadow' failed in register_commands: it replaces the command(s) train" in line for line in failed)
+    assert any("'no-commands' failed in register_commands: RuntimeError: cannot register" in line for line in failed)
+    # The built-in train is untouched.
+    assert "not the real train" not in CliRunner().invoke(cli, ["train", "--help"]).output
+
+
+def test_load_plugins_naming_no_plugin_is_said_in_the_error(monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_LOAD_PLUGINS", "nonexistent")
+    host_module._HOST = make_host()
+    assert [f.plugin for f in host_module._HOST.failures] == ["nonexistent"]
+    result = CliRunner().invoke(cli, ["train", "--model", "lenet"])
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "(ROBUSTKIT_LOAD_PLUGINS='nonexistent' limits which plugins load)")

@@ -31,6 +31,7 @@ def plugins(as_json: bool) -> None:
         robustkit plugins --json | python -m json.tool
     """
     host = get_host()
+    cli.list_commands(click.get_current_context())  # runs register_commands, so its failures are listed too
     records = sorted(host.records.values(), key=lambda r: r.name)
     if as_json:
         echo_json({
