@@ -23,7 +23,9 @@ from click.testing import CliRunner
 import robustkit.host as host_module
 from robustkit import hookimpl
 from robustkit.cli import cli
+from robustkit.errors import RobustkitError
 from robustkit.host import make_host
+from robustkit.plugins.timm_models import load_weights
 
 TRAIN = ["train", "--model", "lenet", "--model-param", "width=0.25", "--epochs", "1", "--val-examples", "0"]
 FGSM = ["--attack", "torchattacks:FGSM eps=0.1", "--n-examples", "10"]
@@ -256,3 +258,83 @@ def test_load_plugins_naming_no_plugin_is_said_in_the_error(monkeypatch):
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].endswith(
         "(ROBUSTKIT_LOAD_PLUGINS='nonexistent' limits which plugins load)")
+
+
+# --- no file a user hands in is ever unpickled with code -----------------------------------------
+
+
+class _Payload:
+    """Unpickling this creates the marker folder: proof that code from the file ran."""
+
+    marker = ""
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.marker,))
+
+
+def _evil(path: Path, marker: Path, wrap=lambda payload: payload) -> None:
+    import pickle
+
+    payload = _Payload()
+    payload.marker = str(marker)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(pickle.dumps(wrap(payload), protocol=2))
+
+
+CIFAR10_FILES = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"]
+
+
+@pytest.mark.parametrize("poisoned", ["data_batch_1", "test_batch", "batches.meta"])
+def test_a_cifar_root_never_runs_code_from_its_pickles(tmp_path, poisoned):
+    from test_datasets import write_cifar
+
+    write_cifar(tmp_path, hundred=False)
+    marker = tmp_path / "ran"
+    _evil(tmp_path / "cifar-10-batches-py" / poisoned, marker, lambda p: {"data": p, "labels": [0]})
+    result = CliRunner().invoke(cli, [*TRAIN, "--dataset", "cifar10", "--data-root", str(tmp_path),
+                                      "--out", str(tmp_path / "out")])
+    assert not marker.exists(), "code from a data file ran"
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    line = result.stderr.strip().splitlines()[-1]
+    assert f"{poisoned} is not a plain data file: it refers to posix.mkdir" in line and "nothing in it was run" in line
+
+
+def test_cifar100_root_never_runs_code(tmp_path):
+    from test_datasets import write_cifar
+
+    write_cifar(tmp_path, hundred=True)
+    marker = tmp_path / "ran"
+    _evil(tmp_path / "cifar-100-python" / "meta", marker, lambda p: {"fine_label_names": p})
+    result = CliRunner().invoke(cli, [*TRAIN, "--dataset", "cifar100", "--data-root", str(tmp_path),
+                                      "--out", str(tmp_path / "out")])
+    assert not marker.exists() and result.exit_code == 2 and "is not a plain data file" in result.stderr
+
+
+def test_weights_checkpoints_and_leaderboards_that_are_pickles_never_run(workspace, tmp_path):
+    marker = tmp_path / "ran"
+    # A checkpoint's weights replaced by a pickle (its checksum updated to match).
+    ck = tmp_path / "ck"
+    shutil.copytree(workspace / "ck", ck)
+    _evil(ck / "last.safetensors", marker)
+    meta = json.loads((ck / "last.json").read_text())
+    meta["files"]["weights_sha256"] = hashlib.sha256((ck / "last.safetensors").read_bytes()).hexdigest()
+    (ck / "last.json").write_text(json.dumps(meta))
+    # The checkpoint's JSON itself a pickle; a leaderboard a pickle; timm weights a torch pickle with code.
+    _evil(tmp_path / "meta" / "last.json", marker)
+    _evil(tmp_path / "board.json", marker)
+    _evil(tmp_path / "timm.pt", marker)
+    runs = {
+        "weights": ["attack", str(ck / "last.json"), *FGSM],
+        "metadata": ["attack", str(tmp_path / "meta" / "last.json"), *FGSM],
+        "leaderboard": ["leaderboard", "validate", str(tmp_path / "board.json")],
+    }
+    for what, argv in runs.items():
+        result = CliRunner().invoke(cli, argv)
+        assert result.exit_code == 2 and "Traceback" not in result.output, (what, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1, (what, result.stderr)
+    with pytest.raises(RobustkitError, match="cannot read weights file"):  # torch.load(weights_only=True) refuses
+        load_weights(tmp_path / "timm.pt", "timm:resnet18")
+    assert not marker.exists(), "code from a file ran"

@@ -12,8 +12,10 @@ statistics of all 1,797 digits images (scaled to [0, 1]) for ``digits``.
 
 torchvision verifies MD5 checksums of the CIFAR and STL-10 files; here only their presence is
 checked (subclasses override ``_check_integrity``), so files in the official format load whatever
-their size. Anything wrong with a folder or a file is a one-line :class:`RobustkitError` that
-names the files expected and how to get them.
+their size. CIFAR's files are pickles: they are read by :func:`robustkit.safe_unpickle.load_data_pickle`,
+never by ``pickle.load`` (torchvision's loader would run any code a crafted file names). Anything wrong
+with a folder or a file is a one-line :class:`RobustkitError` that names the files expected and how to
+get them.
 
 torchvision is imported only inside the MNIST / CIFAR / STL-10 loaders (:func:`_tvd`): importing it
 takes seconds (it pulls in ``torch._dynamo``) and registration runs whenever the CLI starts.
@@ -23,7 +25,7 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Sequence
@@ -37,6 +39,7 @@ from robustkit import hookimpl
 from robustkit.data import DatasetInfo, ImageDataset
 from robustkit.errors import RobustkitError
 from robustkit.params import Param
+from robustkit.safe_unpickle import load_data_pickle
 
 # Published per-channel statistics of each training set, in [0, 1] units.
 MNIST_MEAN, MNIST_STD = (0.1307,), (0.3081,)
@@ -136,6 +139,8 @@ def _blame(name: str, root: Path, files: Sequence[str], howto: str, probe: Calla
     for f in files:
         try:
             probe(root / f)
+        except RobustkitError:
+            raise  # already one line naming the file (a refused pickle)
         except Exception as bad:
             raise RobustkitError(
                 f"dataset '{name}': file {root / f} is corrupt or not in the expected format ({_one_line(bad)}); "
@@ -282,9 +287,8 @@ def _cifar_files(cls: type) -> tuple[str, ...]:
 
 
 def _probe_cifar(path: Path) -> None:
-    """Unpickle like torchvision does and check the entries it reads."""
-    with open(path, "rb") as f:
-        entry = pickle.load(f, encoding="latin1")
+    """Read one CIFAR file as :func:`_read_cifar` does and check the entries it uses."""
+    entry = load_data_pickle(path)
     if not isinstance(entry, dict):
         raise ValueError(f"expected a pickled dict, got {type(entry).__name__}")
     if path.name in ("batches.meta", "meta"):
@@ -296,6 +300,28 @@ def _probe_cifar(path: Path) -> None:
     data = np.asarray(entry["data"])
     if data.dtype != np.uint8 or data.size % 3072:
         raise ValueError(f"'data' must be uint8 rows of 3072 values, got {data.dtype} of shape {data.shape}")
+
+
+@dataclass
+class _CIFARSplit:
+    """What the loaders use of a torchvision CIFAR dataset: ``data`` N x H x W x C, ``targets``, ``classes``."""
+
+    data: np.ndarray
+    targets: list[int]
+    classes: list[str]
+
+
+def _read_cifar(path: Path, cls: type, train: bool) -> _CIFARSplit:
+    """One CIFAR split, read as torchvision reads it but through :func:`load_data_pickle`: the files are
+    pickles, and torchvision would run any code a crafted one names."""
+    folder = path / cls.base_folder
+    data, targets = [], []
+    for file_name, _ in (cls.train_list if train else cls.test_list):
+        entry = load_data_pickle(folder / file_name)
+        data.append(entry["data"])
+        targets.extend(entry["labels"] if "labels" in entry else entry["fine_labels"])
+    classes = load_data_pickle(folder / cls.meta["filename"])[cls.meta["key"]]
+    return _CIFARSplit(np.vstack(data).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), targets, list(classes))
 
 
 def _load_cifar(name: str, library_name: str, num_classes: int, mean: tuple[float, ...],
@@ -310,7 +336,7 @@ def _load_cifar(name: str, library_name: str, num_classes: int, mean: tuple[floa
     splits = {}
     classes: Sequence[str] = ()
     for train in (True, False):
-        ds = _load(name, path, files, howto, lambda: cls(str(path), train=train), _probe_cifar)
+        ds = _load(name, path, files, howto, lambda: _read_cifar(path, cls, train), _probe_cifar)
         # torchvision keeps an N x H x W x C view of N x C x H x W uint8 data; permuting back copies nothing.
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2)
         labels = torch.as_tensor(ds.targets, dtype=torch.long)
