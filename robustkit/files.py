@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import math
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -58,6 +59,40 @@ def _fsync_dir(directory: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+_TEMPORARY = re.compile(r"^\..+\.(\d+)\.[0-9a-f]{8}\.tmp$")  # what atomic_write names its temporaries
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str]) -> list[Path]:
+    """Delete the temporaries :func:`atomic_write` left in ``folder`` when its process was killed (SIGKILL skips
+    its clean-up); those of processes still running are kept. Return the files removed."""
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if match is None or _alive(int(match.group(1))):
+            continue
+        path = Path(folder) / name
+        with contextlib.suppress(OSError):
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # someone else's process (or not ours to judge): leave its files alone
+    return True
 
 
 def jsonable(obj: Any) -> Any:

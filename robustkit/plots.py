@@ -12,6 +12,7 @@ from typing import Mapping, Sequence
 import torch
 
 from robustkit.errors import InputError
+from robustkit.files import atomic_write
 
 Tensors = torch.Tensor | Mapping[str, torch.Tensor]
 
@@ -98,8 +99,7 @@ def save_example_grid(path: str | Path, clean: torch.Tensor, adversarial: Tensor
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))  # never through a link someone placed there
     return path
 
 

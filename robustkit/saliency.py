@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from robustkit.data import check_images
+from robustkit.files import atomic_write
 
 
 def smoothgrad(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, samples: int = 50,
@@ -71,6 +72,5 @@ def save_saliency_grid(path: str | Path, images: torch.Tensor, maps: Mapping[str
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     return path

@@ -36,7 +36,7 @@ from torch.utils.data import DataLoader, Dataset
 from robustkit.adversarial import pgd, pgd_step_size
 from robustkit.checkpoints import (CheckpointPaths, defer_interrupts, load_training_state, load_weights, read_metadata,
                                    save_checkpoint)
-from robustkit.files import atomic_write, atomic_write_text, jsonable
+from robustkit.files import atomic_write, atomic_write_text, jsonable, remove_stale_temporaries
 from robustkit.data import ImageDataset, check_images, check_labels, take
 from robustkit.defenses import Defense
 from robustkit.devices import resolve_device, seed_everything
@@ -209,6 +209,8 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
     defense.prepare(model, dataset, device)
 
     history: list[dict[str, Any]] = []
+    if out_dir is not None:
+        remove_stale_temporaries(out_dir)  # a save cut short by SIGKILL leaves its temporary behind
     if paths is not None and resume and paths.meta.exists():
         history = _resume(paths, identity, model, optimizer, scheduler, defense, scaler)
         if len(history) >= config.epochs:  # finished before: nothing to do

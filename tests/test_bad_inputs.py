@@ -338,3 +338,54 @@ def test_weights_checkpoints_and_leaderboards_that_are_pickles_never_run(workspa
     with pytest.raises(RobustkitError, match="cannot read weights file"):  # torch.load(weights_only=True) refuses
         load_weights(tmp_path / "timm.pt", "timm:resnet18")
     assert not marker.exists(), "code from a file ran"
+
+
+# --- no output written through a symbolic link ----------------------------------------------------
+
+
+def test_a_lock_file_planted_as_a_link_is_refused_and_its_target_kept(tmp_path, monkeypatch):
+    from robustkit.bench.spec import load_spec
+    from robustkit.host import get_host
+
+    monkeypatch.setenv("ROBUSTKIT_BLOCK_PLUGINS", "timm-models")
+    spec_path = tmp_path / "spec.toml"
+    spec_path.write_text(TINY_SPEC)
+    key = load_spec(str(spec_path), get_host()).cells()[0].train_key
+    victim = tmp_path / "precious.txt"
+    victim.write_text("keep me")
+    lock = tmp_path / "out" / "train" / key / ".lock"
+    lock.parent.mkdir(parents=True)
+    lock.symlink_to(victim)
+    result = CliRunner().invoke(cli, ["bench", "run", str(spec_path), "--out", str(tmp_path / "out")])
+    assert victim.read_text() == "keep me"
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "robustkit never writes through links" in result.stderr
+
+
+def test_attack_outputs_replace_a_planted_link_instead_of_writing_through_it(tmp_path):
+    out = tmp_path / "eval"
+    out.mkdir()
+    victims = {}
+    for name in ("grid.png", "summary.json", "records.jsonl"):
+        victims[name] = tmp_path / f"victim-{name}"
+        victims[name].write_text("keep me")
+        (out / name).symlink_to(victims[name])
+    result = CliRunner().invoke(cli, ["attack", "--model", "lenet", *FGSM, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    for name, victim in victims.items():
+        assert victim.read_text() == "keep me", name
+        assert not (out / name).is_symlink() and (out / name).stat().st_size > 0, name
+
+
+def test_a_training_folder_loses_the_temporaries_of_a_killed_save(workspace, tmp_path):
+    import subprocess
+
+    done = subprocess.Popen(["true"])
+    done.wait()
+    folder = tmp_path / "ck"
+    shutil.copytree(workspace / "ck", folder)
+    stale = folder / f".last.optim.safetensors.{done.pid}.0123abcd.tmp"
+    stale.write_bytes(b"half a file")
+    result = CliRunner().invoke(cli, [*TRAIN, "--out", str(folder)])
+    assert result.exit_code == 0, result.output
+    assert not stale.exists() and not list(folder.glob("*.tmp"))

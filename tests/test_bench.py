@@ -865,9 +865,15 @@ def test_resume_after_sigkill(e2e, host, killed_run):
     assert record_files(out) == before
     assert len(ResultStore(out)) == len(before)  # a temporary file cut short by the kill is not a record
 
+    # Temporaries a killed write leaves behind (their process is gone) are cleaned by the next run.
+    dead = _dead_pid()
+    stale = [out / "cells" / f".x.json.{dead}.0123abcd.tmp", out / f".benchmark.json.{dead}.0123abcd.tmp"]
+    for path in stale:
+        path.write_text("half")
     spec = load_spec(str(killed_run.spec_path), host)
     summary = run_benchmark(spec, out, host, say=lambda line: None)
     assert summary.reused == len(before) and len(summary.finished) == 3 - len(before) and not summary.failed
+    assert not any(path.exists() for path in stale) and not list(out.rglob("*.tmp"))
     after = record_files(out)
     assert {name: after[name] for name in before} == before  # byte-identical
     assert set(after) == set(record_files(reference_out))  # the uninterrupted run's cells
@@ -878,6 +884,14 @@ def test_resume_after_sigkill(e2e, host, killed_run):
             assert ours[field] == theirs[field], (record["key"], field)
         assert {k: v["robust_accuracy"] for k, v in ours["attacks"].items()} == \
             {k: v["robust_accuracy"] for k, v in theirs["attacks"].items()}
+        assert ours["outcomes"] == theirs["outcomes"]  # example by example
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has ended."""
+    done = subprocess.Popen(["true"])
+    done.wait()
+    return done.pid
 
 
 # --- 8. parallel cells --------------------------------------------------------------------------

@@ -12,6 +12,7 @@ its training, and a cell whose evaluation settings changed reuses the finished w
 from __future__ import annotations
 
 import contextlib
+import os
 import platform
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from robustkit.bench.audit import audit_model
 from robustkit.bench.spec import NATURAL_MODEL
 from robustkit.data import stack, take
 from robustkit.devices import numeric_environment, resolve_device, seed_everything, torch_threads
+from robustkit.errors import RobustkitError
 from robustkit.evaluation import evaluate
 from robustkit.models import build_model
 from robustkit.outcomes import AttackOutcomes, Outcomes
@@ -45,12 +47,20 @@ def training_lock(folder: Path) -> Iterator[None]:
     except ImportError:  # not POSIX: cells of one run never share a folder except the surrogate
         yield
         return
-    with open(folder / ".lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+    # Never through a link someone placed there, and never truncating: the lock is the file's existence.
+    try:
+        fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    except OSError as err:
+        raise RobustkitError(f"cannot lock {folder / '.lock'} ({err.strerror}); if it is a symbolic link, remove it "
+                             "(robustkit never writes through links)") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         try:
             yield
         finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def train_cell_model(host: Any, dataset: Any, train_settings: Mapping[str, Any], work_dir: Path,

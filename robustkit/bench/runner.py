@@ -25,7 +25,7 @@ from robustkit.bench.cells import run_cell
 from robustkit.bench.spec import NATURAL_MODEL, BenchmarkSpec, Cell
 from robustkit.devices import environment_difference, numeric_environment, resolve_device
 from robustkit.errors import RobustkitError
-from robustkit.files import atomic_write_text, jsonable
+from robustkit.files import atomic_write_text, jsonable, remove_stale_temporaries
 from robustkit.progress import progress
 from robustkit.store import ResultStore
 
@@ -94,6 +94,8 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
     described = {**describe_benchmark(spec, host), "environment": environment}
     atomic_write_text(out_dir / BENCHMARK_FILE, json.dumps(described, indent=2, sort_keys=True) + "\n")
     store = ResultStore(out_dir)
+    for folder in (out_dir, store.cells):  # a write cut short by SIGKILL leaves its temporary behind
+        remove_stale_temporaries(folder)
     cells = sorted(spec.cells(), key=lambda c: c.settings["defense"]["name"] != "natural")  # stable
     todo = [c for c in cells if not store.has(c.key)]
     summary = RunSummary(total=len(cells), reused=len(cells) - len(todo))
