@@ -143,6 +143,12 @@ def signature_names(cls: type) -> frozenset[str]:
     return frozenset(inspect.signature(cls.__init__).parameters)
 
 
+#: Integer parameters that count iterations, restarts, queries or items: at least 1 whatever a library's
+#: signature says (torchattacks' PGD with steps=0 silently runs no attack).
+COUNT_NAMES = frozenset({"steps", "n_restarts", "n_queries", "max_iter", "nb_iter", "eot_iter", "n_iter",
+                         "max_iterations", "batch_size", "iterations"})
+
+
 def params_from_signature(func: Callable[..., Any], skip: Iterable[str] = ("self", "model")) -> tuple[Param, ...]:
     """Derive :class:`Param` declarations from a library callable's keyword defaults.
 
@@ -157,7 +163,8 @@ def params_from_signature(func: Callable[..., Any], skip: Iterable[str] = ("self
             continue
         default = None if p.default is inspect.Parameter.empty else p.default
         kind = type(default) if isinstance(default, (bool, int, float, str)) else _AnyValue
-        out.append(Param(name, kind, default, optional=True))
+        low = 1 if kind is int and name in COUNT_NAMES else None
+        out.append(Param(name, kind, default, optional=True, low=low))
     return tuple(out)
 
 

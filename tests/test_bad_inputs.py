@@ -73,6 +73,15 @@ CASES = [
     ("missing-argument", ["bench", "show"], "Missing argument 'SPEC'"),
     ("defense-param-twice", ["train", "--model", "lenet", "--defense", "pgd-at", "--param", "eps=0.1", "--param",
                              "eps=0.2"], "'eps' is given twice"),
+    # an attack that would not run at all
+    ("torchattacks-steps-zero", ["attack", "--model", "lenet", "--attack", "torchattacks:PGD steps=0"],
+     "parameter 'steps' must be >= 1, got 0"),
+    ("torchattacks-steps-negative", ["attack", "--model", "lenet", "--attack", "torchattacks:PGD steps=-5"],
+     "parameter 'steps' must be >= 1, got -5"),
+    ("art-max-iter-zero", ["attack", "--model", "lenet", "--attack", "art:ProjectedGradientDescent max_iter=0"],
+     "parameter 'max_iter' must be >= 1"),
+    ("native-steps-zero", ["attack", "--model", "lenet", "--attack", "cw-linf steps=0"], "'steps' must be >= 1"),
+    ("localized-steps-zero", ["attack", "--model", "lenet", "--attack", "localized-pgd steps=0"], "must be >= 1"),
     # checkpoints edited, damaged or tampered with
     ("checkpoint-weights-outside", ["attack", "{tmp}/ck-dotdot/last.json", *FGSM],
      "files.weights is '../x.safetensors'; it must be a file name beside the JSON"),

@@ -73,7 +73,7 @@ class CWLinf(Attack):
     supports_targeted = False
     params = (
         Param("eps", float, 0.03, "linf budget in pixel units", low=0.0, high=1.0),
-        Param("steps", int, 10, "PGD steps", low=0),
+        Param("steps", int, 10, "PGD steps", low=1),
         Param("step_size", float, 0.0075, "size of each sign step", low=0.0),
         Param("rand_init", bool, True, "start from x + U(-eps, eps)"),
         Param("kappa", float, 50.0, "confidence margin of the loss", low=0.0),

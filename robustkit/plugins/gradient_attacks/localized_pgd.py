@@ -80,7 +80,7 @@ class LocalizedPGD(Attack):
     supports_targeted = False
     params = (
         Param("eps", float, 0.3, "linf budget in pixel units", low=0.0, high=1.0),
-        Param("steps", int, 100, "PGD steps K", low=0),
+        Param("steps", int, 100, "PGD steps K", low=1),
         Param("step_size", float, 0.01, "size a of each sign step", low=0.0),
         Param("mask", str, "exact", "which pixels may change", choices=KINDS),
         Param("localize", str, "after", "apply the mask after the attack (paper) or inside every step",
