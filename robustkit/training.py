@@ -24,6 +24,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,6 +224,7 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
     val_set = take(dataset.test, config.val_examples) if config.val_examples > 0 else None
     completed = start
     curves_at = time.monotonic()
+    warned_chance = False
     try:
         epochs = progress(range(start + 1, config.epochs + 1), total=config.epochs, initial=start,
                           desc="epochs", unit="epoch", leave=True)
@@ -233,6 +235,8 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
             with _published(model, defense):
                 row.update(_validate(model, val_set, config, epoch, device))
             history.append(row)
+            if not warned_chance:
+                warned_chance = _warn_if_at_chance(row, dataset.info.num_classes, defense)
             with defer_interrupts():  # a Ctrl-C while saving lands after the save, so `completed` is true
                 if paths is not None:
                     _save(paths, model, defense, optimizer, scheduler, config, identity, history, host, scaler)
@@ -251,6 +255,20 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
     _publish(model, defense)
     model.eval()
     return TrainResult(model, history, start, paths.meta if paths is not None else None)
+
+
+def _warn_if_at_chance(row: Mapping[str, Any], num_classes: int, defense: Defense) -> bool:
+    """Say once, in one line on stderr, when an epoch ends with accuracy no better than guessing."""
+    key = "val_clean_acc" if row.get("val_clean_acc") is not None else "train_acc"
+    accuracy = row.get(key)
+    if accuracy is None or num_classes < 2 or accuracy > 1.5 / num_classes:
+        return False
+    remedy = ("lower its eps or the learning rate, or train naturally first" if "eps" in defense.config
+              else "lower the learning rate")
+    print(f"robustkit: warning: epoch {row['epoch']} ended at chance level ({100 * accuracy:.1f}% "
+          f"{'validation' if key == 'val_clean_acc' else 'training'} accuracy, {num_classes} classes): the model is "
+          f"not learning; {remedy}", file=sys.stderr)
+    return True
 
 
 # --- setup -------------------------------------------------------------------------------------

@@ -82,6 +82,13 @@ CASES = [
      "parameter 'max_iter' must be >= 1"),
     ("native-steps-zero", ["attack", "--model", "lenet", "--attack", "cw-linf steps=0"], "'steps' must be >= 1"),
     ("localized-steps-zero", ["attack", "--model", "lenet", "--attack", "localized-pgd steps=0"], "must be >= 1"),
+    # output folders that cannot be one, found before any work
+    ("train-out-is-a-file", [*TRAIN, "--out", "{tmp}/big-seed.toml"], "is a file; give a folder"),
+    ("train-out-under-a-file", [*TRAIN, "--out", "{tmp}/big-seed.toml/run"], "cannot create the folder"),
+    ("attack-out-is-a-file", ["attack", "--model", "lenet", *FGSM, "--out", "{tmp}/big-seed.toml"], "is a file"),
+    ("bench-out-is-a-file", ["bench", "run", "{tmp}/probe.toml", "--out", "{tmp}/binary.json"],
+     "--out " + "{tmp}/binary.json is a file"),
+    ("quickstart-out-is-a-file", ["quickstart", "--out", "{tmp}/binary.json"], "is a file; give a folder"),
     # checkpoints edited, damaged or tampered with
     ("checkpoint-weights-outside", ["attack", "{tmp}/ck-dotdot/last.json", *FGSM],
      "files.weights is '../x.safetensors'; it must be a file name beside the JSON"),
@@ -121,6 +128,7 @@ def _edited_checkpoint(base: Path, folder: Path, edit) -> None:
 def workspace(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("probe")
     (folder / "big-seed.toml").write_text(TINY_SPEC.replace("seeds = [0]", "seeds = [99999999999999999999]"))
+    (folder / "probe.toml").write_text(TINY_SPEC)
     (folder / "nan-target.toml").write_text(TINY_SPEC.replace('targets = ["natural"]', "targets = [nan]"))
     (folder / "big-target.toml").write_text(TINY_SPEC.replace('targets = ["natural"]', "targets = [99]"))
     (folder / "binary.json").write_bytes(bytes(range(256)) * 4)
@@ -155,6 +163,7 @@ def test_bad_input_is_one_line_with_exit_code_2(workspace, argv, fragment):
     assert result.exit_code == 2, (result.output, result.exception)
     assert "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
+    fragment = fragment.replace("{tmp}", str(workspace))
     assert len(lines) == 1 and lines[0].startswith("Error: ") and fragment in lines[0], result.stderr
 
 

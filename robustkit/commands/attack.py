@@ -8,8 +8,8 @@ import click
 
 from robustkit.checkpoints import load_model, read_metadata
 from robustkit.cli import cli, echo_table
-from robustkit.commands.common import (build_attacks, data_options, device_option, load_dataset, precision_options,
-                                      seed_option)
+from robustkit.commands.common import (build_attacks, data_options, device_option, load_dataset, output_folder,
+                                      precision_options, seed_option)
 from robustkit.devices import seed_everything
 from robustkit.errors import RobustkitError
 from robustkit.evaluation import EvaluationResult, evaluate
@@ -108,6 +108,8 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
         grid_path = out_dir / "grid.png"
     if grid_path is not None and grid_path.suffix.lower() != ".png":
         raise RobustkitError(f"--grid {grid_path}: give a .png file name")
+    if out_dir is not None:
+        output_folder(out_dir)
     keep = grid_examples if grid_path is not None else 0
     result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
                       keep_examples=keep, with_pass=with_pass, precision=precision, channels_last=channels_last)

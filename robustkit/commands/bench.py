@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from robustkit.cli import cli, echo_json, echo_table
-from robustkit.commands.common import device_option
+from robustkit.commands.common import device_option, output_folder
 from robustkit.errors import RobustkitError
 from robustkit.host import get_host
 
@@ -113,6 +113,7 @@ def run(spec: str, out_dir: Path | None, jobs: int, threads: int | None, data_ro
     host = get_host()
     loaded = _load(spec, data_root, dataset)
     out_dir = out_dir or Path("runs") / (f"bench-{loaded.name}" + (f"-{dataset}" if dataset else ""))
+    output_folder(out_dir, create=False)  # created once the data are found
     summary = run_benchmark(loaded, out_dir, host, jobs=jobs, device=device, threads=threads, say=click.echo)
     if report and summary.total - len(summary.failed) > 0:
         _report(out_dir)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 from typing import Any, Callable
 
 import click
 
 from robustkit.data import ImageDataset
+from robustkit.errors import RobustkitError
 from robustkit.params import eval_fraction, parse_assignments, parse_spec
 
 
@@ -70,3 +72,23 @@ def build_attacks(host: Any, specs: tuple[str, ...]) -> dict[str, Any]:
         key = name if name not in attacks else spec
         attacks[key] = host.attacks.create(name, params)
     return attacks
+
+
+def output_folder(path: Path, option: str = "--out", create: bool = True) -> Path:
+    """``path`` as a folder results can be written into (created now unless ``create`` is false): checked
+    before any work starts, so a typo does not surface after the first epoch."""
+    if path.exists() and not path.is_dir():
+        raise RobustkitError(f"{option} {path} is a file; give a folder (it is created when missing)")
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise RobustkitError(f"{option} {path}: cannot create the folder ({err.strerror}); give a folder you "
+                                 "can write to") from None
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise RobustkitError(f"{option} {path}: cannot create the folder ({existing} is a file); give a folder you "
+                             "can write to")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise RobustkitError(f"{option} {path}: {existing} is not writable; give a folder you can write to")
+    return path

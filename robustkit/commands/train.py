@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from robustkit.cli import cli, echo_table
-from robustkit.commands.common import (Fraction, data_options, device_option, load_dataset, precision_options,
-                                      seed_option)
+from robustkit.commands.common import (Fraction, data_options, device_option, load_dataset, output_folder,
+                                      precision_options, seed_option)
 from robustkit.devices import seed_everything
 from robustkit.host import get_host
 from robustkit.models import build_model
@@ -72,6 +72,7 @@ def train(model_name, model_params, dataset_name, data_root, dataset_params, def
         out_dir=out_dir or Path("runs") / f"{dataset_name}-{model_name.replace(':', '_')}-{defense_name}-s{seed}",
     )
     config.check()
+    output_folder(Path(config.out_dir))
     seed_everything(seed)  # the initial weights are part of the run
     model = build_model(host, model_name, dataset.info, parse_assignments(model_params, "--model-param"))
     result = run_training(model, dataset, defense, config, resume=not no_resume, host=host)
