@@ -107,6 +107,11 @@ CASES = [
     ("spec-nan-target", ["bench", "show", "{tmp}/nan-target.toml"],
      "$.protocol.targets[0]: a target clean accuracy must be in (0, 1], got nan"),
     ("spec-target-above-1", ["bench", "show", "{tmp}/big-target.toml"], "99 is greater than the maximum of 1"),
+    ("spec-target-names-a-swept-defense", ["bench", "show", "{tmp}/swept-target.toml"],
+     "'pgd-at' is swept, so its models have several clean accuracies"),
+    ("spec-binary", ["bench", "show", "{tmp}/binary.toml"], "not a text file (not UTF-8)"),
+    ("spec-empty-seeds", ["bench", "show", "{tmp}/no-seeds.toml"], "$.seeds: [] should be non-empty"),
+    ("spec-unknown-norm", ["bench", "show", "{tmp}/bad-norm.toml"], "$.threat.norm"),
     # leaderboards
     ("leaderboard-binary", ["leaderboard", "validate", "{tmp}/binary.json"], "not a text file (not UTF-8)"),
     ("leaderboard-merge-binary", ["leaderboard", "merge", "{tmp}/binary.json", "{tmp}/binary.json", "-o",
@@ -129,6 +134,11 @@ def workspace(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("probe")
     (folder / "big-seed.toml").write_text(TINY_SPEC.replace("seeds = [0]", "seeds = [99999999999999999999]"))
     (folder / "probe.toml").write_text(TINY_SPEC)
+    (folder / "swept-target.toml").write_text(TINY_SPEC.replace('targets = ["natural"]', 'targets = ["pgd-at"]')
+                                              + '\n[[defenses]]\nname = "pgd-at"\nsweep = [0.05, 0.1]\n')
+    (folder / "binary.toml").write_bytes(bytes(range(128, 256)))
+    (folder / "no-seeds.toml").write_text(TINY_SPEC.replace("seeds = [0]", "seeds = []"))
+    (folder / "bad-norm.toml").write_text(TINY_SPEC.replace('norm = "linf"', 'norm = "l7"'))
     (folder / "nan-target.toml").write_text(TINY_SPEC.replace('targets = ["natural"]', "targets = [nan]"))
     (folder / "big-target.toml").write_text(TINY_SPEC.replace('targets = ["natural"]', "targets = [99]"))
     (folder / "binary.json").write_bytes(bytes(range(256)) * 4)

@@ -209,6 +209,8 @@ def read_document(path: Path) -> dict[str, Any]:
         text = path.read_text(encoding="utf-8")
     except OSError as err:
         raise SpecError(f"{path}: cannot read the benchmark spec: {err.strerror or err}") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{path}: not a text file (not UTF-8); a benchmark spec is TOML, YAML or JSON text") from None
     try:
         if path.suffix == ".toml":
             doc = tomllib.loads(text)
@@ -343,6 +345,10 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
     for i, target in enumerate(targets):
         if not isinstance(target, str) and not 0 < target <= 1:  # NaN fails this too
             raise fail(f"$.protocol.targets[{i}]", f"a target clean accuracy must be in (0, 1], got {target}")
+        swept = {d.label for d in defenses if len(d.sweep) > 1}
+        if isinstance(target, str) and target in swept:
+            raise fail(f"$.protocol.targets[{i}]", f"{target!r} is swept, so its models have several clean accuracies; "
+                       "name a defense trained once per seed (like natural) or give a number")
         if isinstance(target, str) and target not in {d.label for d in defenses}:
             raise fail(f"$.protocol.targets[{i}]", f"{target!r} is neither an accuracy nor a defense label of this "
                        f"spec; labels: {', '.join(d.label for d in defenses)}")
