@@ -117,10 +117,10 @@ def parse_assignments(pairs: Iterable[str], what: str = "--param") -> dict[str, 
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ParameterError(f"{what} expects key=value, got {pair!r}")
-        if key.strip() in out:
-            raise ParameterError(f"{what}: '{key.strip()}' is given twice ({out[key.strip()]!r} and {value.strip()!r}); "
-                                 "give it once")
-        out[key.strip()] = value.strip()
+        key, value = key.strip(), value.strip()
+        if key in out:
+            raise ParameterError(f"{what}: '{key}' is given twice ({out[key]!r} and {value!r}); give it once")
+        out[key] = value
     return out
 
 

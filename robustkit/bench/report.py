@@ -119,7 +119,7 @@ def differences(comparison: Comparison) -> list[str]:
     for i, a in enumerate(ranked):
         for b in ranked[i + 1:]:
             diff, low, high = comparison.differences[(a, b)]
-            bounds = f" [{scaled(low, comparison.metric)}, {scaled(high, comparison.metric)}]" if low is not None else ""
+            bounds = "" if low is None else f" [{scaled(low, comparison.metric)}, {scaled(high, comparison.metric)}]"
             clear = "yes" if low is not None and (low > 0 or high < 0) else "no"  # type: ignore[operator]
             rows.append(f"| {a} - {b} | {scaled(diff, comparison.metric)}{bounds} | {clear} |")
     return rows
@@ -136,8 +136,8 @@ def markdown(run: BenchmarkRun, images: list[str]) -> str:
     out += [f"- dataset `{b['dataset']['name']}`, model `{b['model']['name']}`, threat {b['threat']['norm']} "
             f"eps {b['threat']['eps']:g}, seeds {b['seeds']}, {b['evaluation']['n_examples']} evaluation examples",
             "- attacks: " + ", ".join(f"`{a['label']}` ({a['name']} {a['params']})" for a in b["attacks"]),
-            "- targets: " + ", ".join(f"{t.name} = {100 * t.value:.2f}%" if t.value is not None else f"{t.name} (not run)"
-                                       for t in analysis.targets),
+            "- targets: " + ", ".join(f"{t.name} (not run)" if t.value is None else
+                                       f"{t.name} = {100 * t.value:.2f}%" for t in analysis.targets),
             f"- protocol fingerprint `{b['fingerprint']}`, spec hash `{b['spec_hash']}`",
             "- numeric environment: " + (", ".join(f"{k} {v}" for k, v in environment.items()) or "not recorded"),
             f"- bootstrap: {analysis.bootstrap['resamples']} paired draws over {analysis.bootstrap['over']}, "
@@ -224,8 +224,8 @@ def plot_curves(run: BenchmarkRun, path: Path) -> None:
                     error = None
                     if reading.low is not None:
                         error = [[scale * (reading.value - reading.low)], [scale * (reading.high - reading.value)]]
-                    ax.errorbar([100 * target.value + nudge], [scale * reading.value], yerr=error, marker="*", markersize=13,
-                                color=color, markeredgecolor="black", capsize=3, linestyle="none")
+                    ax.errorbar([100 * target.value + nudge], [scale * reading.value], yerr=error, marker="*",
+                                markersize=13, color=color, markeredgecolor="black", capsize=3, linestyle="none")
         for target in targets:
             ax.axvline(100 * target.value, color="grey", linestyle="--", linewidth=1)
         ax.set(xlabel="clean accuracy %", ylabel=f"{metric} {'accuracy %' if is_accuracy(metric) else '(L2)'}",
