@@ -83,6 +83,10 @@ class TrainConfig:
         ``fp16`` scales the loss with a GradScaler).
     :param channels_last: keep the model and its inputs in channels-last memory format (faster convolutions
         on recent GPUs).
+    :param eps_warmup: epochs over which the defense's ``eps`` rises linearly to its value (epoch e of W
+        trains at ``eps * e / (W + 1)``; from epoch W + 1 on, the full eps). 0, the default, is off. The
+        usual remedy when adversarial training from scratch stays at chance; only for defenses with an
+        ``eps`` parameter and no state of their own.
     """
 
     epochs: int = 10
@@ -104,6 +108,7 @@ class TrainConfig:
     num_workers: int = 0
     precision: str = "fp32"
     channels_last: bool = False
+    eps_warmup: int = 0
 
     NOT_IDENTITY = ("device", "out_dir", "num_workers")  # may change between a run and its resume
 
@@ -131,11 +136,13 @@ class TrainConfig:
              f"val_step_size must be > 0 or None, got {self.val_step_size}")
         need(self.num_workers >= 0, f"num_workers must be >= 0, got {self.num_workers}")
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        need(isinstance(self.eps_warmup, int) and 0 <= self.eps_warmup < self.epochs,
+             f"eps_warmup must be a whole number of epochs from 0 to epochs - 1, got {self.eps_warmup}")
 
     def identity(self) -> dict[str, Any]:
-        """The settings that decide the trained weights and the recorded metrics (the precision options
-        only when not at their defaults, so runs saved before they existed still resume)."""
-        defaults = {"precision": "fp32", "channels_last": False}
+        """The settings that decide the trained weights and the recorded metrics (the precision options and
+        the warm-up only when not at their defaults, so runs saved before they existed still resume)."""
+        defaults = {"precision": "fp32", "channels_last": False, "eps_warmup": 0}
         return jsonable({k: v for k, v in dataclasses.asdict(self).items()
                          if k not in self.NOT_IDENTITY and not (k in defaults and v == defaults[k])})
 
@@ -197,6 +204,8 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
         or the run is interrupted (Ctrl-C); the last good checkpoint is kept in every case.
     """
     config.check()
+    if config.eps_warmup:
+        warmed_up(defense, 1, config.eps_warmup)  # refuses a defense without an eps to warm up, before any work
     device = resolve_device(config.device)
     model.to(device)
     identity = run_identity(model, dataset, defense, config)
@@ -229,8 +238,11 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
         epochs = progress(range(start + 1, config.epochs + 1), total=config.epochs, initial=start,
                           desc="epochs", unit="epoch", leave=True)
         for epoch in epochs:
-            row = _train_epoch(model, defense, optimizer, dataset, loader_args, config, epoch, device, paths, completed,
-                               scaler)
+            this_epoch = warmed_up(defense, epoch, config.eps_warmup)
+            row = _train_epoch(model, this_epoch, optimizer, dataset, loader_args, config, epoch, device, paths,
+                               completed, scaler)
+            if this_epoch is not defense:
+                row["warmup_eps"] = this_epoch.config["eps"]
             scheduler.step()
             with _published(model, defense):
                 row.update(_validate(model, val_set, config, epoch, device))
@@ -257,14 +269,26 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
     return TrainResult(model, history, start, paths.meta if paths is not None else None)
 
 
+def warmed_up(defense: Defense, epoch: int, warmup: int) -> Defense:
+    """The defense to train epoch ``epoch`` with: during a warm-up of ``warmup`` epochs, a copy whose eps is
+    ``eps * epoch / (warmup + 1)``; otherwise ``defense`` itself."""
+    if not warmup or epoch > warmup:
+        return defense
+    eps = defense.config.get("eps")
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or defense.state_dict() is not None:
+        raise RobustkitError(f"{defense.display_name()} has no eps to warm up (or keeps state of its own); drop "
+                             "the eps warm-up")
+    return type(defense)(**{**defense.config, "eps": float(eps) * epoch / (warmup + 1)})
+
+
 def _warn_if_at_chance(row: Mapping[str, Any], num_classes: int, defense: Defense) -> bool:
     """Say once, in one line on stderr, when an epoch ends with accuracy no better than guessing."""
     key = "val_clean_acc" if row.get("val_clean_acc") is not None else "train_acc"
     accuracy = row.get(key)
     if accuracy is None or num_classes < 2 or accuracy > 1.5 / num_classes:
         return False
-    remedy = ("lower its eps or the learning rate, or train naturally first" if "eps" in defense.config
-              else "lower the learning rate")
+    remedy = ("lower its eps or the learning rate, or warm eps up over the first epochs (eps_warmup)"
+              if "eps" in defense.config else "lower the learning rate")
     print(f"robustkit: warning: epoch {row['epoch']} ended at chance level ({100 * accuracy:.1f}% "
           f"{'validation' if key == 'val_clean_acc' else 'training'} accuracy, {num_classes} classes): the model is "
           f"not learning; {remedy}", file=sys.stderr)

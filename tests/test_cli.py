@@ -116,6 +116,17 @@ def test_train_attack_and_resume_through_the_cli(tmp_path):
     assert len((tmp_path / "eval" / "records.jsonl").read_text().splitlines()) == 40
 
 
+def test_train_with_an_eps_warm_up_records_it(tmp_path):
+    out = tmp_path / "warm"
+    result = run("train", "--model", "lenet", "--model-param", "width=0.25", "--defense", "pgd-at", "--param",
+                 "eps=0.3", "--param", "steps=2", "--epochs", "3", "--eps-warmup", "2", "--val-examples", "20",
+                 "--out", str(out))
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [row.get("warmup_eps") for row in rows] == [pytest.approx(0.1), pytest.approx(0.2), None]
+    assert json.loads((out / "last.json").read_text())["run"]["config"]["eps_warmup"] == 2
+
+
 def test_quickstart_end_to_end_writes_a_valid_leaderboard(tmp_path):
     result = run("quickstart", "--epochs", "1", "--n-examples", "30", "--out", str(tmp_path))
     assert result.exit_code == 0, result.output

@@ -22,7 +22,7 @@ from robustkit.host import make_host
 from robustkit.models import Classifier, build_model
 from robustkit.params import Param
 from robustkit.plugins.baseline_defenses import PGDAT, Natural
-from robustkit.training import TrainConfig, epoch_seed, train
+from robustkit.training import TrainConfig, epoch_seed, train, warmed_up
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -335,3 +335,16 @@ def test_cuda_runs_use_deterministic_cudnn_unless_asked_not_to(setting: str | No
     monkeypatch.setattr(devices, "_resolve", lambda spec: torch.device("cuda"))  # no GPU needed to check the switch
     assert devices.resolve_device("cuda").type == "cuda"
     assert torch.backends.cudnn.deterministic is expected and torch.backends.cudnn.benchmark is not expected
+
+
+def test_eps_warm_up_raises_eps_linearly_then_trains_at_the_full_eps():
+    pgd_at = PGDAT(eps=0.3, steps=2)
+    assert [warmed_up(pgd_at, e, 2).config["eps"] for e in (1, 2)] == pytest.approx([0.1, 0.2])
+    assert warmed_up(pgd_at, 1, 2).config["steps"] == 2  # every other setting is kept
+    assert warmed_up(pgd_at, 3, 2) is pgd_at and warmed_up(pgd_at, 1, 0) is pgd_at
+    with pytest.raises(RobustkitError, match="has no eps to warm up"):
+        warmed_up(Natural(), 1, 2)
+    with pytest.raises(ParameterError, match="eps_warmup must be a whole number of epochs from 0 to epochs - 1"):
+        TrainConfig(epochs=2, eps_warmup=2).check()
+    # Off by default and then not part of a run's identity: runs saved before it existed still resume.
+    assert "eps_warmup" not in TrainConfig().identity() and TrainConfig(eps_warmup=1).identity()["eps_warmup"] == 1

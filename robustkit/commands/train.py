@@ -35,6 +35,9 @@ from robustkit.training import TrainConfig, train as run_training
               help="Test images to check after each epoch (0: none).")
 @click.option("--val-eps", type=Fraction(), default=None,
               help="Linf eps of the per-epoch PGD check; default: the defense's eps if it has one, else off.")
+@click.option("--eps-warmup", type=click.IntRange(min=0), default=0, show_default=True, metavar="EPOCHS",
+              help="Raise the defense's eps linearly over the first EPOCHS epochs (0: off); the usual remedy when "
+                   "adversarial training from scratch stays at chance.")
 @seed_option
 @device_option
 @precision_options
@@ -42,8 +45,8 @@ from robustkit.training import TrainConfig, train as run_training
               help="Output folder; default runs/DATASET-MODEL-DEFENSE-sSEED.")
 @click.option("--no-resume", is_flag=True, help="Start over even if --out holds a checkpoint of this run.")
 def train(model_name, model_params, dataset_name, data_root, dataset_params, defense_name, defense_params, epochs,
-          batch_size, optimizer, lr, momentum, weight_decay, schedule, val_examples, val_eps, seed, device, precision,
-          channels_last, out_dir, no_resume) -> None:
+          batch_size, optimizer, lr, momentum, weight_decay, schedule, val_examples, val_eps, eps_warmup, seed, device,
+          precision, channels_last, out_dir, no_resume) -> None:
     """Train MODEL on DATASET with a defense; checkpoints every epoch and resumes after interruption.
 
     Writes last.safetensors + last.json (the checkpoint), metrics.jsonl (per-epoch train loss and
@@ -68,7 +71,7 @@ def train(model_name, model_params, dataset_name, data_root, dataset_params, def
         epochs=epochs, batch_size=batch_size, optimizer=optimizer, lr=lr, momentum=momentum,
         weight_decay=weight_decay, schedule=schedule, seed=seed, device=device, val_examples=val_examples,
         precision=precision, channels_last=channels_last,
-        val_eps=val_eps,
+        val_eps=val_eps, eps_warmup=eps_warmup,
         out_dir=out_dir or Path("runs") / f"{dataset_name}-{model_name.replace(':', '_')}-{defense_name}-s{seed}",
     )
     config.check()
