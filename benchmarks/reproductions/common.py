@@ -9,7 +9,7 @@ on the trained models the benchmark left behind. This module holds what they sha
   target (the papers' per-model analyses need real models, not interpolated points);
 - :func:`load_cell_model`, :func:`test_data`: the model and the test images of a record;
 - :func:`publish`: the preset's report, PNGs and leaderboard JSON copied into the results folder;
-- :func:`markdown_table`, :func:`write_json`: result files.
+- :func:`markdown_table`, :func:`write_json`, :func:`save_figure`: result files.
 """
 
 from __future__ import annotations
@@ -25,6 +25,13 @@ from typing import Any, Callable, Mapping, Sequence
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+
+def save_figure(fig: Any, path: Path, **options: Any) -> None:
+    """Write a matplotlib figure as PNG atomically (never through a link left at ``path``)."""
+    from robustkit.files import atomic_write
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", **options))
 
 
 def fail(message: str) -> None:

@@ -274,7 +274,7 @@ def plot_pass(groups: dict[str, torch.Tensor], tau: float, title: str, path: Pat
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower left", fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    common.save_figure(fig, path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}")
 

@@ -30,6 +30,7 @@ from common import (  # noqa: E402
     publish,
     results_dir,
     run_preset,
+    save_figure,
     test_data,
     write_json,
 )
@@ -132,7 +133,7 @@ def heatmap(path: Path, result: dict[str, Any], eps: float) -> None:
             ax.set_title(f"{title}, mask {localize} (eps {eps:g})", fontsize=10)
             fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path, dpi=100)
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
 
 

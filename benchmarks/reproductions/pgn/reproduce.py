@@ -29,7 +29,7 @@ from typing import Any, Mapping
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (describe, guarded, load_cell_model, markdown_table, parse_args, publish,  # noqa: E402
-                    representatives, results_dir, run_preset, target_accuracy, test_data, write_json)
+                    representatives, results_dir, run_preset, save_figure, target_accuracy, test_data, write_json)
 
 import torch  # noqa: E402
 
@@ -198,7 +198,7 @@ def plot_cw_curves(cw: Mapping[str, Mapping[str, Any]], labels: Mapping[str, str
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, format="png")
+    save_figure(fig, path)
     print(f"wrote {path}")
 
 

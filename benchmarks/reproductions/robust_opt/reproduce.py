@@ -31,7 +31,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[3]))  # the repository root: benchmarks.*, robustkit
 
 from benchmarks.reproductions.common import (ROOT, describe, guarded, load_cell_model, markdown_table, parse_args,
-                                             publish, representatives, results_dir, run_preset, test_data, write_json)
+                                             publish, representatives, results_dir, run_preset, save_figure,
+                                             test_data, write_json)
 
 BASELINE = "natural"
 NORMS = ("l1", "l2", "linf")
@@ -202,7 +203,7 @@ def plot_curves(rows: list[Row], path: Path, dataset: str) -> None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     print(f"wrote {path}")
 
