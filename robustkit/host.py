@@ -22,7 +22,7 @@ import pluggy
 
 from robustkit import hookspecs
 from robustkit.errors import PluginError
-from robustkit.registry import Entry, Registry
+from robustkit.registry import OWN_DISTRIBUTION, Entry, Registry
 
 ENTRY_POINT_GROUP = "robustkit"
 
@@ -114,14 +114,22 @@ class Host:
                 self.pm.unregister(plugin)
             self.failures.append(PluginFailure(name, "load", _one_line(err)))
             return
+        wrappers = sorted(caller.name for caller in (self.pm.get_hookcallers(plugin) or [])
+                          for impl in caller.get_hookimpls()
+                          if impl.plugin is plugin and (impl.hookwrapper or getattr(impl, "wrapper", False)))
+        if wrappers:  # the host calls each implementation itself, so a wrapper would silently register nothing
+            self.pm.unregister(plugin)
+            self.failures.append(PluginFailure(name, "load", f"{', '.join(wrappers)} is declared as a wrapper "
+                                               "(wrapper=True or hookwrapper=True); registration hooks take plain "
+                                               "implementations"))
+            return
         hooks = sorted(impl.name for impl in (self.pm.get_hookcallers(plugin) or []))
         module = getattr(plugin, "__name__", type(plugin).__name__)
         self.records[name] = PluginRecord(name, distribution, version, module, hooks)
 
     def _fill_registry(self, hook_name: str, kind: str) -> Registry[Any]:
         registry: Registry[Any] = Registry(kind, LIST_COMMANDS.get(kind), returns=_returns(kind))
-        caller = getattr(self.pm.hook, hook_name)
-        for impl in caller.get_hookimpls():  # registration order: the first plugin wins a duplicate
+        for impl in self._call_order(hook_name):
             record = self.records[impl.plugin_name]
             added: list[str] = []
 
@@ -149,6 +157,14 @@ class Host:
                 record.registered.setdefault(kind, []).extend(added)
         return registry
 
+    def _call_order(self, hook_name: str) -> list[Any]:
+        """A hook's implementations in the order they are called: robustkit's own plugins first, so no other
+        plugin can take their names; then pluggy's order (last registered first, ``tryfirst``/``trylast``
+        honoured). Of two plugins registering one name, the one called first keeps it."""
+        impls = list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))  # pluggy calls from the end
+        own = [i for i in impls if self.records[i.plugin_name].distribution == OWN_DISTRIBUTION]
+        return own + [i for i in impls if i not in own]
+
     def add_commands(self, cli: Any) -> dict[str, str]:
         """Let each plugin add CLI commands; return ``{command: plugin}`` of those added.
 
@@ -156,7 +172,7 @@ class Host:
         is reported (``robustkit plugins`` lists it) and its commands are left out.
         """
         added: dict[str, str] = {}
-        for impl in self.pm.hook.register_commands.get_hookimpls():
+        for impl in self._call_order("register_commands"):
             before = dict(cli.commands)
             try:
                 impl.function(cli=cli)

@@ -16,6 +16,9 @@ from robustkit.params import Param, params_from_signature, resolve_params
 
 T = TypeVar("T")
 
+#: The distribution of robustkit's built-in plugins: their names cannot be taken by any other plugin.
+OWN_DISTRIBUTION = "robustkit"
+
 
 @dataclass(frozen=True)
 class Entry(Generic[T]):
@@ -73,6 +76,9 @@ class Registry(Generic[T]):
         key = entry.name.lower()
         if key in self._entries:
             first = self._entries[key]
+            if first.distribution == OWN_DISTRIBUTION and entry.distribution != OWN_DISTRIBUTION:
+                raise PluginError(f"{self.kind} '{entry.name}' is robustkit's own (plugin '{first.plugin}'); plugin "
+                                  f"'{entry.plugin}' may not replace it: give its {self.kind} another name")
             raise PluginError(
                 f"{self.kind} '{entry.name}' is registered twice: by plugin '{first.plugin}' and by plugin "
                 f"'{entry.plugin}'; uninstall or block one of them (ROBUSTKIT_BLOCK_PLUGINS)"

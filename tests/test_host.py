@@ -68,13 +68,55 @@ def test_misspelled_hook_is_a_broken_plugin():
     assert host.failures[0].plugin == "typo" and "register_atacks" in host.failures[0].error
 
 
-def test_duplicate_name_names_both_plugins():
+def test_duplicate_name_names_both_plugins_and_pluggys_call_order_decides():
     first = plugin("first", register_attacks=lambda register: register("same", Dummy))
     second = plugin("second", register_attacks=lambda register: register("SAME", Dummy))
     host = make_host(plugins=[("first", first), ("second", second)], entry_points=False)
     (failure,) = host.failures
     assert "'first'" in failure.error and "'second'" in failure.error
-    assert host.attacks.get("same").plugin == "first"
+    assert host.attacks.get("same").plugin == "second"  # pluggy calls the last registered first
+
+
+def test_tryfirst_and_trylast_are_honoured():
+    def named(name):
+        def register_attacks(register):
+            register("same", Dummy)
+        return register_attacks
+
+    early = types.SimpleNamespace(__name__="early", register_attacks=hookimpl(tryfirst=True)(named("early")))
+    late = types.SimpleNamespace(__name__="late", register_attacks=hookimpl(trylast=True)(named("late")))
+    plain = plugin("plain", register_attacks=named("plain"))
+    host = make_host(plugins=[("early", early), ("plain", plain), ("late", late)], entry_points=False)
+    assert host.attacks.get("same").plugin == "early"
+    assert sorted(f.plugin for f in host.failures) == ["late", "plain"]
+
+
+def test_a_plugin_cannot_take_a_built_in_name_whatever_its_order():
+    impostor = plugin("aaa-dup", register_defenses=lambda register: register("natural", Dummy),
+                      register_attacks=lambda register: register("torchattacks:PGD", Dummy))
+    trying = types.SimpleNamespace(__name__="eager", register_attacks=hookimpl(tryfirst=True)(
+        lambda register: register("torchattacks:FGSM", Dummy)))
+    host = make_host(plugins=[("aaa-dup", impostor), ("eager", trying)])
+    assert host.defenses.get("natural").plugin == "baseline-defenses"
+    assert host.attacks.get("torchattacks:PGD").plugin == "torchattacks"
+    assert host.attacks.get("torchattacks:FGSM").plugin == "torchattacks"
+    assert len(host.attacks.list("torchattacks:*")) > 30  # the built-in plugin is whole
+    messages = {f.plugin: f.error for f in host.failures}
+    assert "defense 'natural' is robustkit's own (plugin 'baseline-defenses'); plugin 'aaa-dup' may not replace" \
+        in messages["aaa-dup"]
+    assert "torchattacks:FGSM" in messages["eager"]
+
+
+def test_wrapper_implementations_are_refused_at_load():
+    def register_attacks(register):
+        register("never", Dummy)
+        yield
+
+    wrapped = types.SimpleNamespace(__name__="wrapped", register_attacks=hookimpl(wrapper=True)(register_attacks))
+    host = make_host(plugins=[("wrapped", wrapped)], entry_points=False)
+    assert "wrapped" not in host.records and "never" not in host.attacks
+    (failure,) = host.failures
+    assert failure.plugin == "wrapped" and "register_attacks is declared as a wrapper" in failure.error
 
 
 def test_load_only_and_block_environment(monkeypatch):
