@@ -27,3 +27,8 @@ class InputError(RobustkitError, ValueError):
 
 class PluginError(RobustkitError):
     """A plugin that breaks the contract in a way that cannot be skipped."""
+
+
+class PluginBug(RuntimeError):
+    """A plugin's component failed in a way it did not explain: a bug in the plugin. Deliberately not a
+    :class:`RobustkitError`, so its traceback is shown (it names the plugin first)."""

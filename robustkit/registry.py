@@ -11,7 +11,7 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
 
-from robustkit.errors import ParameterError, PluginError, UnknownNameError
+from robustkit.errors import PluginBug, PluginError, RobustkitError, UnknownNameError
 from robustkit.params import Param, params_from_signature, resolve_params
 
 T = TypeVar("T")
@@ -133,9 +133,13 @@ class Registry(Generic[T]):
         resolved = entry.resolve(params or {}, tuple(context))
         try:
             made = entry.factory(**resolved, **context)
-        except (TypeError, ValueError) as err:
-            # A library constructor rejecting a value is a parameter problem, not a crash.
-            raise ParameterError(f"{entry.name}: {err}") from err
+        except RobustkitError:
+            raise  # a problem the component could name: one line for the user
+        except Exception as err:
+            # Anything else is a bug in the component: keep its traceback, and say whose it is.
+            raise PluginBug(f"{self.kind} '{entry.name}' of plugin '{entry.plugin}' failed while being created "
+                            f"({type(err).__name__}: {err}); this is a bug in the plugin: report it to its authors, "
+                            f"or skip it with ROBUSTKIT_BLOCK_PLUGINS={entry.plugin}") from err
         if self.returns is not None and not isinstance(made, self.returns):
             wanted = " or ".join(t.__name__ for t in (self.returns if isinstance(self.returns, tuple)
                                                        else (self.returns,)))

@@ -153,3 +153,26 @@ def test_every_hookspec_is_documented_with_params():
             "register_commands"} <= set(specs)
     for name, fn in specs.items():
         assert fn.__doc__ and ":param" in fn.__doc__, f"hook {name} lacks a documented parameter"
+
+
+def test_a_bug_inside_a_factory_keeps_its_traceback_and_names_the_plugin():
+    from robustkit.errors import PluginBug, RobustkitError
+
+    def buggy(**params):
+        return 1 / 0
+
+    host = make_host(plugins=[("buggy", plugin("buggy", register_attacks=lambda register: register("oops", buggy)))],
+                     entry_points=False)
+    with pytest.raises(PluginBug, match="attack 'oops' of plugin 'buggy' failed while being created "
+                                        r"\(ZeroDivisionError: division by zero\); this is a bug in the plugin") as caught:
+        host.attacks.create("oops")
+    assert not isinstance(caught.value, RobustkitError)  # the CLI shows its traceback
+    assert isinstance(caught.value.__cause__, ZeroDivisionError)
+
+
+def test_a_parameter_problem_a_component_names_stays_one_line():
+    from robustkit.errors import ParameterError
+
+    host = make_host()
+    with pytest.raises(ParameterError, match="6n \\+ 4"):
+        host.models.create("wide-resnet", {"depth": 20}, num_classes=10, in_channels=1, image_size=(8, 8))

@@ -25,6 +25,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustkit import hookimpl
+from robustkit.errors import ParameterError
 from robustkit.hookspecs import Register
 from robustkit.params import Param
 
@@ -36,9 +37,9 @@ LEAK = Param("leak", float, 0.1, "negative slope of the leaky ReLUs (0 gives pla
 def _check_context(num_classes: int, in_channels: int, image_size: Sequence[int]) -> tuple[int, int]:
     """Validate the host-supplied shape facts; returns ``(H, W)``."""
     if num_classes < 1 or in_channels < 1:
-        raise ValueError(f"need num_classes >= 1 and in_channels >= 1, got {num_classes} and {in_channels}")
+        raise ParameterError(f"need num_classes >= 1 and in_channels >= 1, got {num_classes} and {in_channels}")
     if len(image_size) != 2 or min(image_size) < 1:
-        raise ValueError(f"image_size must be (height, width) with positive sides, got {tuple(image_size)}")
+        raise ParameterError(f"image_size must be (height, width) with positive sides, got {tuple(image_size)}")
     return int(image_size[0]), int(image_size[1])
 
 
@@ -311,7 +312,7 @@ class WideResNet(nn.Module):
         _check_context(num_classes, in_channels, image_size)
         if units is None:
             if (depth - 4) % 6 or depth < 10:
-                raise ValueError(f"wide-resnet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}")
+                raise ParameterError(f"wide-resnet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}")
             units = (depth - 4) // 6
         sizes = _parse_widths(widths) if widths else [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.stem = nn.Conv2d(in_channels, sizes[0], 3, 1, 1, bias=False)
@@ -346,11 +347,11 @@ def _parse_widths(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise ValueError(f"widths must be comma-separated integers like 16,160,320,640, got {text!r}") from None
+        raise ParameterError(f"widths must be comma-separated integers like 16,160,320,640, got {text!r}") from None
     if len(sizes) < 2 or min(sizes) < 1:
-        raise ValueError(f"widths needs a stem width and at least one positive stage width, got {text!r}")
+        raise ParameterError(f"widths needs a stem width and at least one positive stage width, got {text!r}")
     if any(b < a for a, b in zip(sizes[1:], sizes[2:])) or sizes[1] < sizes[0]:
-        raise ValueError(f"widths must not decrease (shortcuts are zero-padded, not projected), got {text!r}")
+        raise ParameterError(f"widths must not decrease (shortcuts are zero-padded, not projected), got {text!r}")
     return sizes
 
 
@@ -412,7 +413,7 @@ class VGG(nn.Module):
         super().__init__()
         size = _check_context(num_classes, in_channels, image_size)
         if config not in VGG_CONFIGS:
-            raise ValueError(f"unknown VGG config {config!r}; use one of {', '.join(VGG_CONFIGS)}")
+            raise ParameterError(f"unknown VGG config {config!r}; use one of {', '.join(VGG_CONFIGS)}")
         stack = _Stack(in_channels, size)
         for item in VGG_CONFIGS[config]:
             if item == "M":
