@@ -163,8 +163,9 @@ def test_a_bug_inside_a_factory_keeps_its_traceback_and_names_the_plugin():
 
     host = make_host(plugins=[("buggy", plugin("buggy", register_attacks=lambda register: register("oops", buggy)))],
                      entry_points=False)
-    with pytest.raises(PluginBug, match="attack 'oops' of plugin 'buggy' failed while being created "
-                                        r"\(ZeroDivisionError: division by zero\); this is a bug in the plugin") as caught:
+    expected = (r"attack 'oops' of plugin 'buggy' failed while being created \(ZeroDivisionError: division by zero\); "
+                "this is a bug in the plugin")
+    with pytest.raises(PluginBug, match=expected) as caught:
         host.attacks.create("oops")
     assert not isinstance(caught.value, RobustkitError)  # the CLI shows its traceback
     assert isinstance(caught.value.__cause__, ZeroDivisionError)

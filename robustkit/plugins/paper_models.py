@@ -312,7 +312,8 @@ class WideResNet(nn.Module):
         _check_context(num_classes, in_channels, image_size)
         if units is None:
             if (depth - 4) % 6 or depth < 10:
-                raise ParameterError(f"wide-resnet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), got {depth}")
+                raise ParameterError(f"wide-resnet depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ...), "
+                                     f"got {depth}")
             units = (depth - 4) // 6
         sizes = _parse_widths(widths) if widths else [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.stem = nn.Conv2d(in_channels, sizes[0], 3, 1, 1, bias=False)
