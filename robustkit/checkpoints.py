@@ -37,7 +37,7 @@ from torch import nn
 import robustkit
 from robustkit.files import atomic_write, atomic_write_text, jsonable, sha256_file
 from robustkit.data import DatasetInfo
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, one_line
 
 FORMAT = "robustkit-checkpoint"
 FORMAT_VERSION = 1
@@ -221,7 +221,7 @@ def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise RobustkitError(
-            f"{meta_path} is not valid JSON ({_one_line(err)}); the checkpoint is damaged: retrain or restore it"
+            f"{meta_path} is not valid JSON ({one_line(err)}); the checkpoint is damaged: retrain or restore it"
         ) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise RobustkitError(f"{meta_path} is not a robustkit checkpoint (no \"format\": \"{FORMAT}\")")
@@ -298,7 +298,7 @@ def load_model(path: str | os.PathLike[str], host: Any = None, device: str | tor
     except RobustkitError as err:
         raise RobustkitError(f"cannot rebuild the model of {paths.meta}: {err}") from None
     except (KeyError, TypeError) as err:
-        raise RobustkitError(f"{paths.meta} has malformed model or dataset metadata ({_one_line(err)})") from None
+        raise RobustkitError(f"{paths.meta} has malformed model or dataset metadata ({one_line(err)})") from None
     load_weights(model, paths.meta)
     return model.to(device).eval()
 
@@ -331,7 +331,7 @@ def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Opt
             scheduler.load_state_dict(_unflatten(skeleton["scheduler"], tensors))
     except (ValueError, KeyError, RuntimeError, TypeError) as err:
         raise RobustkitError(
-            f"the optimizer state in {state_path} does not fit this optimizer ({_one_line(err)}); "
+            f"the optimizer state in {state_path} does not fit this optimizer ({one_line(err)}); "
             "start a new run (--no-resume)"
         ) from None
     defense = skeleton.get("defense")
@@ -362,7 +362,7 @@ def _read_tensors(path: Path, sha256: str | None, meta_path: Path) -> tuple[dict
         header = _header_metadata(data)
     except Exception as err:  # safetensors raises its own error type for every kind of damage
         raise RobustkitError(
-            f"{path} is not a readable safetensors file ({_one_line(err)}); it is truncated or corrupt: "
+            f"{path} is not a readable safetensors file ({one_line(err)}); it is truncated or corrupt: "
             "retrain or restore it from a backup"
         ) from None
     return tensors, header
@@ -378,7 +378,7 @@ def _load_strict(model: nn.Module, tensors: Mapping[str, torch.Tensor], path: Pa
     try:
         missing, unexpected = model.load_state_dict(dict(tensors), strict=False)
     except RuntimeError as err:  # shape mismatch
-        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), _one_line(err))
+        detail = next((ln.strip() for ln in str(err).splitlines() if "size mismatch" in ln), one_line(err))
         raise RobustkitError(
             f"the weights in {path} do not fit this model ({detail}); the checkpoint was saved from a different "
             "architecture or model parameters"
@@ -428,6 +428,3 @@ def _few(names: list[str], n: int = 3) -> str:
     return shown + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__

@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from robustkit import __version__
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, one_line
 from robustkit.host import get_host
 
 
@@ -92,9 +92,9 @@ def _guard(command: click.Command, plugin: str) -> None:
                 KeyboardInterrupt):
             raise
         except Exception as err:
-            lines = f"{type(err).__name__}: {err}".strip().splitlines()
-            raise UserError(f"command '{command.name}' of plugin '{plugin}' failed ({lines[0]}); report it to the "
-                            f"plugin's authors, or skip the plugin with ROBUSTKIT_BLOCK_PLUGINS={plugin}") from None
+            raise UserError(f"command '{command.name}' of plugin '{plugin}' failed ({one_line(err, typed=True)}); "
+                            f"report it to the plugin's authors, or skip the plugin with "
+                            f"ROBUSTKIT_BLOCK_PLUGINS={plugin}") from None
 
     command.invoke = invoke  # type: ignore[method-assign]
 

@@ -6,6 +6,16 @@ without a traceback and exits with code 2; programming errors still show their t
 """
 
 
+def one_line(err: BaseException, *, typed: bool = False) -> str:
+    """An exception as one line for a user-facing message: the first line of its text (``Type: text`` when
+    ``typed``; the type alone when there is no text), at most 300 characters."""
+    lines = str(err).strip().splitlines()
+    text = " ".join(lines[0].split()) if lines else ""
+    if typed or not text:
+        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
 class RobustkitError(Exception):
     """A problem with the user's input or environment, explained in one line."""
 

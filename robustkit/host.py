@@ -21,7 +21,7 @@ from typing import Any, Iterable
 import pluggy
 
 from robustkit import hookspecs
-from robustkit.errors import PluginError
+from robustkit.errors import PluginError, one_line
 from robustkit.registry import OWN_DISTRIBUTION, Entry, Registry
 
 ENTRY_POINT_GROUP = "robustkit"
@@ -101,7 +101,7 @@ class Host:
             try:
                 plugin = ep.load()
             except Exception as err:  # a broken plugin must not take the others down
-                self.failures.append(PluginFailure(ep.name, "load", _one_line(err)))
+                self.failures.append(PluginFailure(ep.name, "load", one_line(err, typed=True)))
                 continue
             self._register_plugin(ep.name, plugin, dist.name if dist else None, dist.version if dist else None)
 
@@ -112,7 +112,7 @@ class Host:
         except Exception as err:
             if self.pm.is_registered(plugin):
                 self.pm.unregister(plugin)
-            self.failures.append(PluginFailure(name, "load", _one_line(err)))
+            self.failures.append(PluginFailure(name, "load", one_line(err, typed=True)))
             return
         wrappers = sorted(caller.name for caller in (self.pm.get_hookcallers(plugin) or [])
                           for impl in caller.get_hookimpls()
@@ -149,7 +149,7 @@ class Host:
                 if self.trace:
                     print(f"[robustkit trace]   registered {len(added)} {kind}(s)", file=sys.stderr)
             except Exception as err:
-                self.failures.append(PluginFailure(record.name, hook_name, _one_line(err)))
+                self.failures.append(PluginFailure(record.name, hook_name, one_line(err, typed=True)))
                 for name in added:  # all or nothing: a half-registered plugin is confusing
                     registry.remove(name)
                 continue
@@ -184,7 +184,7 @@ class Host:
                 cli.commands.clear()
                 cli.commands.update(before)
                 failure = PluginFailure(impl.plugin_name, "register_commands",
-                                        str(err) if isinstance(err, PluginError) else _one_line(err))
+                                        str(err) if isinstance(err, PluginError) else one_line(err, typed=True))
                 if failure not in self.failures:
                     self.failures.append(failure)
                     print(f"robustkit: warning: {failure.message()}", file=sys.stderr)
@@ -239,11 +239,6 @@ def _returns(kind: str) -> type | tuple[type, ...]:
 def _first_doc_line(obj: Any) -> str:
     doc = getattr(obj, "__doc__", None) or ""
     return doc.strip().splitlines()[0].strip() if doc.strip() else ""
-
-
-def _one_line(err: BaseException) -> str:
-    text = f"{type(err).__name__}: {err}".strip().splitlines()
-    return text[0] if text else type(err).__name__
 
 
 def make_host(plugins: Iterable[tuple[str, Any]] = (), entry_points: bool = True) -> Host:

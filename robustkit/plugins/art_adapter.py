@@ -79,7 +79,7 @@ from torch import nn
 from robustkit import hookimpl
 from robustkit.attacks import Attack, AttackResult, first_parameter, model_facts
 from robustkit.devices import seed_everything
-from robustkit.errors import InputError, ParameterError, RobustkitError
+from robustkit.errors import InputError, ParameterError, RobustkitError, one_line
 from robustkit.params import Param, params_from_signature, signature_names
 from robustkit.threat import NORMS, ThreatModel, threat_of
 
@@ -428,7 +428,7 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
         try:
             self.build(classifier, targeted=self.facts.targeted_only)
         except (TypeError, ValueError, AssertionError, KeyError, IndexError, NotImplementedError) as err:
-            raise ParameterError(f"{self.display_name()}: ART rejects these parameters: {_one_line(err)}") from None
+            raise ParameterError(f"{self.display_name()}: ART rejects these parameters: {one_line(err)}") from None
 
     def library_kwargs(self, targeted: bool = False) -> dict[str, Any]:
         """The keyword arguments ART's constructor gets (``targeted`` follows the call)."""
@@ -494,7 +494,7 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
                     raise
                 continue  # nothing of this run is kept: the retry is exactly a first call
             except ValueError as err:  # ART reports unusable inputs as ValueError
-                raise InputError(f"{self.display_name()}: {_one_line(err)}") from err
+                raise InputError(f"{self.display_name()}: {one_line(err)}") from err
             finally:
                 holder.attach(_DETACHED)
             return AttackResult(adversarial=torch.from_numpy(np.asarray(adv, dtype=np.float32)))  # __call__ moves it
@@ -706,11 +706,6 @@ def _private_cwd() -> Iterator[None]:
         yield
     finally:
         os.chdir(previous)
-
-
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def _parse_tuple(value: Any, what: str) -> Any:

@@ -37,7 +37,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from robustkit import hookimpl
 from robustkit.data import DatasetInfo, ImageDataset
-from robustkit.errors import RobustkitError
+from robustkit.errors import RobustkitError, one_line
 from robustkit.params import Param
 from robustkit.safe_unpickle import load_data_pickle
 
@@ -109,11 +109,6 @@ class UInt8Images(Dataset):
         return (c, self.resize, self.resize) if self.resize is not None else (c, h, w)
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0]}" if text else type(err).__name__
-
-
 def _require_root(name: str, root: str | os.PathLike[str] | None, folder: str) -> Path:
     """``root`` as a Path, or a one-line error telling the user to pass ``--data-root``."""
     if root is None:
@@ -143,8 +138,8 @@ def _blame(name: str, root: Path, files: Sequence[str], howto: str, probe: Calla
             raise  # already one line naming the file (a refused pickle)
         except Exception as bad:
             raise RobustkitError(
-                f"dataset '{name}': file {root / f} is corrupt or not in the expected format ({_one_line(bad)}); "
-                f"to replace it, {howto}"
+                f"dataset '{name}': file {root / f} is corrupt or not in the expected format "
+                f"({one_line(bad, typed=True)}); to replace it, {howto}"
             ) from bad
 
 
@@ -155,8 +150,8 @@ def _load(name: str, root: Path, files: Sequence[str], howto: str, build: Callab
         return build()
     except Exception as err:  # torchvision raises anything from AssertionError to UnpicklingError
         _blame(name, root, files, howto, probe)
-        raise RobustkitError(f"dataset '{name}': could not read the files under {root} ({_one_line(err)}); {howto}") \
-            from err
+        raise RobustkitError(f"dataset '{name}': could not read the files under {root} "
+                             f"({one_line(err, typed=True)}); {howto}") from err
 
 
 def _check_split(name: str, images: torch.Tensor, labels: torch.Tensor, num_classes: int, files: str) -> None:

@@ -32,7 +32,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustkit import hookimpl
-from robustkit.errors import ParameterError, RobustkitError
+from robustkit.errors import ParameterError, RobustkitError, one_line
 from robustkit.hookspecs import Register
 from robustkit.params import Param, _coerce_any
 
@@ -105,11 +105,6 @@ def model_names() -> list[str]:
 
 
 # --- weights --------------------------------------------------------------------------------------
-
-
-def _one_line(err: BaseException) -> str:
-    text = " ".join(f"{type(err).__name__}: {err}".split())
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 def _is_safetensors(path: Path) -> bool:
@@ -298,14 +293,15 @@ def create_timm_model(model_name: str, num_classes: int, in_channels: int, image
             break
         except TypeError as err:
             if any(f"'{k}'" in str(err) for k in extra):  # a kwargs= keyword this model does not know
-                raise ParameterError(f"{owner}: {_one_line(err)}") from None
+                raise ParameterError(f"{owner}: {one_line(err, typed=True)}") from None
             model, first_error = None, first_error or err
         except Exception as err:  # timm models fail on too-small inputs with many exception types
             model, first_error = None, first_error or err
     if model is None:
         tried = ", ".join(f"{h}x{w}" for h, w in candidates)
         raise RobustkitError(f"{owner}: cannot build for {in_channels}-channel images at {tried} "
-                             f"({_one_line(first_error) if first_error else 'no size tried'}); try resize=224")
+                             f"({one_line(first_error, typed=True) if first_error else 'no size tried'}); "
+                             "try resize=224")
 
     if state is not None:
         model = _with_weights(model, model_name, size, state, weights or "", common)
@@ -335,7 +331,8 @@ def _with_weights(random_model: nn.Module, model_name: str, size: tuple[int, int
     try:
         model = _create(model_name, size, pretrained=True, pretrained_cfg_overlay=overlay, **common)
     except Exception as err:
-        raise RobustkitError(f"{owner}: weights file {path} does not fit the model ({_one_line(err)})") from None
+        raise RobustkitError(f"{owner}: weights file {path} does not fit the model "
+                             f"({one_line(err, typed=True)})") from None
     with torch.no_grad():  # a timm that dropped an adapted stem (random init) gets it back
         for key, weight in stems.items():
             target = model.get_parameter(key)

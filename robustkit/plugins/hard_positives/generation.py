@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from robustkit.checkpoints import dataset_info_to_dict
+from robustkit.errors import one_line
 from robustkit.files import atomic_write, atomic_write_text, jsonable, sha256_file
 from robustkit.models import logits
 from robustkit.plugins.hard_positives.kinds import HardPositiveType
@@ -226,13 +227,13 @@ class SetCache:
         try:
             meta = json.loads(meta_path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise CacheDamaged(f"{meta_path} is not readable JSON ({_one_line(err)})") from None
+            raise CacheDamaged(f"{meta_path} is not readable JSON ({one_line(err)})") from None
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("key") != key:
             raise CacheDamaged(f"{meta_path} is not the hard-positive set of this key")
         try:
             data = tensor_path.read_bytes()
         except OSError as err:
-            raise CacheDamaged(f"{tensor_path} cannot be read ({_one_line(err)})") from None
+            raise CacheDamaged(f"{tensor_path} cannot be read ({one_line(err)})") from None
         if hashlib.sha256(data).hexdigest() != meta.get("tensors_sha256"):
             raise CacheDamaged(f"{tensor_path} does not match the checksum in {meta_path.name} (truncated or edited)")
         try:
@@ -243,7 +244,7 @@ class SetCache:
         except CacheDamaged:
             raise
         except Exception as err:  # safetensors raises its own error type for every kind of damage
-            raise CacheDamaged(f"{tensor_path} is not a readable hard-positive set ({_one_line(err)})") from None
+            raise CacheDamaged(f"{tensor_path} is not a readable hard-positive set ({one_line(err)})") from None
         return HardPositiveSet(found["images"], found["labels"], found["kinds"], found["pass"], found["sources"],
                                names, stats)
 
@@ -285,6 +286,3 @@ def _check_tensors(tensors: dict[str, torch.Tensor], shape: tuple[int, ...], num
             "sources": tensors["sources"].long()}
 
 
-def _one_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
