@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from robustkit.checkpoints import load_model, read_metadata
-from robustkit.cli import cli, echo_table
+from robustkit.commands.group import cli, echo_table
 from robustkit.commands.common import (build_attacks, data_options, device_option, load_dataset, output_folder,
                                       precision_options, seed_option)
 from robustkit.devices import seed_everything

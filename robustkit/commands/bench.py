@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from robustkit.cli import cli, echo_json, echo_table
+from robustkit.commands.group import cli, echo_json, echo_table
 from robustkit.commands.common import device_option, output_folder
 from robustkit.errors import RobustkitError
 from robustkit.host import get_host

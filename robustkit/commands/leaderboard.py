@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from robustkit.cli import cli
+from robustkit.commands.group import cli
 from robustkit.files import atomic_write_text
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from robustkit.cli import cli, echo_json, echo_table
+from robustkit.commands.group import cli, echo_json, echo_table
 from robustkit.host import get_host
 
 _EXAMPLES = {

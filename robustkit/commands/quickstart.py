@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from robustkit.cli import cli, echo_table
+from robustkit.commands.group import cli, echo_table
 from robustkit.commands.common import device_option, output_folder, seed_option
 from robustkit.host import get_host
 from robustkit.quickstart import QuickstartSettings, run_quickstart

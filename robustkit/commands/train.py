@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from robustkit.cli import cli, echo_table
+from robustkit.commands.group import cli, echo_table
 from robustkit.commands.common import (Fraction, data_options, device_option, load_dataset, output_folder,
                                       precision_options, seed_option)
 from robustkit.devices import seed_everything
