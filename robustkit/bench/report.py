@@ -19,6 +19,7 @@ from robustkit.bench.analysis import (NOT_RUN, BenchmarkRun, Comparison, Matched
                                       is_accuracy, load_run, metrics, points_by_seed)
 from robustkit.files import atomic_write, atomic_write_text
 from robustkit.protocol import EXCEEDS, frontier
+from robustkit.tables import text_table
 
 REPORT_FILE = "report.md"
 CURVES_FILE = "robustness_curves.png"
@@ -78,12 +79,6 @@ def target_title(comparison: Comparison) -> str:
     return f"target {t.name}{value}"
 
 
-def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip(), "  ".join("-" * w for w in widths)]
-    return lines + ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-
-
 def ranking_rows(run: BenchmarkRun, comparison: Comparison) -> list[list[str]]:
     rows = []
     for place in comparison.ranking:
@@ -107,7 +102,7 @@ def terminal_table(run: BenchmarkRun) -> str:
     for target in analysis.targets:
         comparison = analysis.comparison(target.name, metric)
         lines += ["", target_title(comparison)]
-        lines += _table(["rank", "defense", f"{metric} {unit}", "seeds", "from models (clean %)", "audit flags"],
+        lines += text_table(["rank", "defense", f"{metric} {unit}", "seeds", "from models (clean %)", "audit flags"],
                         ranking_rows(run, comparison))
     return "\n".join(lines)
 

@@ -17,6 +17,7 @@ import click
 from robustkit import __version__
 from robustkit.errors import RobustkitError, one_line
 from robustkit.host import get_host
+from robustkit.tables import text_table
 
 
 class UserError(click.ClickException):
@@ -119,13 +120,9 @@ def cli() -> None:
 
 
 def echo_table(rows: list[list[str]], headers: list[str]) -> None:
-    """Plain aligned columns (readable in logs and when piped)."""
-    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
-    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
-    click.echo(line.rstrip())
-    click.echo("  ".join("-" * w for w in widths))
-    for row in rows:
-        click.echo("  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip())
+    """Plain aligned columns (readable in logs and when piped): :func:`robustkit.tables.text_table`."""
+    for line in text_table(headers, rows):
+        click.echo(line)
 
 
 def echo_json(obj: Any) -> None:
