@@ -79,7 +79,7 @@ def run_quickstart(host: Any, settings: QuickstartSettings, out_dir: Path,
         seed_everything(settings.seed)
         model = build_model(host, settings.model, dataset.info)
         config = TrainConfig(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr,
-                             seed=settings.seed, device=str(device), val_examples=200, val_eps=settings.eps,
+                             seed=settings.seed, device=str(device), val_eps=settings.eps,
                              out_dir=out_dir / defense_name)
         tick = time.perf_counter()
         trained = train(model, dataset, defense, config, host=host)

@@ -100,7 +100,7 @@ class TrainConfig:
     gamma: float = 0.1
     seed: int = 0
     device: str = "auto"
-    val_examples: int = 1000
+    val_examples: int = 200
     val_eps: float | None = None
     val_steps: int = 10
     val_step_size: float | None = None

@@ -348,3 +348,17 @@ def test_eps_warm_up_raises_eps_linearly_then_trains_at_the_full_eps():
         TrainConfig(epochs=2, eps_warmup=2).check()
     # Off by default and then not part of a run's identity: runs saved before it existed still resume.
     assert "eps_warmup" not in TrainConfig().identity() and TrainConfig(eps_warmup=1).identity()["eps_warmup"] == 1
+
+
+def test_the_cli_and_specs_take_their_training_defaults_from_train_config():
+    from robustkit.bench.spec import TRAINING_DEFAULTS
+    from robustkit.cli import cli
+    from robustkit.training import OPTIMIZERS, SCHEDULES
+
+    defaults = TrainConfig()
+    options = {p.name: p for p in cli.commands["train"].params}
+    for name in ("epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "val_examples"):
+        assert options[name].default == getattr(defaults, name), name
+        assert TRAINING_DEFAULTS[name] == getattr(defaults, name), name
+    assert tuple(options["optimizer"].type.choices) == OPTIMIZERS
+    assert tuple(options["schedule"].type.choices) == SCHEDULES

@@ -50,6 +50,7 @@ from robustkit.errors import RobustkitError, UnknownNameError
 from robustkit.files import jsonable
 from robustkit.store import cell_key
 from robustkit.threat import TOLERANCE
+from robustkit.training import TrainConfig
 
 SCHEMA_FILE = "schemas/benchmark.schema.json"
 SUFFIXES = (".toml", ".yaml", ".yml", ".json")
@@ -64,10 +65,12 @@ NATURAL_MODEL = "@natural"
 #: version re-evaluates the trained models without retraining them.
 PROTOCOL_VERSION = 2
 
-#: Training settings a spec may leave out, and what they default to.
+#: Training settings a spec may leave out, and what they default to: :class:`robustkit.training.TrainConfig`'s
+#: own defaults (the one home of them), for the settings that decide a cell's training.
 TRAINING_DEFAULTS: dict[str, Any] = {
-    "epochs": 10, "batch_size": 128, "optimizer": "adam", "lr": 1e-3, "momentum": 0.9, "weight_decay": 0.0,
-    "schedule": "constant", "milestones": [], "gamma": 0.1, "val_examples": 200, "val_eps": None, "val_steps": 10,
+    name: jsonable(getattr(TrainConfig(), name)) for name in (
+        "epochs", "batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "milestones", "gamma",
+        "val_examples", "val_eps", "val_steps")
 }
 EVALUATION_DEFAULTS: dict[str, Any] = {"n_examples": 500, "batch_size": 128, "eps_curve": [], "curve_attack": None}
 AUDIT_DEFAULTS: dict[str, Any] = {
@@ -304,8 +307,6 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
         training["val_eps"] = threat["eps"]  # the loop's per-epoch check is linf PGD
     if training["val_examples"] == 0:
         training["val_eps"] = None  # no validation: the threat must not change the training key
-    from robustkit.training import TrainConfig  # the loop's own checks (the schema lets epochs = 10.0 through)
-
     try:
         TrainConfig(**{**training, "milestones": tuple(training["milestones"])}).check()
     except RobustkitError as err:

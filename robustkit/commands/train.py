@@ -13,7 +13,10 @@ from robustkit.devices import seed_everything
 from robustkit.host import get_host
 from robustkit.models import build_model
 from robustkit.params import parse_assignments
-from robustkit.training import TrainConfig, train as run_training
+from robustkit.training import OPTIMIZERS, SCHEDULES, TrainConfig, train as run_training
+
+
+DEFAULTS = TrainConfig()  # the one home of the training defaults and choices
 
 
 @cli.command()
@@ -24,14 +27,14 @@ from robustkit.training import TrainConfig, train as run_training
 @click.option("--defense", "defense_name", default="natural", show_default=True, help="Registered defense.")
 @click.option("--param", "defense_params", multiple=True, metavar="K=V",
               help="Defense parameter, e.g. eps=0.1 or eps=8/255 (repeatable).")
-@click.option("--epochs", type=int, default=10, show_default=True)
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True)
-@click.option("--lr", type=float, default=1e-3, show_default=True, help="Initial learning rate.")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=float, default=0.0, show_default=True)
-@click.option("--schedule", type=click.Choice(["constant", "cosine", "step"]), default="constant", show_default=True)
-@click.option("--val-examples", type=int, default=500, show_default=True,
+@click.option("--epochs", type=int, default=DEFAULTS.epochs, show_default=True)
+@click.option("--batch-size", type=int, default=DEFAULTS.batch_size, show_default=True)
+@click.option("--optimizer", type=click.Choice(OPTIMIZERS), default=DEFAULTS.optimizer, show_default=True)
+@click.option("--lr", type=float, default=DEFAULTS.lr, show_default=True, help="Initial learning rate.")
+@click.option("--momentum", type=float, default=DEFAULTS.momentum, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=DEFAULTS.weight_decay, show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default=DEFAULTS.schedule, show_default=True)
+@click.option("--val-examples", type=int, default=DEFAULTS.val_examples, show_default=True,
               help="Test images to check after each epoch (0: none).")
 @click.option("--val-eps", type=Fraction(), default=None,
               help="Linf eps of the per-epoch PGD check; default: the defense's eps if it has one, else off.")
