@@ -197,6 +197,13 @@ class Attack:
     def display_name(cls) -> str:
         return getattr(cls, "name", None) or cls.__name__
 
+    @classmethod
+    def declared_facts(cls) -> dict[str, Any]:
+        """The class attributes listings and the benchmark protocol read; the host records them when the class
+        is registered, so a plugin states them once."""
+        return {"threat_models": cls.threat_models, "knowledge": cls.knowledge, "goal": cls.goal,
+                "supports_targeted": cls.supports_targeted}
+
     def describe(self) -> dict[str, Any]:
         """Name and parameters, for provenance."""
         return {"name": self.display_name(), "params": dict(self.config)}

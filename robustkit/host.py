@@ -135,6 +135,8 @@ class Host:
 
             def register(name: str, factory: Any, *, description: str | None = None,
                          params: Any = None, **info: Any) -> None:
+                if isinstance(factory, type) and callable(getattr(factory, "declared_facts", None)):
+                    info = {**factory.declared_facts(), **info}  # stated once, on the class
                 registry.add(Entry(
                     name=name, factory=factory, plugin=record.name, distribution=record.distribution,
                     description=description if description is not None else _first_doc_line(factory),

@@ -177,3 +177,17 @@ def test_a_parameter_problem_a_component_names_stays_one_line():
     host = make_host()
     with pytest.raises(ParameterError, match="6n \\+ 4"):
         host.models.create("wide-resnet", {"depth": 20}, num_classes=10, in_channels=1, image_size=(8, 8))
+
+
+def test_an_attack_classs_facts_are_recorded_without_restating_them():
+    class Bounded(Dummy):
+        threat_models = ("l2",)
+        knowledge = "score-based"
+        goal = "minimal-distortion"
+
+    host = make_host(plugins=[("facts", plugin("facts", register_attacks=lambda register: register("b", Bounded,
+                                                                                                      note="x")))],
+                     entry_points=False)
+    info = dict(host.attacks.get("b").info)
+    assert info == {"threat_models": ("l2",), "knowledge": "score-based", "goal": "minimal-distortion",
+                    "supports_targeted": False, "note": "x"}

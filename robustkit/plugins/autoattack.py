@@ -333,7 +333,6 @@ def _device_of(model: nn.Module, images: torch.Tensor) -> torch.device:
 @hookimpl
 def register_attacks(register: Any) -> None:
     """Register ``autoattack`` (cheap: torchattacks is imported only when it runs)."""
-    register(NAME, AutoAttack, threat_models=AutoAttack.threat_models, knowledge=AutoAttack.knowledge,
-             goal=AutoAttack.goal, supports_targeted=False, available=True,
+    register(NAME, AutoAttack, available=True,
              note="reference settings (APGD-CE 100, APGD-T 100 x 9, FAB-T 100 x 9, Square 5000); "
                   "torchattacks:AutoAttack runs 10 steps")

@@ -403,5 +403,4 @@ def max_queries(iterations: int, population: int, check_every: int = 10) -> int:
 @hookimpl
 def register_attacks(register: Any) -> None:
     """Register ``nattack``."""
-    register(NAttack.name, NAttack, threat_models=NAttack.threat_models, knowledge=NAttack.knowledge,
-             goal=NAttack.goal, supports_targeted=False)
+    register(NAttack.name, NAttack)

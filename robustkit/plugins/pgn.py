@@ -488,5 +488,4 @@ def register_defenses(register: Register) -> None:
 @hookimpl
 def register_attacks(register: Register) -> None:
     """Register the ``pgn`` attack (a trained generator)."""
-    register(PGNAttack.name, PGNAttack, threat_models=PGNAttack.threat_models, knowledge=PGNAttack.knowledge,
-             goal=PGNAttack.goal, supports_targeted=False)
+    register(PGNAttack.name, PGNAttack)

@@ -588,10 +588,7 @@ def register_attacks(register: Any) -> None:
             register(full_name, cls, description=cls.__doc__, params=(), available=False,
                      reason=cls.unavailable_reason)  # type: ignore[attr-defined]
             continue
-        info: dict[str, Any] = {
-            "threat_models": cls.threat_models, "knowledge": cls.knowledge, "goal": cls.goal,
-            "supports_targeted": cls.supports_targeted, "available": True,
-        }
+        info: dict[str, Any] = {"available": True}  # the attack's facts come from its class (declared_facts)
         if cls.note:  # type: ignore[attr-defined]
             info["note"] = cls.note  # type: ignore[attr-defined]
         register(full_name, cls, description=_summary(cls.library_name), **info)  # type: ignore[attr-defined]

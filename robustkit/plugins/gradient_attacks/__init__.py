@@ -25,5 +25,4 @@ __all__ = ["ATTACKS", "CWLinf", "LocalizedPGD", "MASK_KINDS", "OneStep", "cw_los
 def register_attacks(register: Any) -> None:
     """Register ``cw-linf``, ``one-step`` and ``localized-pgd``."""
     for cls in ATTACKS:
-        register(cls.name, cls, threat_models=cls.threat_models, knowledge=cls.knowledge, goal=cls.goal,
-                 supports_targeted=cls.supports_targeted)
+        register(cls.name, cls)

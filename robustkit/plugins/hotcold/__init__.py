@@ -31,6 +31,4 @@ ATTACKS = (FGS, FGV, HotCold)
 @hookimpl
 def register_attacks(register):
     for cls in ATTACKS:
-        register(cls.name, cls, threat_models=cls.threat_models, knowledge=cls.knowledge, goal=cls.goal,
-                 supports_targeted=cls.supports_targeted,
-                 paper="Rozsa et al. 2016, Adversarial Diversity and Hard Positive Generation")
+        register(cls.name, cls, paper="Rozsa et al. 2016, Adversarial Diversity and Hard Positive Generation")
