@@ -121,7 +121,7 @@ def art_cases(host: Any, model: torch.nn.Module, x: torch.Tensor, y: torch.Tenso
     from art.attacks.evasion import FastGradientMethod, ProjectedGradientDescent
     from art.estimators.classification import PyTorchClassifier
 
-    from robustkit.plugins.art_adapter import one_hot
+    from robustkit_art.adapter import one_hot
 
     classes = int(model(x[:1]).shape[1])
     x_np, y_np = x.numpy().astype(np.float32), one_hot(y, classes)
@@ -202,7 +202,7 @@ def main() -> int:
     notes = []
     art_file = ROOT / "robustkit" / "plugins" / "art_adapter.py"
     if not art_file.exists() or "art:FastGradientMethod" not in host.attacks:
-        notes.append("ART adapter not available (robustkit/plugins/art_adapter.py missing or failed to load); "
+        notes.append("ART adapter not available (plugins/robustkit-art missing or failed to load); "
                      "ART rows skipped")
     else:
         with contextlib.redirect_stdout(io.StringIO()):

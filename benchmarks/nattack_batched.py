@@ -2,7 +2,7 @@
 
 Measures, in one run on the embedded digits and two small undefended models:
 
-- ``batched``: ``robustkit.plugins.nattack.NAttack`` (defaults) on all images at once: one forward
+- ``batched``: ``robustkit_nattack.nattack.NAttack`` (defaults) on all images at once: one forward
   pass over every active image's population per iteration (cache-sized passes on the CPU), early
   stop per image, and one draw of population noise per iteration shared by all images (each image's
   search is unchanged).
@@ -66,8 +66,8 @@ import common  # noqa: E402  (the machine facts, the git commit included, shared
 
 from robustkit.data import stack  # noqa: E402
 from robustkit.errors import ParameterError  # noqa: E402
-from robustkit.plugins.datasets import load_digits_dataset  # noqa: E402
-from robustkit.plugins.nattack import NAttack  # noqa: E402
+from robustkit.essentials.datasets import load_digits_dataset  # noqa: E402
+from robustkit_nattack.nattack import NAttack  # noqa: E402
 
 
 def train_mlp(x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> nn.Module:

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -71,3 +72,51 @@ def pgd(model: nn.Module, x: torch.Tensor, y: torch.Tensor, threat: ThreatModel,
         grad = input_gradient(model, adv, y, loss_fn)
         adv = threat.project(adv.detach() + step_size * ascent_direction(grad, threat.norm), x)
     return adv.detach()
+
+
+@contextmanager
+def crafting_mode(model: nn.Module, mode: str) -> Iterator[None]:
+    """Put ``model`` in ``mode`` (``train`` or ``eval``) while crafting examples; restore its mode after."""
+    was_training = model.training
+    model.train(mode == "train")
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+TRADES_START_NOISE = 0.001
+"""Standard deviation of the Gaussian start of TRADES's inner attack (Zhang et al.'s code)."""
+
+
+def kl_batchmean(clean_logits: torch.Tensor, adversarial_logits: torch.Tensor) -> torch.Tensor:
+    """KL(p(x) || p(x')) summed over classes and averaged over the batch; gradients reach both sides."""
+    return F.kl_div(F.log_softmax(adversarial_logits, dim=1), F.log_softmax(clean_logits, dim=1),
+                    reduction="batchmean", log_target=True)
+
+
+def trades_examples(model: nn.Module, images: torch.Tensor, threat: ThreatModel, *, steps: int, step_size: float,
+                    rand_init: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """TRADES's inner attack: ascend sum KL(p(x) || p(x')) over the batch, with p(x) fixed.
+
+    Start at x + 0.001 * N(0, I) (not clipped before the first gradient, as in Zhang et al.'s and
+    RLFAT's code; without ``rand_init`` the start is x, where the KL gradient is zero), then ``steps``
+    steepest-ascent steps of ``step_size`` (sign steps for linf, normalized gradient for l2), each
+    projected onto the ``threat`` ball around x and clipped to [0, 1]. Labels are not used. The
+    model's mode is left as the caller set it. Returns detached images.
+    """
+    with torch.no_grad():
+        target = F.log_softmax(model(images), dim=1)
+
+    def kl_sum(logits: torch.Tensor, _: torch.Tensor) -> torch.Tensor:
+        return F.kl_div(F.log_softmax(logits, dim=1), target, reduction="sum", log_target=True)
+
+    if rand_init:
+        noise = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+        adversarial = images + TRADES_START_NOISE * noise
+    else:
+        adversarial = images.clone()
+    for _ in range(steps):
+        grad = input_gradient(model, adversarial, target, kl_sum)
+        adversarial = threat.project(adversarial.detach() + step_size * ascent_direction(grad, threat.norm), images)
+    return adversarial.detach()

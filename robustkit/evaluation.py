@@ -45,6 +45,7 @@ from robustkit.attacks import Attack, attack_budget
 from robustkit.data import ImageDataset, check_images, take
 from robustkit.devices import resolve_device, seed_everything
 from robustkit.files import atomic_write_text
+from robustkit.image_metrics import ImageMetric
 from robustkit.errors import InputError, RobustkitError
 from robustkit.models import logits
 from robustkit.precision import PRECISIONS, wrap
@@ -65,7 +66,7 @@ class AttackOutcome:
     :param linf: Linf distance to the clean image.
     :param l1: L1 distance to the clean image.
     :param queries: model queries the attack reported, if it counts them.
-    :param pass_score: PASS of a successful adversarial (perceptual similarity after alignment), when asked for.
+    :param metrics: per-example image metrics of a successful adversarial (``evaluate(metrics=...)``), by name.
     """
 
     attacked: bool
@@ -74,8 +75,8 @@ class AttackOutcome:
     l2: float
     linf: float
     queries: int | None = None
-    pass_score: float | None = None
     l1: float = 0.0
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -113,7 +114,10 @@ class SampleRecord:
         row: dict[str, Any] = {"index": self.index, "label": self.label, "clean_pred": self.clean_pred,
                                "clean_correct": self.clean_correct, "robust": self.robust}
         for name, outcome in self.attacks.items():
-            row.update({f"{name}.{k}": v for k, v in asdict(outcome).items()})
+            fields = asdict(outcome)
+            metrics = fields.pop("metrics")
+            row.update({f"{name}.{k}": v for k, v in fields.items()})
+            row.update({f"{name}.{metric}": v for metric, v in metrics.items()})
         return row
 
 
@@ -128,6 +132,8 @@ class AttackSummary:
     :param mean_l2: mean L2 of successful adversarials (None without any); likewise the others.
     :param mean_queries: mean reported queries over attacked examples, if the attack counts them.
     :param seconds: wall time spent in the attack.
+    :param metrics: mean and median of each image metric over the successful adversarials it scored,
+        ``{metric: {"mean": ..., "median": ...}}``.
     """
 
     description: dict[str, Any]
@@ -140,8 +146,7 @@ class AttackSummary:
     median_linf: float | None
     mean_queries: float | None
     seconds: float
-    mean_pass: float | None = None
-    median_pass: float | None = None
+    metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
 
 
 @dataclass
@@ -261,7 +266,7 @@ class EvaluationResult:
 
 def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_examples: int | None = None,
              batch_size: int = 128, device: str | torch.device = "auto", seed: int = 0,
-             keep_examples: int = 0, with_pass: bool = False, precision: str = "fp32",
+             keep_examples: int = 0, metrics: Mapping[str, ImageMetric] | None = None, precision: str = "fp32",
              channels_last: bool = False) -> EvaluationResult:
     """Clean accuracy and robust accuracy of ``model`` under each attack in ``attacks``.
 
@@ -275,7 +280,8 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     :param seed: base seed; see the module notes.
     :param keep_examples: keep the first this many clean-correct examples (topped up with misclassified
         ones) and their adversarials in ``result.examples`` (for :func:`robustkit.plots.save_example_grid`).
-    :param with_pass: also measure PASS (:func:`robustkit.metrics.pass_score`) of every successful adversarial.
+    :param metrics: image metrics (:class:`~robustkit.image_metrics.ImageMetric`, e.g. ``host.metrics.create("pass")``)
+        to measure on every successful adversarial, by name.
     :param precision: ``fp32``, ``bf16`` or ``fp16``: the model runs under autocast (attacks still see
         float32 logits; see :mod:`robustkit.precision` on why fp16 can weaken gradient attacks).
     :param channels_last: run the model in channels-last memory format.
@@ -308,7 +314,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
             for name, attack in attacks.items():
                 seed_everything(seed + batch_index)
                 tick = time.perf_counter()
-                adversarials[name] = _attack_batch(model, attack, name, images, labels, batch_records, with_pass)
+                adversarials[name] = _attack_batch(model, attack, name, images, labels, batch_records, metrics or {})
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # time the work, not the launch
                 seconds[name] += time.perf_counter() - tick
@@ -317,7 +323,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
             records.extend(batch_records)
     finally:
         owner.train(was_training)
-    result = _result(records, attacks, seconds, seed, device, time.perf_counter() - start)
+    result = _result(records, attacks, metrics or {}, seconds, seed, device, time.perf_counter() - start)
     if keep_examples:
         result.examples = _examples(kept, keep_examples, list(attacks), images.shape[1:])
     return result
@@ -396,7 +402,7 @@ def _clean_records(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Tensor, labels: torch.Tensor,
-                  records: list[SampleRecord], with_pass: bool = False) -> torch.Tensor | None:
+                  records: list[SampleRecord], metrics: Mapping[str, ImageMetric]) -> torch.Tensor | None:
     """Run ``attack`` on the clean-correct examples of one batch and fill in their outcomes.
 
     :returns: the adversarials of the clean-correct examples, in batch order (None if there were none).
@@ -413,26 +419,25 @@ def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Ten
     adv_preds = _predict(model, result.adversarial).tolist()
     dist = distances(result.adversarial, x)
     queries = result.queries.tolist() if result.queries is not None else [None] * len(todo)
-    passes = [None] * len(todo)
+    scores: list[dict[str, float]] = [{} for _ in todo]
     fooled = [j for j, i in enumerate(todo) if int(adv_preds[j]) != records[i].label]
-    if with_pass and fooled:
-        from robustkit.metrics import pass_score  # OpenCV and scikit-image load only when PASS is asked for
-
+    if metrics and fooled:
         sel = torch.tensor(fooled, device=x.device)
-        for j, value in zip(fooled, pass_score(result.adversarial[sel], x[sel]).tolist()):
-            passes[j] = float(value)
+        for metric_name, metric in metrics.items():
+            for j, value in zip(fooled, metric(result.adversarial[sel], x[sel]).tolist()):
+                scores[j][metric_name] = float(value)
     for j, i in enumerate(todo):
         pred = int(adv_preds[j])
         records[i].attacks[name] = AttackOutcome(
             attacked=True, adv_pred=pred, success=pred != records[i].label, l2=float(dist["l2"][j]),
             linf=float(dist["linf"][j]), queries=None if queries[j] is None else int(queries[j]),
-            pass_score=passes[j], l1=float(dist["l1"][j]),
+            l1=float(dist["l1"][j]), metrics=scores[j],
         )
     return result.adversarial
 
 
-def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], seconds: Mapping[str, float], seed: int,
-            device: torch.device, total_seconds: float) -> EvaluationResult:
+def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], metrics: Mapping[str, ImageMetric],
+            seconds: Mapping[str, float], seed: int, device: torch.device, total_seconds: float) -> EvaluationResult:
     n = len(records)
     n_correct = sum(r.clean_correct for r in records)
     summaries = {}
@@ -440,7 +445,6 @@ def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], seconds:
         outcomes = [r.attacks[name] for r in records]
         hits = [o for o in outcomes if o.success]
         counted = [o.queries for o in outcomes if o.attacked and o.queries is not None]
-        passes = [o.pass_score for o in hits if o.pass_score is not None]
         summaries[name] = AttackSummary(
             description=attack.describe(),
             robust_accuracy=sum(r.clean_correct and not r.attacks[name].success for r in records) / n,
@@ -450,13 +454,18 @@ def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], seconds:
             mean_linf=_mean([o.linf for o in hits]), median_linf=_median([o.linf for o in hits]),
             mean_queries=_mean([float(q) for q in counted]),
             seconds=seconds[name],
-            mean_pass=_mean(passes), median_pass=_median(passes),
+            metrics={metric: _mean_and_median([o.metrics[metric] for o in hits if metric in o.metrics])
+                     for metric in metrics},
         )
     return EvaluationResult(
         n_examples=n, clean_accuracy=n_correct / n, worst_case_accuracy=sum(r.robust for r in records) / n,
         n_clean_wrong=n - n_correct, attacks=summaries, records=records, seed=seed, device=str(device),
         seconds=total_seconds, budgets={name: attack_budget(attack) for name, attack in attacks.items()},
     )
+
+
+def _mean_and_median(values: list[float]) -> dict[str, float | None]:
+    return {"mean": _mean(values), "median": _median(values)}
 
 
 def _mean(values: list[float]) -> float | None:

@@ -96,6 +96,18 @@ def register_benchmarks(register: Register) -> None:
     """
 
 
+@hookspec
+def register_metrics(register: Register) -> None:
+    """Register per-example image metrics (``robustkit metrics list``, ``robustkit attack --metric NAME``).
+
+    The factory takes the metric's parameters and returns a :class:`robustkit.image_metrics.ImageMetric`,
+    called as ``metric(adversarial, clean)`` on batches ``N x C x H x W`` in [0, 1] and returning one value
+    per image; evaluation applies it to every successful adversarial.
+
+    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    """
+
+
 # --- Registration: command line -------------------------------------------------------------
 
 
@@ -113,6 +125,7 @@ HOOK_KINDS: dict[str, str] = {
     "register_attacks": "attack",
     "register_defenses": "defense",
     "register_benchmarks": "benchmark",
+    "register_metrics": "metric",
 }
 """Registration hooks that fill a registry, and the kind of component each one registers."""
 

@@ -7,6 +7,9 @@ Environment switches:
 
 - ``ROBUSTKIT_LOAD_PLUGINS=a,b``: load only these entry-point plugins (empty string: none).
 - ``ROBUSTKIT_BLOCK_PLUGINS=c,d``: never load these.
+
+Neither switch touches the essential set (:mod:`robustkit.essentials`): it is registered first, always, and
+its names cannot be taken by any plugin.
 - ``ROBUSTKIT_TRACE_HOOKS=1``: print every hook call to stderr.
 """
 
@@ -20,7 +23,8 @@ from typing import Any, Iterable
 
 import pluggy
 
-from robustkit import hookspecs
+from robustkit import __version__, hookspecs
+from robustkit.essentials import ESSENTIAL_PLUGINS
 from robustkit.errors import PluginError, one_line
 from robustkit.registry import OWN_DISTRIBUTION, Entry, Registry
 
@@ -77,6 +81,8 @@ class Host:
         self.failures: list[PluginFailure] = []
         self.records: dict[str, PluginRecord] = {}
         self.trace = bool(os.environ.get("ROBUSTKIT_TRACE_HOOKS"))
+        for name, module in ESSENTIAL_PLUGINS:
+            self._register_plugin(name, module, OWN_DISTRIBUTION, __version__)
         if entry_points:
             self._load_entry_points()
         for name, plugin in plugins:
@@ -91,11 +97,21 @@ class Host:
         only = _env_names("ROBUSTKIT_LOAD_PLUGINS")
         blocked = _env_names("ROBUSTKIT_BLOCK_PLUGINS") or set()
         found = sorted(metadata.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name)
-        for name in sorted((only or set()) - {ep.name for ep in found}):
+        essential = {name for name, _ in ESSENTIAL_PLUGINS}
+        for name in sorted((only or set()) - {ep.name for ep in found} - essential):
             self.failures.append(PluginFailure(name, "load", "ROBUSTKIT_LOAD_PLUGINS names it, but no installed plugin "
                                                f"has that name (installed: {', '.join(ep.name for ep in found)})"))
+        for name in sorted(blocked & essential):
+            self.failures.append(PluginFailure(name, "load", "ROBUSTKIT_BLOCK_PLUGINS names it, but it is part of "
+                                               "robustkit's essential set, which is always loaded"))
         for ep in found:
             if (only is not None and ep.name not in only) or ep.name in blocked:
+                continue
+            if ep.name in essential:
+                dist = getattr(ep, "dist", None)
+                self.failures.append(PluginFailure(ep.name, "load", f"distribution '{dist.name if dist else '?'}' "
+                                                   "uses the name of one of robustkit's essential plugins; rename its "
+                                                   "entry point"))
                 continue
             dist = getattr(ep, "dist", None)
             try:
@@ -160,7 +176,7 @@ class Host:
         return registry
 
     def _call_order(self, hook_name: str) -> list[Any]:
-        """A hook's implementations in the order they are called: robustkit's own plugins first, so no other
+        """A hook's implementations in the order they are called: the essential set first, so no other
         plugin can take their names; then pluggy's order (last registered first, ``tryfirst``/``trylast``
         honoured). Of two plugins registering one name, the one called first keeps it."""
         impls = list(reversed(getattr(self.pm.hook, hook_name).get_hookimpls()))  # pluggy calls from the end
@@ -216,6 +232,10 @@ class Host:
     def benchmarks(self) -> Registry[Any]:
         return self.registries["benchmark"]
 
+    @property
+    def metrics(self) -> Registry[Any]:
+        return self.registries["metric"]
+
     def plugin_versions(self) -> dict[str, str | None]:
         """``{plugin: version}`` for provenance records."""
         return {name: rec.version for name, rec in sorted(self.records.items())}
@@ -233,9 +253,10 @@ def _returns(kind: str) -> type | tuple[type, ...]:
     from robustkit.attacks import Attack
     from robustkit.data import ImageDataset
     from robustkit.defenses import Defense
+    from robustkit.image_metrics import ImageMetric
 
     return {"model": nn.Module, "dataset": ImageDataset, "attack": Attack, "defense": Defense,
-            "benchmark": dict}[kind]
+            "benchmark": dict, "metric": ImageMetric}[kind]
 
 
 def _first_doc_line(obj: Any) -> str:

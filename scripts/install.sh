@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Sets up .venv with robustkit (editable), its test extra and the example third-party plugin.
+# Sets up .venv with robustkit (editable), its test extra, and every plugin distribution under plugins/ (editable).
 # Idempotent: rerunning only installs what changed. Needs python3 (3.10+) with venv and pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,5 +13,7 @@ if [ ! -x .venv/bin/uv ]; then
   .venv/bin/python -m pip install --quiet --disable-pip-version-check uv
 fi
 # --compile-bytecode: with PYTHONDONTWRITEBYTECODE set, every start would recompile torch (~20 s).
-.venv/bin/uv pip install --quiet --compile-bytecode --python .venv/bin/python -e ".[test]" -e examples/robustkit-plugin-example
+plugins=()
+for dir in plugins/*/; do plugins+=(-e "${dir%/}"); done
+.venv/bin/uv pip install --quiet --compile-bytecode --python .venv/bin/python -e ".[test]" "${plugins[@]}"
 echo "robustkit installed in .venv ($(.venv/bin/robustkit --version))"

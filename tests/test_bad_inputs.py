@@ -25,7 +25,7 @@ from robustkit import hookimpl
 from robustkit.cli import cli
 from robustkit.errors import RobustkitError
 from robustkit.host import make_host
-from robustkit.plugins.timm_models import load_weights
+from robustkit_timm.models import load_weights
 
 TRAIN = ["train", "--model", "lenet", "--model-param", "width=0.25", "--epochs", "1", "--val-examples", "0"]
 FGSM = ["--attack", "torchattacks:FGSM eps=0.1", "--n-examples", "10"]
@@ -380,7 +380,7 @@ def test_load_plugins_naming_no_plugin_is_said_in_the_error(monkeypatch):
     monkeypatch.setenv("ROBUSTKIT_LOAD_PLUGINS", "nonexistent")
     host_module._HOST = make_host()
     assert [f.plugin for f in host_module._HOST.failures] == ["nonexistent"]
-    result = CliRunner().invoke(cli, ["train", "--model", "lenet"])
+    result = CliRunner().invoke(cli, ["attack", "--model", "lenet", "--attack", "torchattacks:FGSM"])
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines()[-1].endswith(
         "(ROBUSTKIT_LOAD_PLUGINS='nonexistent' limits which plugins load)")

@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from robustkit.data import ImageDataset
 from robustkit.errors import ParameterError
 from robustkit.host import make_host
-from robustkit.plugins.baseline_defenses import PGDAT, Natural
+from robustkit.essentials.defenses import PGDAT, Natural
 from robustkit.threat import ThreatModel
 from robustkit.training import TrainConfig, train
-from toys import INFO, linear_model, ModeRecorder, robust_vs_fragile, random_batch
+from robustkit.testing import INFO, linear_model, ModeRecorder, robust_vs_fragile, random_batch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -744,7 +744,7 @@ def _hand_made_result():
     records = [SampleRecord(i, 0, pred, {"pgd": pgd, "df": df}) for i, (pred, pgd, df) in enumerate(rows)]
     attacks = {"pgd": types.SimpleNamespace(goal="fixed-budget", knowledge="white-box", describe=lambda: {}),
                "df": types.SimpleNamespace(goal="minimal-distortion", knowledge="white-box", describe=lambda: {})}
-    return _result(records, attacks, {"pgd": 1.0, "df": 2.0}, 0, torch.device("cpu"), 3.0), attacks
+    return _result(records, attacks, {}, {"pgd": 1.0, "df": 2.0}, 0, torch.device("cpu"), 3.0), attacks
 
 
 def test_minimal_distortion_breaks_only_within_the_threat_eps():

@@ -22,7 +22,7 @@ from robustkit.errors import RobustkitError
 from robustkit.hookspecs import hookimpl
 from robustkit.host import make_host
 from robustkit.models import Classifier, build_model
-from robustkit.plugins.baseline_defenses import PGDAT
+from robustkit.essentials.defenses import PGDAT
 
 INFO = DatasetInfo("toy", num_classes=3, channels=1, image_size=(8, 8), mean=(0.5,), std=(0.25,),
                    class_names=("a", "b", "c"), params={"n": 64})

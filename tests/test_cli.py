@@ -108,9 +108,9 @@ def test_train_attack_and_resume_through_the_cli(tmp_path):
     again = run(*args)
     assert "already trained (1 epochs)" in again.output
     attacked = run("attack", str(out / "last.json"), "--attack", "torchattacks:FGSM eps=0.1",
-                   "--n-examples", "40", "--pass", "--out", str(tmp_path / "eval"))
+                   "--n-examples", "40", "--metric", "pass", "--out", str(tmp_path / "eval"))
     assert attacked.exit_code == 0, attacked.output
-    assert "mean PASS" in attacked.output
+    assert "mean pass" in attacked.output
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["n_examples"] == 40
     assert len((tmp_path / "eval" / "records.jsonl").read_text().splitlines()) == 40

@@ -16,7 +16,7 @@ from sklearn.datasets import load_digits
 from robustkit.data import ImageDataset, check_images, stack
 from robustkit.errors import ParameterError, RobustkitError
 from robustkit.host import make_host
-from robustkit.plugins import datasets as plugin
+from robustkit.essentials import datasets as plugin
 
 # --- writers for the official file formats -------------------------------------------------
 

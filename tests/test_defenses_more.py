@@ -17,11 +17,12 @@ from robustkit.cli import cli
 from robustkit.data import DatasetInfo, ImageDataset
 from robustkit.errors import ParameterError
 from robustkit.host import make_host
-from robustkit.plugins.baseline_defenses import FGMAT, FGSMAT, TRADES, Natural, kl_batchmean, trades_examples
-from robustkit.plugins.rlfat import RLFAT, RandomBlockShuffle, random_block_shuffle
+from robustkit.adversarial import kl_batchmean, trades_examples
+from robustkit.essentials.defenses import FGMAT, FGSMAT, TRADES, Natural
+from robustkit_rlfat.defense import RLFAT, RandomBlockShuffle, random_block_shuffle
 from robustkit.threat import ThreatModel
 from robustkit.training import TrainConfig, train
-from toys import linear_model, small_mlp, random_batch
+from robustkit.testing import linear_model, small_mlp, random_batch
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

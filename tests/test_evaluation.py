@@ -14,6 +14,7 @@ from robustkit.data import DatasetInfo, ImageDataset
 from robustkit.errors import InputError, RobustkitError
 from robustkit.evaluation import evaluate
 from robustkit.host import make_host
+from robustkit.image_metrics import ImageMetric
 from robustkit.models import Classifier, ModelSpec, Normalize
 from robustkit.params import Param
 
@@ -162,7 +163,7 @@ def test_records_and_summary_files(tmp_path):
                        "attacks": {"to-zero": {"attacked": True, "adv_pred": 0, "success": True,
                                                "l2": pytest.approx(8 * 5 / 9, rel=1e-5),
                                                "linf": pytest.approx(5 / 9), "queries": None,
-                                               "pass_score": None, "l1": pytest.approx(64 * 5 / 9, rel=1e-5)}}}
+                                               "metrics": {}, "l1": pytest.approx(64 * 5 / 9, rel=1e-5)}}}
     assert rows[2]["clean_correct"] is False and rows[2]["attacks"]["to-zero"]["attacked"] is False
 
     with open(result.save_records(tmp_path / "records.csv"), newline="") as handle:
@@ -213,23 +214,31 @@ def test_with_torchattacks_attacks_and_training_mode_restored(monkeypatch):
     assert result.attacks["pgd"].description["params"]["steps"] == 5
 
 
-def test_pass_is_measured_on_successful_adversarials_when_asked():
-    from robustkit.metrics import pass_score
+class MeanAbsoluteChange(ImageMetric):
+    """A metric with a known answer: the mean absolute pixel change."""
 
+    name = "mac"
+
+    def score(self, adversarial, clean):
+        return (adversarial - clean).abs().flatten(1).mean(1)
+
+
+def test_image_metrics_are_measured_on_successful_adversarials_when_asked():
     images, labels = grey_images(LABELS)
     plain = evaluate(Brightness(), (images, labels), {"to-zero": FixedImage(target=0)}, device="cpu")
-    assert plain.attacks["to-zero"].mean_pass is None
-    assert all(r.attacks["to-zero"].pass_score is None for r in plain.records)
+    assert plain.attacks["to-zero"].metrics == {}
+    assert all(r.attacks["to-zero"].metrics == {} for r in plain.records)
 
     result = evaluate(Brightness(), (images, labels), {"to-zero": FixedImage(target=0)}, device="cpu",
-                      with_pass=True)
-    expected = pass_score(torch.zeros_like(images), images)
+                      metrics={"mac": MeanAbsoluteChange()})
+    expected = images.flatten(1).mean(1)  # the attack replaces every image by zeros
     for record in result.records:
         outcome = record.attacks["to-zero"]
         if outcome.success:
-            assert outcome.pass_score == pytest.approx(float(expected[record.index]))
+            assert outcome.metrics == {"mac": pytest.approx(float(expected[record.index]))}
         else:  # class 0 is already the replacement: not fooled, nothing to measure
-            assert outcome.pass_score is None
-    fooled = [float(expected[i]) for i, y in enumerate(LABELS) if y != 0]
-    assert result.attacks["to-zero"].mean_pass == pytest.approx(sum(fooled) / len(fooled))
-    assert "mean_pass" in result.summary()["attacks"]["to-zero"]
+            assert outcome.metrics == {}
+    fooled = sorted(float(expected[i]) for i, y in enumerate(LABELS) if y != 0)
+    summary = result.attacks["to-zero"].metrics["mac"]
+    assert summary["mean"] == pytest.approx(sum(fooled) / len(fooled))
+    assert result.summary()["attacks"]["to-zero"]["metrics"]["mac"]["mean"] == pytest.approx(summary["mean"])

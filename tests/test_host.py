@@ -27,12 +27,21 @@ class Dummy(Attack):
         return images
 
 
-def test_builtin_plugins_come_through_entry_points():
+ESSENTIALS = {"datasets", "paper-models", "baseline-defenses", "native-attacks", "presets"}
+
+
+def test_the_essential_set_is_robustkits_own_and_the_rest_comes_through_entry_points():
     host = make_host()
-    for name in ("datasets", "paper-models", "timm-models", "torchattacks", "baseline-defenses"):
-        assert name in host.records, f"built-in plugin {name} not loaded: {host.failures}"
-        assert host.records[name].distribution == "robustkit"
-    assert not [f for f in host.failures if f.plugin != "example"]
+    for name in ESSENTIALS:
+        assert host.records[name].distribution == "robustkit", name
+    for name, distribution in (("torchattacks", "robustkit-torchattacks"), ("timm-models", "robustkit-timm"),
+                               ("hotcold", "robustkit-hotcold")):
+        assert host.records[name].distribution == distribution, f"{name} not loaded: {host.failures}"
+    assert not host.failures
+    bare = make_host(entry_points=False)
+    assert set(bare.records) == ESSENTIALS
+    assert {"natural", "pgd-at", "fgsm-at", "fgm-at", "trades"} <= set(bare.defenses.names())
+    assert {"pgd", "cw-linf"} <= set(bare.attacks.names()) and "quick" in bare.benchmarks
 
 
 def test_registered_items_record_their_plugin():
@@ -91,20 +100,38 @@ def test_tryfirst_and_trylast_are_honoured():
     assert sorted(f.plugin for f in host.failures) == ["late", "plain"]
 
 
-def test_a_plugin_cannot_take_a_built_in_name_whatever_its_order():
+def test_a_plugin_cannot_take_an_essential_name_whatever_its_order():
     impostor = plugin("aaa-dup", register_defenses=lambda register: register("natural", Dummy),
-                      register_attacks=lambda register: register("torchattacks:PGD", Dummy))
+                      register_attacks=lambda register: register("PGD", Dummy))
     trying = types.SimpleNamespace(__name__="eager", register_attacks=hookimpl(tryfirst=True)(
-        lambda register: register("torchattacks:FGSM", Dummy)))
+        lambda register: register("cw-linf", Dummy)))
     host = make_host(plugins=[("aaa-dup", impostor), ("eager", trying)])
     assert host.defenses.get("natural").plugin == "baseline-defenses"
-    assert host.attacks.get("torchattacks:PGD").plugin == "torchattacks"
-    assert host.attacks.get("torchattacks:FGSM").plugin == "torchattacks"
-    assert len(host.attacks.list("torchattacks:*")) > 30  # the built-in plugin is whole
+    assert host.attacks.get("pgd").plugin == "native-attacks"
+    assert host.attacks.get("cw-linf").plugin == "native-attacks"
+    assert {"pgd-at", "fgsm-at", "fgm-at", "trades"} <= set(host.defenses.names())  # the essential set is whole
     messages = {f.plugin: f.error for f in host.failures}
     assert "defense 'natural' is robustkit's own (plugin 'baseline-defenses'); plugin 'aaa-dup' may not replace" \
         in messages["aaa-dup"]
-    assert "torchattacks:FGSM" in messages["eager"]
+    assert "cw-linf" in messages["eager"]
+
+
+def test_an_entry_point_with_an_essential_plugins_name_is_refused_by_name(monkeypatch):
+    from importlib import metadata
+
+    class FakeEntryPoint:
+        name, group, dist = "baseline-defenses", "robustkit", types.SimpleNamespace(name="evil-dist", version="1")
+
+        def load(self):
+            raise AssertionError("an entry point named after an essential plugin must not even be loaded")
+
+    real = metadata.entry_points
+    monkeypatch.setattr(metadata, "entry_points", lambda group=None: [FakeEntryPoint()] if group == "robustkit"
+                        else real(group=group))
+    host = make_host()
+    assert host.records["baseline-defenses"].distribution == "robustkit"
+    (failure,) = host.failures
+    assert failure.plugin == "baseline-defenses" and "distribution 'evil-dist'" in failure.error
 
 
 def test_wrapper_implementations_are_refused_at_load():
@@ -120,13 +147,24 @@ def test_wrapper_implementations_are_refused_at_load():
 
 
 def test_load_only_and_block_environment(monkeypatch):
-    monkeypatch.setenv("ROBUSTKIT_LOAD_PLUGINS", "datasets,torchattacks")
-    assert set(make_host().records) == {"datasets", "torchattacks"}
+    monkeypatch.setenv("ROBUSTKIT_LOAD_PLUGINS", "torchattacks")
+    assert set(make_host().records) == ESSENTIALS | {"torchattacks"}
     monkeypatch.delenv("ROBUSTKIT_LOAD_PLUGINS")
     monkeypatch.setenv("ROBUSTKIT_BLOCK_PLUGINS", "timm-models")
     host = make_host()
     assert "timm-models" not in host.records and "paper-models" in host.records
     assert not host.models.list("timm:*")
+
+
+def test_the_essential_set_cannot_be_left_out_or_blocked(monkeypatch):
+    monkeypatch.setenv("ROBUSTKIT_LOAD_PLUGINS", "")
+    assert set(make_host().records) == ESSENTIALS
+    monkeypatch.delenv("ROBUSTKIT_LOAD_PLUGINS")
+    monkeypatch.setenv("ROBUSTKIT_BLOCK_PLUGINS", "baseline-defenses")
+    host = make_host()
+    assert "natural" in host.defenses
+    (failure,) = host.failures
+    assert failure.plugin == "baseline-defenses" and "essential set, which is always loaded" in failure.error
 
 
 def test_trace_environment_prints_hook_calls(monkeypatch, capsys):

@@ -13,7 +13,8 @@ from robustkit.data import DatasetInfo
 from robustkit.errors import ParameterError, RobustkitError
 from robustkit.host import make_host
 from robustkit.models import Classifier, build_model
-from robustkit.plugins import paper_models, timm_models
+from robustkit.essentials import paper_models
+from robustkit_timm import models as timm_models
 
 HOST = make_host()
 PAPER_MODELS = sorted(e.name for e in HOST.models if not e.name.startswith(timm_models.PREFIX))

@@ -70,7 +70,7 @@ print(json.dumps(report))
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from robustkit.plugins import timm_models
+    from robustkit_timm import models as timm_models
 
     # A warm timm name cache of our own: a cold one has to import timm once, by design.
     cache = tmp_path_factory.mktemp("cache")

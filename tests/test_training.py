@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import TensorDataset
 
+import robustkit
 from robustkit.checkpoints import load_model, read_metadata
 from robustkit.data import DatasetInfo, ImageDataset
 from robustkit.defenses import BatchLoss, Defense
@@ -21,7 +22,7 @@ from robustkit.hookspecs import hookimpl
 from robustkit.host import make_host
 from robustkit.models import Classifier, build_model
 from robustkit.params import Param
-from robustkit.plugins.baseline_defenses import PGDAT, Natural
+from robustkit.essentials.defenses import PGDAT, Natural
 from robustkit.training import TrainConfig, epoch_seed, train, warmed_up
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -146,7 +147,7 @@ def test_validation_metrics_and_outputs(tmp_path: Path) -> None:
     assert meta["model"] == {"name": "small", "params": {"hidden": 16}}
     assert meta["training"]["lr"] == 0.01 and meta["training"]["out_dir"] == str(tmp_path)
     assert meta["metrics"] == rows[-1] and meta["history"] == rows
-    assert meta["plugins"] == {"testplugin": None}
+    assert meta["plugins"]["testplugin"] is None and meta["plugins"]["baseline-defenses"] == robustkit.__version__
     loaded = load_model(tmp_path, HOST)
     x = torch.rand(4, 1, 8, 8)
     assert torch.equal(loaded(x), result.model(x))

@@ -14,14 +14,14 @@ labels about 90% would be skipped). Pairs, each robustkit variant against its di
   ``torchattacks:PGD`` adapter (``host.attacks.create(...)(model, x, y)``: input checks, eval mode, seeding,
   building the torchattacks object on every call, the output check). The direct call seeds the RNGs first,
   as the adapter does, so their outputs are compared for equality.
-- CW-linf (``robustkit/plugins/gradient_attacks/cw_linf.py``: linf PGD ascending -relu(z_y - max_{j!=y} z_j
+- CW-linf (``robustkit/essentials/attacks/cw_linf.py``: linf PGD ascending -relu(z_y - max_{j!=y} z_j
   + kappa), kappa 50, same eps/step/steps): torchattacks.PGD hard-codes the cross-entropy, so the closest
   faithful equivalent is torchattacks' own PGD loop with a custom loss, ``torchattacks.UPGD(loss=<CW loss
   written out below>, decay=0, eot_iter=1, random_start=True)``. With decay 0 its step is the sign of the
   gradient divided by its mean absolute value, i.e. the same sign step (one extra division per step). Its
   random start draws from the global generator and cw-linf's from its own seeded one, so outputs are
   compared once without random start, where the two must agree.
-- AutoAttack (``robustkit/plugins/autoattack.py``, linf): a reduced budget for run time, ``version=custom``
+- AutoAttack (``plugins/robustkit-autoattack/``, linf): a reduced budget for run time, ``version=custom``
   with APGD-CE, APGD-T, FAB-T and Square, ``steps=10`` (``--quick``: 5; reference 100), 9 target classes
   (``--quick``: 3; reference 9) and ``n_queries=100`` (``--quick``: 50; reference 5000). The direct
   equivalent is torchattacks' own APGD, APGDT, FAB(multi_targeted) and Square objects with the same settings

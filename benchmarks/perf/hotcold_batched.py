@@ -3,7 +3,7 @@
 Run: ``.venv/bin/python benchmarks/perf/hotcold_batched.py [--quick]`` (default: about 3 minutes on 2 shared CPU
 cores; ``--quick``: about a minute). Writes ``benchmarks/results/perf_hotcold_batched.json``.
 
-What is compared (``robustkit/plugins/hotcold/``, ``SPECS.md`` section 5): hot/cold (HC-D-1, the default:
+What is compared (``plugins/robustkit-hotcold/``, ``SPECS.md`` section 5): hot/cold (HC-D-1, the default:
 ``d = grad_x <w, h(x)>`` with ``w = |h_t| e_t - h_y e_y``, t the runner-up class) and FGV (``d = grad_x J``,
 the raw cross-entropy gradient) both search ``d`` on the integer grid: ``Q(x + s d)`` with ``max |d|`` one grey
 level, s = 0, then 1, 2, 4, ..., 128, 255, then bisection in the last interval until it is narrower than 1e-6
@@ -23,7 +23,7 @@ level, s = 0, then 1, 2, 4, ..., 128, 255, then bisection in the last interval u
 - ``per-image (robustkit, batch of 1)``: the robustkit attack called once per image: the batched torch code
   without the batching (a stricter comparison; it also pays the attack's per-call checks n times).
 - ``search only``: the line search alone on the same directions (taken from the batched attack), batched
-  (``robustkit.plugins.hotcold.line_search``) against the reference-style per-image search: what batching the
+  (``robustkit_hotcold.line_search``) against the reference-style per-image search: what batching the
   search buys, without the direction computation.
 
 Both reach the same results: before timing, every implementation runs once (this is also the warm-up) and the
@@ -251,7 +251,7 @@ def run_attack(host: Any, model: Any, x: Any, y: Any, attack: str, repeats: int,
     """Time the five variants of one attack on one model, after checking they agree."""
     import torch
 
-    from robustkit.plugins.hotcold import line_search
+    from robustkit_hotcold import line_search
 
     robust = host.attacks.create(attack, {"report_pass": False})
 
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from robustkit.data import stack, take
     from robustkit.host import make_host
-    from robustkit.plugins.hotcold.line_search import STEPS as ROBUSTKIT_STEPS
+    from robustkit_hotcold.line_search import STEPS as ROBUSTKIT_STEPS
 
     assert tuple(ROBUSTKIT_STEPS) == STEPS, f"robustkit's step schedule changed: {ROBUSTKIT_STEPS}"
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import copy
+from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from robustkit.compat import tomllib
 
@@ -24,3 +25,10 @@ class preset_from_file:  # noqa: N801 (used like a function: register(name, pres
 
     def __call__(self) -> dict[str, Any]:
         return copy.deepcopy(self.document)
+
+
+def register_preset(register: Callable[..., None], package: str, filename: str) -> None:
+    """Register the spec file ``filename`` shipped inside ``package`` as the preset named after the file
+    (``localized-at.toml`` -> ``localized-at``); for a plugin's ``register_benchmarks`` hook."""
+    factory = preset_from_file(resources.files(package).joinpath(filename))
+    register(filename.rsplit(".", 1)[0], factory, description=factory.description)

@@ -8,7 +8,7 @@ import click
 
 from robustkit.checkpoints import load_model, read_metadata
 from robustkit.commands.group import cli, echo_table
-from robustkit.commands.common import (build_attacks, data_options, device_option, load_dataset, output_folder,
+from robustkit.commands.common import (build_components, data_options, device_option, load_dataset, output_folder,
                                       precision_options, seed_option)
 from robustkit.devices import seed_everything
 from robustkit.errors import RobustkitError
@@ -27,16 +27,16 @@ def print_evaluation(result: EvaluationResult) -> None:
     def num(x: float | None) -> str:
         return "-" if x is None else f"{x:.4f}"
 
-    with_pass = any(s.mean_pass is not None for s in result.attacks.values())
-    blank = ["-"] * (6 if with_pass else 5)
+    metrics = list(dict.fromkeys(m for s in result.attacks.values() for m in s.metrics))
+    blank = ["-"] * (5 + len(metrics))
     rows = [["(clean)", pct(result.clean_accuracy), *blank[1:]]]
     for name, s in result.attacks.items():
         row = [name, pct(s.robust_accuracy), pct(s.success_rate), num(s.mean_l2), num(s.median_l2)]
-        rows.append(row + ([num(s.mean_pass)] if with_pass else []) + [f"{s.seconds:.1f}"])
+        rows.append(row + [num(s.metrics.get(m, {}).get("mean")) for m in metrics] + [f"{s.seconds:.1f}"])
     for threat, accuracy in result.worst_cases().items():
         rows.append([f"(worst case, {threat})", pct(accuracy), *blank[1:]])
     headers = ["attack", "accuracy %", "success %", "mean L2", "median L2"]
-    echo_table(rows, headers + (["mean PASS"] if with_pass else []) + ["seconds"])
+    echo_table(rows, headers + [f"mean {m}" for m in metrics] + ["seconds"])
     click.echo(f"{result.n_examples} examples, {result.n_clean_wrong} misclassified before any attack, "
                f"device {result.device}, {result.seconds:.1f} s")
     if result.unbounded():
@@ -58,15 +58,16 @@ def print_evaluation(result: EvaluationResult) -> None:
               help="Write summary.json, records.jsonl (per-sample results) and grid.png here.")
 @click.option("--grid", "grid_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
               metavar="PATH.png", help="Write the example grid here (default with --out: OUT/grid.png).")
-@click.option("--pass", "with_pass", is_flag=True,
-              help="Also measure PASS (alignment-aware perceptual similarity) of each successful adversarial.")
+@click.option("--metric", "metric_specs", multiple=True, metavar="'NAME K=V ...'",
+              help="Also measure this image metric on each successful adversarial (repeatable; see "
+                   "`robustkit metrics list`, e.g. 'pass' from the hotcold plugin).")
 @click.option("--grid-examples", type=click.IntRange(0), default=8, show_default=True,
               help="Images in the example grid: the first clean-correct ones (0: no grid).")
 @seed_option
 @device_option
 @precision_options
 def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, dataset_params, n_examples, batch_size,
-           out_dir, grid_path, with_pass, grid_examples, seed, device, precision, channels_last) -> None:
+           out_dir, grid_path, metric_specs, grid_examples, seed, device, precision, channels_last) -> None:
     """Attack a model with one or more attacks: clean, robust and worst-case accuracy.
 
     CHECKPOINT is a last.json / last.safetensors written by `robustkit train`. Each --attack is
@@ -85,7 +86,8 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
     host = get_host()
     if (checkpoint is None) == (model_name is None):
         raise RobustkitError("give either a CHECKPOINT or --model NAME (not both)")
-    attacks = build_attacks(host, attack_specs)
+    attacks = build_components(host.attacks, attack_specs)
+    metrics = build_components(host.metrics, metric_specs)
     if checkpoint is not None:
         meta = read_metadata(checkpoint)
         stored = meta.get("dataset") or {}
@@ -112,7 +114,7 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
         output_folder(out_dir)
     keep = grid_examples if grid_path is not None else 0
     result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
-                      keep_examples=keep, with_pass=with_pass, precision=precision, channels_last=channels_last)
+                      keep_examples=keep, metrics=metrics, precision=precision, channels_last=channels_last)
     print_evaluation(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -64,14 +64,15 @@ def load_dataset(host: Any, name: str, params: tuple[str, ...] | dict, data_root
     return host.datasets.create(name, given, root=data_root)
 
 
-def build_attacks(host: Any, specs: tuple[str, ...]) -> dict[str, Any]:
-    """``--attack 'NAME k=v ...'`` options to ``{display name: Attack}``, all validated before any work."""
-    attacks: dict[str, Any] = {}
+def build_components(registry: Any, specs: tuple[str, ...]) -> dict[str, Any]:
+    """``--attack 'NAME k=v ...'`` (or ``--metric``) options to ``{display name: component}``, all validated
+    before any work; a name given twice is keyed by its whole spec."""
+    made: dict[str, Any] = {}
     for spec in specs:
         name, params = parse_spec(spec)
-        key = name if name not in attacks else spec
-        attacks[key] = host.attacks.create(name, params)
-    return attacks
+        key = name if name not in made else spec
+        made[key] = registry.create(name, params)
+    return made
 
 
 def output_folder(path: Path, option: str = "--out", create: bool = True) -> Path:

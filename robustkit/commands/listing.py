@@ -1,4 +1,4 @@
-"""``robustkit models|datasets|attacks|defenses list [PATTERN]``: one group per registry."""
+"""``robustkit models|datasets|attacks|defenses|metrics list [PATTERN]``: one group per registry."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ _EXAMPLES = {
     "dataset": "robustkit datasets list",
     "attack": "robustkit attacks list 'torchattacks:*'",
     "defense": "robustkit defenses list --params",
+    "metric": "robustkit metrics list",
 }
 
 
@@ -69,5 +70,5 @@ def _safe_params(entry):
         return ()
 
 
-for _kind in ("model", "dataset", "attack", "defense"):
+for _kind in ("model", "dataset", "attack", "defense", "metric"):
     _make_group(_kind)

@@ -150,7 +150,7 @@ def tables(results: dict[str, Any], eps: float) -> str:
 
 def mask_coverage(images: torch.Tensor) -> dict[str, float]:
     """The mean fraction of pixels each mask lets the attack change (small images leave little background)."""
-    from robustkit.plugins.gradient_attacks.masks import make_mask
+    from robustkit_localized_at.masks import make_mask
 
     return {mask: float(make_mask(mask, images).mean()) for mask in MASKS}
 

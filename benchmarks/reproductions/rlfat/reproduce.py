@@ -76,7 +76,7 @@ def matched_rows(run: Any) -> dict[str, dict[str, Any]]:
 @torch.no_grad()
 def rbs_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
     """Accuracy on randomly block-shuffled test images (k = 2): how much of the input RBS destroys."""
-    from robustkit.plugins.rlfat import random_block_shuffle
+    from robustkit_rlfat.defense import random_block_shuffle
 
     shuffled = random_block_shuffle(images, k=2, generator=torch.Generator().manual_seed(0), per_image=True)
     return float((model(shuffled).argmax(1) == labels).float().mean())
@@ -84,7 +84,7 @@ def rbs_accuracy(model: torch.nn.Module, images: torch.Tensor, labels: torch.Ten
 
 def saliency(run: Any, records: dict[str, dict[str, Any]], images: torch.Tensor, labels: torch.Tensor,
              path: Path) -> None:
-    from robustkit.saliency import saliency_map, save_saliency_grid, smoothgrad
+    from robustkit_rlfat.saliency import saliency_map, save_saliency_grid, smoothgrad
 
     maps = {}
     for label in DEFENSES:
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> None:
     run = run_preset(args)
     publish(run, results)
     started = time.perf_counter()
-    from robustkit.sensitivity import sensitivity_table
+    from robustkit_rlfat.sensitivity import sensitivity_table
 
     target_accuracy(run)  # fails clearly when the natural cell is missing
     records = at_eval_eps(run)

@@ -51,7 +51,7 @@ def reference_radii() -> dict[str, float]:
     The reference trains at linf 0.2, l2 2, l1 2 in standardized units, which robustkit's ``robust-opt``
     defense converts to pixel units. The paper does not state the radii it built A_mnist with; A uses these.
     """
-    from robustkit.plugins.robust_opt import DEFAULT_RADIUS
+    from robustkit_robust_opt.defense import DEFAULT_RADIUS
 
     return {norm: DEFAULT_RADIUS[norm] for norm in NORMS}
 
