@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import weakref
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -178,6 +178,12 @@ class Attack:
     - ``goal``: ``fixed-budget`` (stays within eps) or ``minimal-distortion`` (finds the smallest change).
     - ``supports_targeted``: whether ``targeted=True`` works.
     - ``params``: the declared :class:`~robustkit.params.Param` tuple.
+    - ``cheap_params``: settings under which it runs in about a second on a toy model on the CPU; the
+      contract checks (:mod:`robustkit.testing.contracts`) run every registered attack with them.
+    - ``cheap_input``: the ``(C, H, W)`` of the toy images those checks use (an attack that needs a
+      particular size says so here).
+    - ``contract_skip``: why those checks cannot build it from parameters alone (e.g. it needs a trained
+      checkpoint); ``None`` for every attack that can.
 
     :param params: keyword parameters, validated against ``params``.
     """
@@ -187,6 +193,9 @@ class Attack:
     goal: ClassVar[str] = "fixed-budget"
     supports_targeted: ClassVar[bool] = False
     params: ClassVar[tuple[Param, ...]] = ()
+    cheap_params: ClassVar[Mapping[str, Any]] = {}
+    cheap_input: ClassVar[tuple[int, int, int]] = (1, 8, 8)
+    contract_skip: ClassVar[str | None] = None
 
     def __init__(self, **params: Any):
         self.config = resolve_params(type(self).params, params, self.display_name())

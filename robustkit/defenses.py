@@ -40,6 +40,8 @@ class Defense:
     - ``passes_per_batch``: forward+backward passes one batch costs, relative to natural training.
     - ``params``: the declared :class:`~robustkit.params.Param` tuple.
     - ``reference``: the paper, for leaderboards: ``title``, ``authors``, ``venue``, ``link``.
+    - ``cheap_params``: settings under which one epoch on a few dozen toy images takes about a second; the
+      contract checks (:mod:`robustkit.testing.contracts`) train every registered defense with them.
 
     :param params: keyword parameters, validated against ``params``.
     """
@@ -48,6 +50,7 @@ class Defense:
     knob: ClassVar[str | None] = None
     passes_per_batch: ClassVar[float] = 1.0
     params: ClassVar[tuple[Param, ...]] = ()
+    cheap_params: ClassVar[Mapping[str, Any]] = {}
 
     def __init__(self, **params: Any):
         self.config = resolve_params(type(self).params, params, self.display_name())

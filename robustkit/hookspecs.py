@@ -4,7 +4,7 @@ A plugin is a module (or object) with functions decorated by :data:`hookimpl` an
 specs below. Built-in plugins and pip-installed ones are loaded the same way, through the
 ``robustkit`` entry-point group.
 
-Registration hooks receive a ``register`` callback with this signature::
+Registration hooks receive a ``register`` callback, typed by :class:`Register`::
 
     register(name, factory, *, description=None, params=None, **info)
 
@@ -21,10 +21,13 @@ skipped while the others keep working.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 import click
 import pluggy
+
+if TYPE_CHECKING:
+    from robustkit.params import Param
 
 PROJECT = "robustkit"
 
@@ -32,7 +35,26 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 #: Decorate plugin functions with this: ``@robustkit.hookimpl``.
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
-Register = Callable[..., None]
+
+
+class Register(Protocol):
+    """The callback every registration hook receives; the host writes down who registered what.
+
+    A class with ``declared_facts()`` (attacks, defenses) has those facts recorded as ``info`` unless
+    given here; a registered name is unique per kind across all plugins, and the essential set's names
+    (:mod:`robustkit.essentials`) are never given to another plugin.
+    """
+
+    def __call__(self, name: str, factory: Callable[..., Any], *, description: str | None = None,
+                 params: tuple[Param, ...] | None = None, **info: Any) -> None:
+        """Register ``factory`` under ``name``.
+
+        :param name: what users type; unique across all plugins for that kind (case-insensitive).
+        :param factory: builds the component from keyword parameters (a class works).
+        :param description: one line for listings; default: the first line of the factory's docstring.
+        :param params: declared parameters; default: the factory's ``params`` attribute, else its signature.
+        :param info: further facts shown in listings and recorded in provenance.
+        """
 
 
 # --- Registration: components -------------------------------------------------------------
@@ -46,7 +68,7 @@ def register_models(register: Register) -> None:
     and returns an ``nn.Module`` mapping images (normalized by the host) to logits. The host adds
     the dataset's normalization in front, so every attack works on images in [0, 1].
 
-    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    :param register: the :class:`Register` callback.
     """
 
 
@@ -57,7 +79,7 @@ def register_datasets(register: Register) -> None:
     The factory is called as ``factory(root=Path | None, **params)`` and returns a
     :class:`robustkit.data.ImageDataset` (train and test splits of images in [0, 1]).
 
-    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    :param register: the :class:`Register` callback.
     """
 
 
@@ -69,7 +91,7 @@ def register_attacks(register: Register) -> None:
     Put ``threat_models``, ``knowledge``, ``goal`` and ``supports_targeted`` in ``info`` (or as class
     attributes of an Attack subclass) so listings and the benchmark protocol can use them.
 
-    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    :param register: the :class:`Register` callback.
     """
 
 
@@ -80,7 +102,7 @@ def register_defenses(register: Register) -> None:
     The factory takes the defense's parameters and returns a :class:`robustkit.defenses.Defense`,
     which supplies the loss of one batch; the shared training loop does the rest.
 
-    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    :param register: the :class:`Register` callback.
     """
 
 
@@ -92,7 +114,7 @@ def register_benchmarks(register: Register) -> None:
     file would hold (see :mod:`robustkit.bench.spec`); :class:`robustkit.bench.presets.preset_from_file`
     makes one from a spec file shipped with the plugin. It is validated when the preset is used.
 
-    :param register: callback ``register(name, factory, *, description=None, **info)``.
+    :param register: the :class:`Register` callback.
     """
 
 
@@ -104,7 +126,7 @@ def register_metrics(register: Register) -> None:
     called as ``metric(adversarial, clean)`` on batches ``N x C x H x W`` in [0, 1] and returning one value
     per image; evaluation applies it to every successful adversarial.
 
-    :param register: callback ``register(name, factory, *, description=None, params=None, **info)``.
+    :param register: the :class:`Register` callback.
     """
 
 

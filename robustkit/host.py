@@ -19,14 +19,23 @@ import os
 import sys
 from dataclasses import dataclass, field
 from importlib import metadata
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pluggy
 
 from robustkit import __version__, hookspecs
 from robustkit.essentials import ESSENTIAL_PLUGINS
 from robustkit.errors import PluginError, one_line
+from robustkit.params import Param
 from robustkit.registry import OWN_DISTRIBUTION, Entry, Registry
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from robustkit.attacks import Attack
+    from robustkit.data import ImageDataset
+    from robustkit.defenses import Defense
+    from robustkit.image_metrics import ImageMetric
 
 ENTRY_POINT_GROUP = "robustkit"
 
@@ -149,10 +158,11 @@ class Host:
             record = self.records[impl.plugin_name]
             added: list[str] = []
 
-            def register(name: str, factory: Any, *, description: str | None = None,
-                         params: Any = None, **info: Any) -> None:
-                if isinstance(factory, type) and callable(getattr(factory, "declared_facts", None)):
-                    info = {**factory.declared_facts(), **info}  # stated once, on the class
+            def register(name: str, factory: Callable[..., Any], *, description: str | None = None,
+                         params: tuple[Param, ...] | None = None, **info: Any) -> None:
+                declared_facts = getattr(factory, "declared_facts", None) if isinstance(factory, type) else None
+                if callable(declared_facts):
+                    info = {**declared_facts(), **info}  # stated once, on the class
                 registry.add(Entry(
                     name=name, factory=factory, plugin=record.name, distribution=record.distribution,
                     description=description if description is not None else _first_doc_line(factory),
@@ -213,27 +223,27 @@ class Host:
     # -- use ---------------------------------------------------------------------------------
 
     @property
-    def models(self) -> Registry[Any]:
+    def models(self) -> Registry[nn.Module]:
         return self.registries["model"]
 
     @property
-    def datasets(self) -> Registry[Any]:
+    def datasets(self) -> Registry[ImageDataset]:
         return self.registries["dataset"]
 
     @property
-    def attacks(self) -> Registry[Any]:
+    def attacks(self) -> Registry[Attack]:
         return self.registries["attack"]
 
     @property
-    def defenses(self) -> Registry[Any]:
+    def defenses(self) -> Registry[Defense]:
         return self.registries["defense"]
 
     @property
-    def benchmarks(self) -> Registry[Any]:
+    def benchmarks(self) -> Registry[dict[str, Any]]:
         return self.registries["benchmark"]
 
     @property
-    def metrics(self) -> Registry[Any]:
+    def metrics(self) -> Registry[ImageMetric]:
         return self.registries["metric"]
 
     def plugin_versions(self) -> dict[str, str | None]:

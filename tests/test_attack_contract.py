@@ -9,8 +9,10 @@ from torch import nn
 from robustkit.attacks import Attack, AttackResult
 from robustkit.data import DatasetInfo
 from robustkit.errors import InputError, ParameterError
+from robustkit.host import make_host
 from robustkit.models import Classifier, LogitsOf, ModelSpec, Normalize
 from robustkit.params import Param
+from robustkit.testing.contracts import check_attack
 
 INFO = DatasetInfo("toy", num_classes=3, channels=1, image_size=(4, 4), mean=(0.0,), std=(1.0,))
 
@@ -73,3 +75,14 @@ def test_model_returning_a_tuple_gets_a_clear_error_and_a_documented_fix():
         Shift()(TupleModel(), torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))
     out = Shift()(LogitsOf(TupleModel(), pick=0), torch.rand(2, 1, 4, 4), torch.tensor([0, 1]))
     assert out.adversarial.shape == (2, 1, 4, 4)
+
+
+# --- every registered attack (timm style): a new plugin's attacks are covered the moment they register ---------
+
+HOST = make_host()
+LIBRARY_ADAPTERS = ("torchattacks", "art")  # their own suites run every library attack with cheap settings
+
+
+@pytest.mark.parametrize("name", [e.name for e in HOST.attacks if e.plugin not in LIBRARY_ADAPTERS])
+def test_every_registered_attack_meets_the_contract(name):
+    check_attack(name, host=HOST)

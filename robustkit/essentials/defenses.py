@@ -83,6 +83,7 @@ class PGDAT(Defense):
                  "authors": "Aleksander Madry, Aleksandar Makelov, Ludwig Schmidt, Dimitris Tsipras, Adrian Vladu",
                  "venue": "ICLR 2018", "link": "https://arxiv.org/abs/1706.06083"}
     knob = "eps"
+    cheap_params = {"eps": 0.1, "steps": 1}
     passes_per_batch = 11.0  # with the default steps; cost() reads the actual parameters
     params = (
         Param("norm", str, "linf", "threat model of the inner attack", choices=("linf", "l2")),
@@ -223,6 +224,7 @@ class FGSMAT(_FastGradientAT):
                  "authors": "Ian J. Goodfellow, Jonathon Shlens, Christian Szegedy",
                  "venue": "ICLR 2015", "link": "https://arxiv.org/abs/1412.6572"}
     knob = "eps"
+    cheap_params = {"eps": 0.1}
     passes_per_batch = 2.0
     default_norm = "linf"
     params = (
@@ -260,6 +262,7 @@ class FGMAT(_FastGradientAT):
     reference = {"title": "Adversarial training with perturbation generator networks (FGM-AT baseline)",
                  "authors": "Anonymous", "venue": "ICLR 2020 submission", "link": ""}
     knob = "eps"
+    cheap_params = {"eps": 0.5}
     passes_per_batch = 2.0
     default_norm = "l2"
     params = (
@@ -307,6 +310,7 @@ class TRADES(Defense):
                             "Michael I. Jordan",
                  "venue": "ICML 2019", "link": "https://arxiv.org/abs/1901.08573"}
     knob = "beta"
+    cheap_params = {"eps": 0.1, "steps": 1}
     passes_per_batch = 12.0  # with the default steps; cost() reads the actual parameters
     params = (
         Param("norm", str, "linf", "threat model of the inner attack", choices=("linf", "l2")),

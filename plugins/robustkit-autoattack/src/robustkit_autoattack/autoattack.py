@@ -133,6 +133,7 @@ class AutoAttack(Attack):
 
     name = NAME
     threat_models = ("linf", "l2")
+    cheap_params = {"version": "custom", "attacks": "apgd-ce,square", "steps": 5, "n_queries": 20}
     knowledge = "white-box"
     goal = "fixed-budget"
     supports_targeted = False

@@ -97,6 +97,7 @@ class HardPositives(Defense):
                  "authors": "Andras Rozsa, Ethan M. Rudd, Terrance E. Boult",
                  "venue": "CVPR Workshops 2016 (arXiv:1605.01775)", "link": "https://arxiv.org/abs/1605.01775"}
     knob = "scale"  # the PASS band (pass_low, pass_high) trades off too: a benchmark spec can sweep it with knob = ...
+    cheap_params = {"types": "fgv", "correct_only": False, "cache_dir": "off"}
     passes_per_batch = 2.0  # at the default mix 0.5; cost() reads the actual parameters
     params = (
         Param("base", str, None, "base checkpoint to fine-tune (none: the model as handed over)", optional=True),

@@ -80,6 +80,7 @@ class LocalizedAT(Defense):
                  "venue": "AAAI 2019 (student abstract); extended: arXiv:1909.04779",
                  "link": "https://arxiv.org/abs/1909.04779"}
     knob = "eps"
+    cheap_params = {"eps": 0.1, "steps": 1, "step_size": None}
     passes_per_batch = 101.0  # with the default steps; cost() reads the actual parameters
     params = (
         Param("mask", str, "broad", "which pixels may change: standard, background, exact or broad (paper's best)",

@@ -78,6 +78,7 @@ class LocalizedPGD(Attack):
     knowledge = "white-box"
     goal = "fixed-budget"
     supports_targeted = False
+    cheap_params = {"steps": 5}
     params = (
         Param("eps", float, 0.3, "linf budget in pixel units", low=0.0, high=1.0),
         Param("steps", int, 100, "PGD steps K", low=1),

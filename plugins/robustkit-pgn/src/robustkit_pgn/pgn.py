@@ -208,6 +208,7 @@ class PGN(Defense):
                  "authors": "Hyeungill Lee, Sungyeob Han, Jungwoo Lee",
                  "venue": "ICLR 2020 submission (OpenReview)", "link": "https://openreview.net/forum?id=S1xXiREKDB"}
     knob = "c_L"
+    cheap_params = {"gen_width": 4}
     passes_per_batch = 5.0  # with the default (double backprop); cost() reads the actual parameters
     params = (
         Param("c_L", float, 50.0, "price of the perturbation's squared L2 norm in the generator loss", low=0.0),
@@ -450,6 +451,7 @@ class PGNAttack(Attack):
     knowledge = "white-box"
     goal = "minimal-distortion"
     supports_targeted = False
+    contract_skip = "it needs the checkpoint of a pgn training run; its own tests train one and attack with it"
     params = (
         Param("checkpoint", str, None, "checkpoint of a pgn training run (folder or last.json)", optional=True),
         Param("use_ema", bool, True, "use the generator's moving average rather than its last weights"),

@@ -180,6 +180,7 @@ class RLFAT(Defense):
                  "authors": "Chuanbiao Song, Kun He, Jiadong Lin, Liwei Wang, John E. Hopcroft",
                  "venue": "ICLR 2020", "link": "https://arxiv.org/abs/1909.10147"}
     knob = "eps"
+    cheap_params = {"eps": 0.1, "steps": 1}
     passes_per_batch = 12.0  # variant P with the default steps; cost() reads the actual parameters
     params = (
         Param("variant", str, "P", "P: RLFAT on PGD-AT; T: RLFAT on TRADES", choices=VARIANTS),
