@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import click
 
 from robustkit.commands.group import cli, echo_json, echo_table
-from robustkit.commands.common import device_option, output_folder
+from robustkit.commands.common import data_root_option, device_option, output_folder
 from robustkit.errors import RobustkitError
 from robustkit.host import get_host
 
@@ -52,16 +53,16 @@ def _load(spec: str, data_root: Path | None, dataset: str | None):
     return load_spec(spec, get_host(), data_root=str(data_root) if data_root else None, dataset=dataset)
 
 
-def data_options(f):
+def spec_data_options(f: Callable) -> Callable:
+    """``--dataset`` (run a spec on another dataset) and ``--data-root`` (overrides the spec's dataset.root)."""
     f = click.option("--dataset", "dataset", default=None,
                      help="Run the spec on this registered dataset instead (e.g. mnist with --data-root).")(f)
-    return click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                        help="Folder holding real datasets (overrides the spec's dataset.root).")(f)
+    return data_root_option(f)
 
 
 @bench.command()
 @click.argument("spec")
-@data_options
+@spec_data_options
 def show(spec: str, data_root: Path | None, dataset: str | None) -> None:
     """Validate SPEC (a preset name or a .toml/.yaml file) and print its cells, without running anything.
 
@@ -90,7 +91,7 @@ def show(spec: str, data_root: Path | None, dataset: str | None) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=None,
               help="Torch CPU threads of every cell  [default: one per core]. CPU numbers depend on it, so a "
                    "results folder keeps one value.")
-@data_options
+@spec_data_options
 @device_option
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report when done.")
 def run(spec: str, out_dir: Path | None, jobs: int, threads: int | None, data_root: Path | None,

@@ -51,9 +51,14 @@ def seed_option(f: Callable) -> Callable:
                         help="Seed for everything random.")(f)
 
 
+def data_root_option(f: Callable) -> Callable:
+    return click.option("--data-root", type=click.Path(path_type=Path), default=None,
+                        help="Folder holding real datasets (MNIST, CIFAR, STL-10); not needed for digits.")(f)
+
+
 def data_options(f: Callable) -> Callable:
-    f = click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                     help="Folder holding real datasets (MNIST, CIFAR, STL-10); not needed for digits.")(f)
+    """``--data-root`` and ``--dataset-param`` (the ``--dataset`` option itself differs per command)."""
+    f = data_root_option(f)
     f = click.option("--dataset-param", "dataset_params", multiple=True, metavar="K=V",
                      help="Dataset parameter, e.g. resize=28 (repeatable).")(f)
     return f
