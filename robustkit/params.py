@@ -66,7 +66,7 @@ class Param:
 def _coerce(value: Any, kind: type, what: str) -> Any:
     """Convert CLI strings (and ints given for floats) to ``kind``."""
     if kind is _AnyValue:
-        return _coerce_any(value)
+        return parse_value(value)
     try:
         if kind is bool:
             if isinstance(value, bool):
@@ -172,7 +172,9 @@ class _AnyValue:
     """Marker type for parameters whose type a signature does not reveal: numbers are parsed, else kept."""
 
 
-def _coerce_any(value: Any) -> Any:
+def parse_value(value: Any) -> Any:
+    """A command-line value of unknown type: ``true``/``false``, an integer, a number or fraction
+    (``8/255``), else the text itself; values that are not text pass through."""
     if not isinstance(value, str):
         return value
     low = value.lower()

@@ -69,3 +69,50 @@ def test_the_package_has_no_import_cycle():
 
 def test_the_cycle_finder_finds_a_cycle():
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def plugin_packages_and_folders() -> dict[str, Path]:
+    """``{import package: distribution folder}`` of every distribution under plugins/."""
+    return {init.parent.name: init.parent.parent.parent for init in (ROOT.parent / "plugins").glob("*/src/*/__init__.py")}
+
+
+def test_the_core_imports_no_plugin_distribution():
+    """The core hosts methods; it never names one: no module of robustkit imports a package shipped under plugins/."""
+    plugin_packages = set(plugin_packages_and_folders())
+    assert "robustkit_torchattacks" in plugin_packages
+    offending = []
+    for path in ROOT.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+            offending += [f"{path.relative_to(ROOT.parent)}: {n}" for n in names if n.split(".")[0] in plugin_packages]
+    assert offending == []
+
+
+def _imports(path: Path) -> list[ast.ImportFrom | ast.Import]:
+    return [n for n in ast.walk(ast.parse(path.read_text(encoding="utf-8"))) if isinstance(n, (ast.Import, ast.ImportFrom))]
+
+
+def test_plugins_use_each_other_only_through_declared_dependencies_and_the_public_core():
+    import tomllib
+
+    packages = plugin_packages_and_folders()
+    problems = []
+    for package, dist_dir in packages.items():
+        declared = tomllib.loads((dist_dir / "pyproject.toml").read_text())["project"]["dependencies"]
+        allowed = {package} | {p for p, d in packages.items() if any(dep.startswith(d.name) for dep in declared)}
+        for path in (dist_dir / "src").rglob("*.py"):
+            for node in _imports(path):
+                if isinstance(node, ast.ImportFrom) and node.level:
+                    continue
+                modules = [node.module or ""] if isinstance(node, ast.ImportFrom) else [a.name for a in node.names]
+                for module in modules:
+                    top = module.split(".")[0]
+                    if top in packages and top not in allowed:
+                        problems.append(f"{path.relative_to(ROOT.parent)} imports {module} without depending on it")
+                    if top == "robustkit" and (any(part.startswith("_") for part in module.split("."))
+                                               or isinstance(node, ast.ImportFrom)
+                                               and any(a.name.startswith("_") for a in node.names)):
+                        problems.append(f"{path.relative_to(ROOT.parent)} imports a private name of the core "
+                                        f"({module})")
+    assert problems == []

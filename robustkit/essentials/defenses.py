@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robustkit.adversarial import (ascent_direction, crafting_mode, input_gradient, kl_batchmean, pgd, pgd_step_size,
+from robustkit.adversarial import (ascent_direction, crafting_mode, kl_batchmean, pgd, pgd_step_size,
                                    random_start, trades_examples)
 from robustkit.defenses import BatchLoss, Defense
 from robustkit.hookspecs import Register, hookimpl

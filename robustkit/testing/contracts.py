@@ -59,6 +59,26 @@ def toy_classifier(shape: tuple[int, int, int] = (1, 8, 8), classes: int = TOY_C
     return Classifier(net, Normalize(info.mean, info.std), ModelSpec("toy-cnn", {}, info)).eval()
 
 
+def image_info(channels: int, size: int, classes: int = 10) -> DatasetInfo:
+    """A dataset description of ``channels`` x ``size`` x ``size`` images and ``classes`` classes."""
+    return DatasetInfo(name=f"test-{channels}x{size}", num_classes=classes, channels=channels,
+                       image_size=(size, size), mean=(0.5,) * channels, std=(0.25,) * channels)
+
+
+def check_model_outputs(model: nn.Module, channels: int, size: int, classes: int = 10, batch: int = 2,
+                        nonzero_grad: bool = True) -> None:
+    """The model contract: ``N x K`` finite logits for images in [0, 1], and a finite gradient reaching the
+    input (nonzero unless ``nonzero_grad`` is false)."""
+    x = torch.rand(batch, channels, size, size, requires_grad=True)
+    out = model(x)
+    assert isinstance(out, torch.Tensor) and tuple(out.shape) == (batch, classes)
+    assert torch.isfinite(out).all()
+    out.logsumexp(dim=1).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+    if nonzero_grad:
+        assert x.grad.abs().sum() > 0
+
+
 def check_attack(name: str, host: Host | None = None, n: int = 6) -> AttackResult | None:
     """Build attack ``name`` with its cheap settings and run it on a toy model; ``None`` for one registered as
     unavailable (which must then refuse to be built, in one line).

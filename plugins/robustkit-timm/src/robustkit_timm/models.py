@@ -34,7 +34,7 @@ from torch.nn import functional as F
 from robustkit import hookimpl
 from robustkit.errors import ParameterError, RobustkitError, one_line
 from robustkit.hookspecs import Register
-from robustkit.params import Param, _coerce_any
+from robustkit.params import Param, parse_value
 
 PREFIX = "timm:"
 FALLBACK_SIZES = (16, 32, 64, 128, 224)
@@ -219,7 +219,7 @@ def _parse_kwargs(text: str | None, owner: str) -> dict[str, Any]:
             raise ParameterError(f"{owner}: kwargs may not set {key}; robustkit sets it from the dataset "
                                  "(use weights= for a local file)")
         value = value.strip()
-        out[key] = None if value.lower() == "none" else _coerce_any(value)
+        out[key] = None if value.lower() == "none" else parse_value(value)
     return out
 
 
