@@ -68,13 +68,6 @@ def test_listing_with_wildcards():
     assert "digits" in run("datasets", "list").output
 
 
-def test_example_plugin_attack_and_command_run():
-    result = run("attack", "--model", "lenet", "--attack", "example:uniform-noise eps=0.2", "--n-examples", "20")
-    assert result.exit_code == 0, result.output
-    assert "example:uniform-noise" in result.output and "20 examples" in result.output
-    assert run("noise-demo", "--eps", "0.25").output.strip() == "max change: 0.250"
-
-
 def test_attack_reports_the_worst_case_per_threat_and_unbounded_attacks_beside_it(tmp_path):
     result = run("attack", "--model", "lenet", "--n-examples", "30", "--out", str(tmp_path),
                  "--attack", "torchattacks:PGD eps=0.1 steps=3", "--attack", "torchattacks:FGSM eps=0.05",

@@ -2,7 +2,9 @@
 
 It registers one attack, ``example:uniform-noise``, and one CLI command, ``robustkit noise-demo``.
 Copy this folder, rename the package and the entry point in ``pyproject.toml``, and
-``pip install -e .``: robustkit finds it through the ``robustkit`` entry-point group.
+``pip install -e .``: robustkit finds it through the ``robustkit`` entry-point group. ``tests/`` shows
+how a plugin tests itself: robustkit's pytest plugin and contract checks (:mod:`robustkit.testing`)
+come with robustkit.
 """
 
 from __future__ import annotations
@@ -44,8 +46,8 @@ class UniformNoise(Attack):
 
 @hookimpl
 def register_attacks(register):
-    register(UniformNoise.name, UniformNoise, threat_models=UniformNoise.threat_models,
-             knowledge=UniformNoise.knowledge, goal=UniformNoise.goal)
+    # The host reads the threat models, knowledge and goal from the class: state them once, there.
+    register(UniformNoise.name, UniformNoise)
 
 
 @hookimpl
