@@ -10,6 +10,8 @@ Conventions:
   wrong is non-robust under every attack, its "adversarial" is the clean image (distortion 0,
   ``attacked`` false, ``success`` false). This matches AutoAttack and RobustBench and saves time.
 - ``success``: the attack turned a correct prediction into a wrong one (untargeted).
+- Robust accuracy is :func:`robust_accuracy` (also used by training's validation and the bench audit):
+  right on the clean image and on its adversarial.
 - Distortion statistics (mean and median L2 and Linf) are over successful adversarials only;
   ``n_clean_wrong`` says how many examples were wrong before any attack.
 - ``worst_case_accuracy`` is the pointwise worst case over every attack at any distance; the numbers
@@ -35,7 +37,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -53,6 +55,32 @@ from robustkit.progress import progress
 from robustkit.threat import TOLERANCE, ThreatModel, distances, within_budget
 
 Data = Dataset | ImageDataset | tuple[torch.Tensor, torch.Tensor]
+
+
+Labels = torch.Tensor | Sequence[int]
+
+
+def robust_accuracy(labels: Labels, clean_pred: Labels, adv_pred: Labels) -> float:
+    """Robust accuracy: the fraction of examples classified correctly both clean and under attack.
+
+    This is robustkit's one definition, used by :func:`evaluate` (per attack), by the per-epoch
+    validation of :func:`robustkit.training.train` and by the gradient-masking audit of ``bench``.
+    An example the model already gets wrong on the clean image is never robust, even where its
+    adversarial happens to be classified correctly (a lucky random start, or an attack that did not
+    run on it because the clean prediction was wrong already).
+
+    :param labels: true classes of the n examples (a tensor or a sequence of ints).
+    :param clean_pred: the model's predictions on the clean images.
+    :param adv_pred: its predictions on their adversarials (an example that was not attacked: its
+        clean prediction).
+    :returns: robust examples / n, a fraction in [0, 1]; 0.0 for no examples.
+    :raises InputError: when the three do not have the same length.
+    """
+    y, clean, adv = (torch.as_tensor(v, device="cpu").reshape(-1) for v in (labels, clean_pred, adv_pred))
+    if not y.shape == clean.shape == adv.shape:
+        raise InputError(f"labels, clean predictions and adversarial predictions differ in length: "
+                         f"{y.numel()}, {clean.numel()} and {adv.numel()}")
+    return int(((clean == y) & (adv == y)).sum()) / max(y.numel(), 1)
 
 
 @dataclass
@@ -126,7 +154,8 @@ class AttackSummary:
     """One attack's totals over the evaluated examples.
 
     :param description: the attack's name and parameters (:meth:`Attack.describe`).
-    :param robust_accuracy: fraction of all examples correct on clean and on this attack's adversarial.
+    :param robust_accuracy: fraction of all examples correct on clean and on this attack's adversarial
+        (:func:`robust_accuracy`).
     :param success_rate: fraction of the clean-correct examples the attack fooled (None if there were none).
     :param n_success: number of successful adversarials.
     :param mean_l2: mean L2 of successful adversarials (None without any); likewise the others.
@@ -440,6 +469,7 @@ def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], metrics:
             seconds: Mapping[str, float], seed: int, device: torch.device, total_seconds: float) -> EvaluationResult:
     n = len(records)
     n_correct = sum(r.clean_correct for r in records)
+    labels, clean_pred = [r.label for r in records], [r.clean_pred for r in records]
     summaries = {}
     for name, attack in attacks.items():
         outcomes = [r.attacks[name] for r in records]
@@ -447,7 +477,7 @@ def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], metrics:
         counted = [o.queries for o in outcomes if o.attacked and o.queries is not None]
         summaries[name] = AttackSummary(
             description=attack.describe(),
-            robust_accuracy=sum(r.clean_correct and not r.attacks[name].success for r in records) / n,
+            robust_accuracy=robust_accuracy(labels, clean_pred, [r.attacks[name].adv_pred for r in records]),
             success_rate=len(hits) / n_correct if n_correct else None,
             n_success=len(hits),
             mean_l2=_mean([o.l2 for o in hits]), median_l2=_median([o.l2 for o in hits]),

@@ -37,11 +37,13 @@ from torch.utils.data import DataLoader, Dataset
 from robustkit.adversarial import pgd, pgd_step_size
 from robustkit.checkpoints import (CheckpointPaths, defer_interrupts, load_training_state, load_weights, read_metadata,
                                    save_checkpoint)
-from robustkit.files import atomic_write, atomic_write_text, jsonable, remove_stale_temporaries
+from robustkit.files import atomic_write_text, jsonable, remove_stale_temporaries
 from robustkit.data import ImageDataset, check_images, check_labels, take
 from robustkit.defenses import Defense
 from robustkit.devices import resolve_device, seed_everything
 from robustkit.errors import ParameterError, RobustkitError
+from robustkit.evaluation import robust_accuracy
+from robustkit.plots import save_training_curves
 from robustkit.precision import PRECISIONS, wrap
 from robustkit.progress import progress
 from robustkit.threat import ThreatModel
@@ -255,7 +257,7 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
                 completed = epoch
             epochs.set_postfix(_postfix(row))
             if paths is not None and time.monotonic() - curves_at > CURVES_EVERY_S:
-                write_curves(history, paths.meta.parent / CURVES_FILE)
+                save_training_curves(paths.meta.parent / CURVES_FILE, history)
                 curves_at = time.monotonic()
     except KeyboardInterrupt:
         raise RobustkitError(_interrupted_message(completed, paths)) from None
@@ -263,7 +265,7 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
         # Drawing costs about a second, so mid-run refreshes are rate-limited; the end of a call
         # (finished, stopped by NaN or interrupted) always leaves the curves of every saved epoch.
         if paths is not None and completed > start:
-            write_curves([row for row in history if row["epoch"] <= completed], paths.meta.parent / CURVES_FILE)
+            save_training_curves(paths.meta.parent / CURVES_FILE, [row for row in history if row["epoch"] <= completed])
     _publish(model, defense)
     model.eval()
     return TrainResult(model, history, start, paths.meta if paths is not None else None)
@@ -445,7 +447,8 @@ def _validate(model: nn.Module, val_set: Dataset | None, config: TrainConfig, ep
     # Its own generator: validation must not shift the defense's random stream between runs.
     start_noise = torch.Generator(device=device)
     start_noise.manual_seed(epoch_seed(config.seed, epoch, "validation"))
-    clean = robust = total = 0
+    clean = total = 0
+    seen: dict[str, list[torch.Tensor]] = {"labels": [], "clean": [], "adversarial": []}
     was_training = model.training
     net = wrap(model, config.precision, config.channels_last)
     net.eval()
@@ -453,18 +456,21 @@ def _validate(model: nn.Module, val_set: Dataset | None, config: TrainConfig, ep
         for images, labels in DataLoader(val_set, batch_size=config.batch_size, shuffle=False):
             images, labels = images.to(device), torch.as_tensor(labels).to(device)
             with torch.no_grad():
-                right = net(images).argmax(1) == labels
-            clean += int(right.sum())
+                clean_pred = net(images).argmax(1)
+            clean += int((clean_pred == labels).sum())
             if threat is not None:
                 adv = pgd(net, images, labels, threat, steps=config.val_steps, step_size=step, generator=start_noise)
                 with torch.no_grad():
-                    # Robust means right before and after: a lucky random start must not count.
-                    robust += int((right & (net(adv).argmax(1) == labels)).sum())
+                    seen["adversarial"].append(net(adv).argmax(1))
+                seen["labels"].append(labels)
+                seen["clean"].append(clean_pred)
             total += labels.shape[0]
     finally:
         model.train(was_training)
     row["val_clean_acc"] = clean / total
-    row["val_pgd_acc"] = robust / total if threat is not None else None
+    # Robust means right before and after: a lucky random start must not count.
+    row["val_pgd_acc"] = (robust_accuracy(*(torch.cat(seen[k]) for k in ("labels", "clean", "adversarial")))
+                          if threat is not None else None)
     row["val_time"] = time.perf_counter() - started
     return row
 
@@ -518,33 +524,6 @@ def _publish(model: nn.Module, defense: Defense) -> None:
     weights = defense.published_weights(model)
     if weights is not None:
         model.load_state_dict(weights)
-
-
-def write_curves(history: list[Mapping[str, Any]], path: Path) -> None:
-    """Plot loss and accuracies per epoch into a PNG (matplotlib's Agg canvas; no global backend change)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
-
-    epochs = [row["epoch"] for row in history]
-    fig = Figure(figsize=(9, 3.5), dpi=100)
-    FigureCanvasAgg(fig)
-    loss_ax, acc_ax = fig.subplots(1, 2)
-    loss_ax.plot(epochs, [row.get("train_loss") for row in history], marker="o", label="train loss")
-    loss_ax.set(xlabel="epoch", ylabel="loss", title="training loss")
-    for key, label in (("train_acc", "train (defense inputs)"), ("val_clean_acc", "val clean"),
-                       ("val_pgd_acc", "val PGD")):
-        points = [(e, row.get(key)) for e, row in zip(epochs, history) if row.get(key) is not None]
-        if points:
-            acc_ax.plot(*zip(*points), marker="o", label=label)
-    acc_ax.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(-0.02, 1.02))
-    for ax in (loss_ax, acc_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
 
 
 # --- messages ------------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
-from test_defense_contract import CHEAP
 from torch.utils.data import Subset
 
 from robustkit.checkpoints import load_model
@@ -23,6 +22,7 @@ from robustkit.devices import seed_everything
 from robustkit.evaluation import evaluate
 from robustkit.host import make_host
 from robustkit.models import build_model
+from robustkit.testing.contracts import cheap_params
 from robustkit.training import TrainConfig, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -69,7 +69,7 @@ def test_every_defense_trains_on_the_gpu_and_loads_on_the_cpu(defense: str, digi
     model = build_model(HOST, "lenet", digits.info)
     config = TrainConfig(epochs=1, batch_size=64, seed=0, device="cuda", val_examples=16, val_eps=0.1, val_steps=1,
                          out_dir=tmp_path)
-    result = train(model, digits, HOST.defenses.create(defense, CHEAP.get(defense, {})), config, host=HOST)
+    result = train(model, digits, HOST.defenses.create(defense, cheap_params(HOST.defenses.get(defense).factory)), config, host=HOST)
     assert next(result.model.parameters()).device.type == "cuda"
     assert torch.isfinite(torch.tensor(result.metrics["train_loss"]))
     x, _ = stack(take(digits.test, 8))

@@ -20,6 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
+from robustkit import evaluation
 from robustkit.adversarial import pgd, pgd_step_size
 from robustkit.devices import seed_everything
 from robustkit.threat import ThreatModel
@@ -34,13 +35,15 @@ FLAGS = {
 
 def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, adversarial: torch.Tensor,
                     batch_size: int = 256) -> float:
-    """Fraction right on the clean image and on its adversarial (a lucky adversarial must not count)."""
-    right = 0
+    """:func:`robustkit.evaluation.robust_accuracy` of ``model`` on ``images`` and their ``adversarial``
+    (predicted in batches): right on the clean image and on its adversarial (a lucky adversarial must not count)."""
+    clean, adv = [], []
     with torch.no_grad():
         for i in range(0, len(labels), batch_size):
-            x, a, y = images[i:i + batch_size], adversarial[i:i + batch_size], labels[i:i + batch_size]
-            right += int(((model(x).argmax(1) == y) & (model(a).argmax(1) == y)).sum())
-    return right / max(len(labels), 1)
+            clean.append(model(images[i:i + batch_size]).argmax(1))
+            adv.append(model(adversarial[i:i + batch_size]).argmax(1))
+    return evaluation.robust_accuracy(labels, torch.cat(clean) if clean else labels[:0],
+                                      torch.cat(adv) if adv else labels[:0])
 
 
 def pgd_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, threat: ThreatModel, steps: int,

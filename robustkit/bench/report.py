@@ -17,7 +17,9 @@ from pathlib import Path
 
 from robustkit.bench.analysis import (NOT_RUN, BenchmarkRun, Comparison, MatchedReading, audit_flags, defenses,
                                       is_accuracy, load_run, metrics, points_by_seed)
-from robustkit.files import atomic_write, atomic_write_text
+from robustkit.files import atomic_write_text
+from robustkit.plots import (Frontier, Line, Reading, TradeoffFamily, TradeoffPanel, save_line_plot,
+                             save_tradeoff_panels)
 from robustkit.protocol import EXCEEDS, frontier
 from robustkit.tables import text_table
 
@@ -190,74 +192,59 @@ def markdown(run: BenchmarkRun, images: list[str]) -> str:
 
 
 def plot_curves(run: BenchmarkRun, path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    """``robustness_curves.png``: per metric, each defense's frontier per seed, its dominated models hollow,
+    the targets as dashed lines and the readings at them as stars with their intervals."""
     analysis = run.analysis()
-    names = metrics(run.benchmark)
     targets = [t for t in analysis.targets if t.value is not None]
-    fig = Figure(figsize=(5.2 * len(names), 4.4), dpi=100)
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(1, len(names), squeeze=False)[0]
-    for ax, metric in zip(axes, names):
+    panels = []
+    for metric in metrics(run.benchmark):
         scale = 100.0 if is_accuracy(metric) else 1.0
         labels = defenses(run)
+        families = []
         for i, defense in enumerate(labels):
-            color = f"C{i % 10}"
+            family = TradeoffFamily(color=f"C{i % 10}")
             nudge = 0.06 * (i - (len(labels) - 1) / 2)  # readings at one target side by side, not on top
             for seed, points in sorted(points_by_seed(run.records, defense, metric).items()):
                 front = frontier(points)
-                label = defense if seed == min(run.benchmark["seeds"]) else None
-                ax.plot([100 * p.clean for p in front], [scale * p.robust for p in front], marker="o", color=color,
-                        alpha=0.9, label=label)
                 off = [p for p in points if p not in front]
-                ax.plot([100 * p.clean for p in off], [scale * p.robust for p in off], linestyle="none", marker="o",
-                        markerfacecolor="none", color=color, alpha=0.9)
+                family.frontiers.append(Frontier(
+                    x=[100 * p.clean for p in front], y=[scale * p.robust for p in front],
+                    dominated_x=[100 * p.clean for p in off], dominated_y=[scale * p.robust for p in off],
+                    label=defense if seed == min(run.benchmark["seeds"]) else None))
             for target in targets:
                 reading = analysis.comparison(target.name, metric).readings[defense]
                 if reading.value is not None:
-                    error = None
+                    below = above = None
                     if reading.low is not None:
-                        error = [[scale * (reading.value - reading.low)], [scale * (reading.high - reading.value)]]
-                    ax.errorbar([100 * target.value + nudge], [scale * reading.value], yerr=error, marker="*",
-                                markersize=13, color=color, markeredgecolor="black", capsize=3, linestyle="none")
-        for target in targets:
-            ax.axvline(100 * target.value, color="grey", linestyle="--", linewidth=1)
-        ax.set(xlabel="clean accuracy %", ylabel=f"{metric} {'accuracy %' if is_accuracy(metric) else '(L2)'}",
-               title=metric)
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.suptitle(f"{run.benchmark['name']}: frontiers (lines; hollow: dominated models) and readings at the dashed "
-                 "targets (stars, 95% intervals)")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+                        below, above = scale * (reading.value - reading.low), scale * (reading.high - reading.value)
+                    family.readings.append(Reading(100 * target.value + nudge, scale * reading.value, below, above))
+            families.append(family)
+        panels.append(TradeoffPanel(
+            title=metric, xlabel="clean accuracy %",
+            ylabel=f"{metric} {'accuracy %' if is_accuracy(metric) else '(L2)'}", families=families,
+            vlines=[100 * target.value for target in targets]))
+    save_tradeoff_panels(path, panels, title=f"{run.benchmark['name']}: frontiers (lines; hollow: dominated models) "
+                         "and readings at the dashed targets (stars, 95% intervals)")
 
 
 def plot_eps(run: BenchmarkRun, path: Path) -> bool:
+    """``accuracy_vs_eps.png``: accuracy against eps of the curve attack, one line per trained model
+    (False, and nothing written, when no record has an eps curve)."""
     records = [r for r in run.records if r.get("eps_curve")]
     if not records:
         return False
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax = fig.subplots()
     labels = defenses(run)
+    lines = []
     for r in sorted(records, key=lambda r: (labels.index(r["defense"]) if r["defense"] in labels else 0,
                                             str(r["knob_value"]))):
         i = labels.index(r["defense"]) if r["defense"] in labels else 0
         eps = [0.0] + [p["eps"] for p in r["eps_curve"]]
         acc = [100 * r["clean_accuracy"]] + [100 * p["accuracy"] for p in r["eps_curve"]]
         knob = f" {r['knob']}={r['knob_value']}" if r["knob"] else ""
-        ax.plot(eps, acc, marker=".", color=f"C{i % 10}", alpha=0.8, label=f"{r['defense']}{knob} s{r['seed']}")
-    ax.set(xlabel="eps", ylabel="accuracy %", title=f"{run.benchmark['name']}: accuracy under "
-           f"{run.benchmark['evaluation']['curve_attack']} versus eps", ylim=(-2, 102))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+        lines.append(Line(eps, acc, label=f"{r['defense']}{knob} s{r['seed']}", color=f"C{i % 10}"))
+    save_line_plot(path, lines, xlabel="eps", ylabel="accuracy %", ylim=(-2, 102),
+                   title=f"{run.benchmark['name']}: accuracy under {run.benchmark['evaluation']['curve_attack']} "
+                         "versus eps")
     return True
 
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robustkit.data import check_images
-from robustkit.files import atomic_write
+from robustkit.plots import save_heatmap_grid
 
 
 def smoothgrad(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, samples: int = 50,
@@ -46,31 +46,7 @@ def saliency_map(gradient: torch.Tensor) -> torch.Tensor:
 
 def save_saliency_grid(path: str | Path, images: torch.Tensor, maps: Mapping[str, torch.Tensor], *,
                        labels: Sequence[int] | torch.Tensor | None = None, title: str | None = None) -> Path:
-    """Write a PNG: the images on the first row, then one row of maps (``N x H x W`` in [0, 1]) per model."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n = images.shape[0]
-    rows = 1 + len(maps)
-    fig = Figure(figsize=(1.3 * n + 1.2, 1.3 * rows + (0.4 if title else 0)))
-    FigureCanvasAgg(fig)
-    axes = fig.subplots(rows, n, squeeze=False)
-    shown = images.detach().cpu()
-    for j in range(n):
-        image = shown[j].permute(1, 2, 0).squeeze(-1).clamp(0, 1).numpy()
-        axes[0][j].imshow(image, cmap="gray" if image.ndim == 2 else None, vmin=0, vmax=1)
-        if labels is not None:
-            axes[0][j].set_title(f"y={int(labels[j])}", fontsize=8)
-    for i, (name, heat) in enumerate(maps.items(), start=1):
-        for j in range(n):
-            axes[i][j].imshow(heat[j].detach().cpu().numpy(), cmap="inferno", vmin=0, vmax=1)
-        axes[i][0].set_ylabel(name, fontsize=8, rotation=0, ha="right", va="center")
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    return path
+    """Write a PNG: the images on the first row (``y=<label>`` over each), then one row of maps
+    (``N x H x W`` in [0, 1], :func:`saliency_map`) per model (:func:`robustkit.plots.save_heatmap_grid`)."""
+    titles = None if labels is None else [f"y={int(label)}" for label in labels]
+    return save_heatmap_grid(path, images, maps, column_titles=titles, title=title, cmap="inferno")
