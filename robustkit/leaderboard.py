@@ -171,13 +171,14 @@ def validate_leaderboard(doc_or_path: dict[str, Any] | str | Path) -> dict[str, 
                 raise RobustkitError(f"{where}: $.entries[{i}].provenance.protocol_fingerprint is {theirs!r}, but the "
                                      f"file's benchmark.fingerprint is {doc['benchmark']['fingerprint']!r}; an entry "
                                      "made under another protocol does not belong in this file")
-    seen: dict[tuple[str, str], int] = {}
-    for i, entry in enumerate(doc["entries"]):
-        key = (entry["defense"], entry["model"])
-        if key in seen:
-            raise RobustkitError(f"{where}: $.entries[{i}]: defense {key[0]!r} with model {key[1]!r} already "
-                                 f"appears at $.entries[{seen[key]}]; keep one entry per (defense, model)")
-        seen[key] = i
+    for part in ("entries", "published"):  # published: imported entries beside a benchmark's (not ranked)
+        seen: dict[tuple[str, str], int] = {}
+        for i, entry in enumerate(doc.get(part, [])):
+            key = (entry["defense"], entry["model"])
+            if key in seen:
+                raise RobustkitError(f"{where}: $.{part}[{i}]: defense {key[0]!r} with model {key[1]!r} already "
+                                     f"appears at $.{part}[{seen[key]}]; keep one entry per (defense, model)")
+            seen[key] = i
     return doc
 
 
