@@ -53,7 +53,8 @@ def seed_option(f: Callable) -> Callable:
 
 def data_root_option(f: Callable) -> Callable:
     return click.option("--data-root", type=click.Path(path_type=Path), default=None,
-                        help="Folder holding real datasets (MNIST, CIFAR, STL-10); not needed for digits.")(f)
+                        help="Folder (or file) holding a real dataset: MNIST, CIFAR, STL-10, CIFAR-10-C, an image folder, "
+                             "a tensors file; not needed for digits.")(f)
 
 
 def data_options(f: Callable) -> Callable:
