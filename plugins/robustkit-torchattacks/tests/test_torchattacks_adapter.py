@@ -16,6 +16,7 @@ from torch import nn
 from robustkit.attacks import GOALS, KNOWLEDGE, Attack
 from robustkit.errors import InputError, ParameterError, RobustkitError
 from robustkit.host import make_host
+from robustkit.library_adapter import FromLibrary
 from robustkit.models import Classifier, ModelSpec, Normalize
 from robustkit_torchattacks import adapter
 
@@ -145,7 +146,7 @@ def test_library_details_are_filled_in_on_first_use():
     cls = adapter.adapter_class("PGD")
     assert issubclass(cls, adapter.TorchattacksAttack) and cls.__name__ == "TorchattacksPGD"
     for attr in ("torchattacks_class", "params", "__doc__"):
-        assert isinstance(vars(cls)[attr], adapter._FromLibrary), attr
+        assert isinstance(vars(cls)[attr], FromLibrary), attr
     assert (cls.name, cls.threat_models, cls.supports_targeted) == ("torchattacks:PGD", ("linf",), True)
     attack = cls(eps=0.1)  # reads cls.params: all three are computed and stored on the class
     assert vars(cls)["torchattacks_class"] is torchattacks.PGD and attack.torchattacks_class is torchattacks.PGD

@@ -1,11 +1,13 @@
 """Every ART evasion attack as a robustkit attack named ``art:NAME``.
 
 Each attack class exported by ``art.attacks.evasion`` (Adversarial Robustness Toolbox) gets one
-generated :class:`~robustkit.attacks.Attack` subclass (see :func:`adapter_class`). Registering them
-does not import ART: names and facts come from the static tables below, and ART is imported only
-when an attack is built or its parameters are listed. The parameters are the ART constructor's own
-(read from its signature; ``estimator``/``classifier`` and ``targeted`` left out), checked before
-anything runs (ART's own checks run at construction too, on a stand-in model), plus ``seed``.
+generated :class:`~robustkit.attacks.Attack` subclass (see :func:`adapter_class`), built on the core's
+adapter base (:class:`robustkit.library_adapter.LibraryAttack`). Registering them does not import ART:
+names and facts come from the static tables below, and ART is imported only when an attack is built or
+its parameters or help are read (:class:`~robustkit.library_adapter.FromLibrary`; once per class). The
+parameters are the ART constructor's own (read from its signature; ``estimator``/``classifier`` and
+``targeted`` left out), checked before anything runs (ART's own checks run at construction too, on a
+stand-in model), plus ``seed``.
 
 The robustkit model (images in [0, 1] -> logits, normalization inside) is wrapped in
 ``art.estimators.classification.PyTorchClassifier`` with ``input_shape`` = (C, H, W) of the batch,
@@ -55,10 +57,8 @@ package is missing are still registered, marked ``available=False`` with the rea
 
 from __future__ import annotations
 
-import ast
 import atexit
 import contextlib
-import dataclasses
 import importlib
 import importlib.util
 import inspect
@@ -69,7 +69,6 @@ import tempfile
 import weakref
 from dataclasses import dataclass, field
 from functools import lru_cache
-from importlib import metadata
 from typing import Any, ClassVar, Iterator, Mapping
 
 import numpy as np
@@ -79,42 +78,36 @@ from torch import nn
 from robustkit import hookimpl
 from robustkit.attacks import Attack, AttackResult, first_parameter, model_facts
 from robustkit.devices import seed_everything
-from robustkit.errors import InputError, ParameterError, RobustkitError, one_line
-from robustkit.params import Param, params_from_signature, signature_names
-from robustkit.threat import NORMS, ThreatModel, threat_of
+from robustkit.errors import InputError, ParameterError, one_line
+from robustkit.library_adapter import (
+    DECISION,
+    FIXED,
+    MINIMAL,
+    SCORE,
+    WHITE,
+    AttackFacts,
+    Library,
+    LibraryAttack,
+    installed_version,
+    register_adapters,
+)
+from robustkit.params import Param, signature_names
 
 PREFIX = "art:"
 DISTRIBUTION = "adversarial-robustness-toolbox"
-
-
-def _library_version() -> str:
-    try:
-        return metadata.version(DISTRIBUTION)
-    except metadata.PackageNotFoundError:
-        return "not installed"
-
-
-LIBRARY_VERSION: str = _library_version()
-
-WHITE, SCORE, DECISION = "white-box", "score-based", "decision-based"
-FIXED, MINIMAL = "fixed-budget", "minimal-distortion"
+LIBRARY_VERSION: str = installed_version(DISTRIBUTION) or "not installed"
+LIBRARY = Library("ART", LIBRARY_VERSION, PREFIX, "Art")
 
 
 @dataclass(frozen=True)
-class Facts:
-    """What one ART attack is, for listings, the benchmark protocol and the adapter.
+class Facts(AttackFacts):
+    """What one ART attack is (:class:`~robustkit.library_adapter.AttackFacts`; ``title`` is the listing's line),
+    and:
 
-    :param title: one line for listings (known without importing ART).
-    :param threat_models: what it bounds or minimizes (``norms`` lists what its ``norm`` parameter picks).
-    :param knowledge: what it needs from the model.
-    :param goal: ``fixed-budget`` or ``minimal-distortion``.
-    :param targeted: whether robustkit offers its label-targeted mode.
-    :param note: a caveat worth showing in listings.
     :param norms: values of ART's ``norm`` parameter in robustkit spelling, or empty if it has none.
     :param untargeted_y: ``"labels"``: untargeted calls pass the true labels; ``"none"``: pass none.
     :param probabilities: the attack needs probabilities, so it sees the model with a softmax on top.
     :param one_at_a_time: ART accepts a single image per call.
-    :param targeted_only: the attack needs ``target_labels``.
     :param patched_modules: ART modules that run with :class:`_PatchedNumpy` (seeded ``RandomState()``,
         ``np.mat``).
     :param requires: optional packages it imports; missing ones make the entry unavailable.
@@ -125,17 +118,10 @@ class Facts:
     :param writes_cwd: ``generate`` caches files in the working directory; it runs in a private one instead.
     """
 
-    title: str
-    threat_models: tuple[str, ...]
-    knowledge: str
-    goal: str
-    targeted: bool
-    note: str = ""
     norms: tuple[str, ...] = ()
     untargeted_y: str = "labels"
     probabilities: bool = False
     one_at_a_time: bool = False
-    targeted_only: bool = False
     patched_modules: tuple[str, ...] = ()
     requires: tuple[str, ...] = ()
     defaults: Mapping[str, Any] = field(default_factory=dict, compare=False)
@@ -152,108 +138,116 @@ _EVASION = "art.attacks.evasion"
 #: Reviewed against ART 1.20.1: the attacks that apply to a PyTorch image classifier.
 FACTS: dict[str, Facts] = {
     "FastGradientMethod": Facts(
-        "Fast gradient (sign) method, FGSM/FGM (Goodfellow et al. 2015)", _P_NORMS, WHITE, FIXED, True,
-        "minimal=true searches the smallest eps up to eps in steps of eps_step", norms=_P_NORMS),
-    "BasicIterativeMethod": Facts("Basic iterative method, BIM (Kurakin et al. 2016)", _LINF, WHITE, FIXED, True),
+        _P_NORMS, WHITE, FIXED, True, "minimal=true searches the smallest eps up to eps in steps of eps_step",
+        norms=_P_NORMS, title="Fast gradient (sign) method, FGSM/FGM (Goodfellow et al. 2015)"),
+    "BasicIterativeMethod": Facts(_LINF, WHITE, FIXED, True, title="Basic iterative method, BIM (Kurakin et al. 2016)"),
     "ProjectedGradientDescent": Facts(
-        "Projected gradient descent, PGD (Madry et al. 2018)", _P_NORMS, WHITE, FIXED, True,
-        "ART runs its PyTorch implementation for PyTorch models", norms=_P_NORMS),
+        _P_NORMS, WHITE, FIXED, True, "ART runs its PyTorch implementation for PyTorch models", norms=_P_NORMS,
+        title="Projected gradient descent, PGD (Madry et al. 2018)"),
     "ProjectedGradientDescentNumpy": Facts(
-        "Projected gradient descent, PGD: ART's framework-independent NumPy implementation", _P_NORMS, WHITE, FIXED,
-        True, norms=_P_NORMS),
+        _P_NORMS, WHITE, FIXED, True, norms=_P_NORMS,
+        title="Projected gradient descent, PGD: ART's framework-independent NumPy implementation"),
     "ProjectedGradientDescentPyTorch": Facts(
-        "Projected gradient descent, PGD: ART's PyTorch implementation", _P_NORMS, WHITE, FIXED, True, norms=_P_NORMS),
+        _P_NORMS, WHITE, FIXED, True, norms=_P_NORMS,
+        title="Projected gradient descent, PGD: ART's PyTorch implementation"),
     "MomentumIterativeMethod": Facts(
-        "Momentum iterative method, MIM (Dong et al. 2018)", _P_NORMS, WHITE, FIXED, True, norms=_P_NORMS),
+        _P_NORMS, WHITE, FIXED, True, norms=_P_NORMS, title="Momentum iterative method, MIM (Dong et al. 2018)"),
     "AutoProjectedGradientDescent": Facts(
-        "Auto-PGD, APGD (Croce and Hein 2020)", _P_NORMS, WHITE, FIXED, True,
-        "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS),
+        _P_NORMS, WHITE, FIXED, True, "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS,
+        title="Auto-PGD, APGD (Croce and Hein 2020)"),
     "AutoConjugateGradient": Facts(
-        "Auto conjugate gradient, ACG (Yamamura et al. 2022)", _P_NORMS, WHITE, FIXED, True,
-        "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS),
+        _P_NORMS, WHITE, FIXED, True, "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS,
+        title="Auto conjugate gradient, ACG (Yamamura et al. 2022)"),
     "RescalingAutoConjugateGradient": Facts(
-        "Rescaling auto conjugate gradient, ReACG (Yamamura et al. 2023)", _P_NORMS, WHITE, FIXED, True,
-        "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS),
+        _P_NORMS, WHITE, FIXED, True, "loss_type=difference_logits_ratio needs at least 3 classes", norms=_P_NORMS,
+        title="Rescaling auto conjugate gradient, ReACG (Yamamura et al. 2023)"),
     "AutoAttack": Facts(
-        "AutoAttack, ART's version (after Croce and Hein 2020)", ("linf", "l2"), WHITE, FIXED, False,
+        ("linf", "l2"), WHITE, FIXED, False,
         "not the original AutoAttack: ART's suite is APGD-CE, APGD-DLR, DeepFool and Square (5,000 queries x 5 "
         "restarts), without APGD-T and FAB-T; ART's own targeted flag and attack lists are not exposed",
-        norms=("linf", "l2"), requires=("multiprocess",), hidden=("attacks", "estimator_orig")),
+        norms=("linf", "l2"), requires=("multiprocess",), hidden=("attacks", "estimator_orig"),
+        title="AutoAttack, ART's version (after Croce and Hein 2020)"),
     "CarliniL2Method": Facts(
-        "Carlini and Wagner L2 attack (2017)", _L2, WHITE, MINIMAL, True,
+        _L2, WHITE, MINIMAL, True,
         "not the cleverhans CW-L2 of the PGN paper: ART's defaults are 10 binary-search steps x 10 iterations, "
-        "and ART doubles the constant where cleverhans multiplies it by 10 (5 steps from 1e-2 stop at 0.16)"),
+        "and ART doubles the constant where cleverhans multiplies it by 10 (5 steps from 1e-2 stop at 0.16)",
+        title="Carlini and Wagner L2 attack (2017)"),
     "CarliniLInfMethod": Facts(
-        "Carlini and Wagner Linf attack (2017)", _LINF, WHITE, MINIMAL, True,
-        "not the 'CW' of the RLFAT paper, which is PGD on the margin loss (robustkit's cw-linf)"),
-    "CarliniL0Method": Facts("Carlini and Wagner L0 attack (2017)", ("l0",), WHITE, MINIMAL, True),
-    "ElasticNet": Facts("Elastic-net attack, EAD (Chen et al. 2018)", ("l1", "l2"), WHITE, MINIMAL, True),
-    "DeepFool": Facts("DeepFool (Moosavi-Dezfooli et al. 2016)", _L2, WHITE, MINIMAL, False),
-    "NewtonFool": Facts("NewtonFool (Jang et al. 2017)", _L2, WHITE, MINIMAL, False),
+        _LINF, WHITE, MINIMAL, True,
+        "not the 'CW' of the RLFAT paper, which is PGD on the margin loss (robustkit's cw-linf)",
+        title="Carlini and Wagner Linf attack (2017)"),
+    "CarliniL0Method": Facts(("l0",), WHITE, MINIMAL, True, title="Carlini and Wagner L0 attack (2017)"),
+    "ElasticNet": Facts(("l1", "l2"), WHITE, MINIMAL, True, title="Elastic-net attack, EAD (Chen et al. 2018)"),
+    "DeepFool": Facts(_L2, WHITE, MINIMAL, False, title="DeepFool (Moosavi-Dezfooli et al. 2016)"),
+    "NewtonFool": Facts(_L2, WHITE, MINIMAL, False, title="NewtonFool (Jang et al. 2017)"),
     "SaliencyMapMethod": Facts(
-        "Jacobian saliency map attack, JSMA (Papernot et al. 2016)", ("l0",), WHITE, MINIMAL, True,
-        "ART reads labels as targets, so untargeted calls aim at a random wrong class", untargeted_y="none"),
+        ("l0",), WHITE, MINIMAL, True, "ART reads labels as targets, so untargeted calls aim at a random wrong class",
+        untargeted_y="none", title="Jacobian saliency map attack, JSMA (Papernot et al. 2016)"),
     "VirtualAdversarialMethod": Facts(
-        "Virtual adversarial perturbation (Miyato et al. 2016)", _L2, SCORE, FIXED, False,
-        "ignores the labels: pushes the prediction away from itself; sees softmax probabilities", probabilities=True),
+        _L2, SCORE, FIXED, False, "ignores the labels: pushes the prediction away from itself; sees softmax "
+        "probabilities", probabilities=True, title="Virtual adversarial perturbation (Miyato et al. 2016)"),
     "Wasserstein": Facts(
-        "Wasserstein adversarial examples (Wong et al. 2019)", ("wasserstein",), WHITE, FIXED, True,
-        "eps bounds the Wasserstein distance (ball=wasserstein), not a pixel norm"),
+        ("wasserstein",), WHITE, FIXED, True,
+        "eps bounds the Wasserstein distance (ball=wasserstein), not a pixel norm",
+        title="Wasserstein adversarial examples (Wong et al. 2019)"),
     "ShadowAttack": Facts(
-        "Shadow attack (Ghiasi et al. 2020)", ("unbounded",), WHITE, MINIMAL, True,
+        ("unbounded",), WHITE, MINIMAL, True,
         "runs one image at a time; ART reads labels as targets, so untargeted calls attack the model's own "
-        "prediction", untargeted_y="none", one_at_a_time=True),
+        "prediction", untargeted_y="none", one_at_a_time=True, title="Shadow attack (Ghiasi et al. 2020)"),
     "SpatialTransformation": Facts(
-        "Spatial transformation: the worst translation and rotation (Engstrom et al. 2019)", ("unbounded",),
-        DECISION, FIXED, False,
+        ("unbounded",), DECISION, FIXED, False,
         "one transformation for the whole batch; the defaults (no translation, no rotation) change nothing: "
-        "set max_translation (percent) and max_rotation (degrees)"),
+        "set max_translation (percent) and max_rotation (degrees)",
+        title="Spatial transformation: the worst translation and rotation (Engstrom et al. 2019)"),
     "UniversalPerturbation": Facts(
-        "Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017)", ("linf", "l2"), WHITE, FIXED, False,
+        ("linf", "l2"), WHITE, FIXED, False,
         "one perturbation for the whole batch; eps defaults to 0.3, not ART's 10", norms=("linf", "l2"),
-        defaults={"eps": 0.3}),
+        defaults={"eps": 0.3}, title="Universal adversarial perturbation (Moosavi-Dezfooli et al. 2017)"),
     "TargetedUniversalPerturbation": Facts(
-        "Targeted universal adversarial perturbation (Hirano and Takemoto 2020)", ("linf", "l2"), WHITE, FIXED, True,
+        ("linf", "l2"), WHITE, FIXED, True,
         "targeted only; one perturbation for the whole batch; eps defaults to 0.3, not ART's 10",
-        norms=("linf", "l2"), targeted_only=True, defaults={"eps": 0.3}),
+        norms=("linf", "l2"), targeted_only=True, defaults={"eps": 0.3},
+        title="Targeted universal adversarial perturbation (Hirano and Takemoto 2020)"),
     "SquareAttack": Facts(
-        "Square attack (Andriushchenko et al. 2020)", ("linf", "l2"), SCORE, FIXED, False, norms=("linf", "l2")),
+        ("linf", "l2"), SCORE, FIXED, False, norms=("linf", "l2"), title="Square attack (Andriushchenko et al. 2020)"),
     "SimBA": Facts(
-        "Simple black-box attack, SimBA (Guo et al. 2019)", _L2, SCORE, MINIMAL, True,
-        "sees softmax probabilities", probabilities=True),
-    "ZooAttack": Facts("Zeroth-order optimization attack, ZOO (Chen et al. 2017)", _L2, SCORE, MINIMAL, True),
+        _L2, SCORE, MINIMAL, True, "sees softmax probabilities", probabilities=True,
+        title="Simple black-box attack, SimBA (Guo et al. 2019)"),
+    "ZooAttack": Facts(_L2, SCORE, MINIMAL, True, title="Zeroth-order optimization attack, ZOO (Chen et al. 2017)"),
     "PixelAttack": Facts(
-        "Pixel attack: a few pixels changed by evolution (Su et al. 2019)", ("l0",), SCORE, MINIMAL, True,
+        ("l0",), SCORE, MINIMAL, True,
         "th=None searches the smallest number of pixels; es=0 (CMA-ES) needs the cma package; sees softmax "
-        "probabilities", probabilities=True),
+        "probabilities", probabilities=True, title="Pixel attack: a few pixels changed by evolution (Su et al. 2019)"),
     "ThresholdAttack": Facts(
-        "Threshold attack: Linf by evolution (Kotyan and Vargas 2019)", _LINF, SCORE, MINIMAL, True,
+        _LINF, SCORE, MINIMAL, True,
         "th is in grey levels (0-255), None searches the smallest; es defaults to 1 (differential evolution), "
         "not ART's 0 (CMA-ES, needs the cma package); sees softmax probabilities",
-        probabilities=True, defaults={"es": 1}),
+        probabilities=True, defaults={"es": 1}, title="Threshold attack: Linf by evolution (Kotyan and Vargas 2019)"),
     "HopSkipJump": Facts(
-        "HopSkipJump (Chen et al. 2020)", ("l2", "linf"), DECISION, MINIMAL, True,
-        "its random starting points are seeded by seed", norms=("l2", "linf"),
-        patched_modules=(f"{_EVASION}.hop_skip_jump",)),
+        ("l2", "linf"), DECISION, MINIMAL, True, "its random starting points are seeded by seed", norms=("l2", "linf"),
+        patched_modules=(f"{_EVASION}.hop_skip_jump",), title="HopSkipJump (Chen et al. 2020)"),
     "BoundaryAttack": Facts(
-        "Boundary attack (Brendel et al. 2018)", _L2, DECISION, MINIMAL, True,
-        "its random starting points are seeded by seed", patched_modules=(f"{_EVASION}.boundary",)),
+        _L2, DECISION, MINIMAL, True, "its random starting points are seeded by seed",
+        patched_modules=(f"{_EVASION}.boundary",), title="Boundary attack (Brendel et al. 2018)"),
     "GeoDA": Facts(
-        "Geometric decision-based attack, GeoDA (Rahmati et al. 2020)", ("l2", "linf", "l1"), DECISION, MINIMAL,
-        False, "needs square images; ART's query schedule needs max_iter of about 300 or more",
+        ("l2", "linf", "l1"), DECISION, MINIMAL, False,
+        "needs square images; ART's query schedule needs max_iter of about 300 or more",
         norms=("l2", "linf", "l1"), square=True, patched_modules=(f"{_EVASION}.geometric_decision_based_attack",),
-        writes_cwd=True),  # its DCT basis, 2d_dct_basis_<sub_dim>_<size>.npy
+        writes_cwd=True,  # its DCT basis, 2d_dct_basis_<sub_dim>_<size>.npy
+        title="Geometric decision-based attack, GeoDA (Rahmati et al. 2020)"),
     "SignOPTAttack": Facts(
-        "Sign-OPT (Cheng et al. 2020)", _L2, DECISION, MINIMAL, False,
-        "ART's targeted mode needs example images of each target class (x_init), so only untargeted is offered"),
+        _L2, DECISION, MINIMAL, False,
+        "ART's targeted mode needs example images of each target class (x_init), so only untargeted is offered",
+        title="Sign-OPT (Cheng et al. 2020)"),
     "CompositeAdversarialAttackPyTorch": Facts(
-        "Composite adversarial attack: hue, saturation, rotation, brightness, contrast and Linf (Hsiung et al. "
-        "2023)", ("unbounded",), WHITE, FIXED, False, "ART fixes the input to 3 x 32 x 32 images",
-        requires=("kornia",), input_shape=(3, 32, 32)),
+        ("unbounded",), WHITE, FIXED, False, "ART fixes the input to 3 x 32 x 32 images",
+        requires=("kornia",), input_shape=(3, 32, 32),
+        title="Composite adversarial attack: hue, saturation, rotation, brightness, contrast and Linf (Hsiung et "
+              "al. 2023)"),
     "BrendelBethgeAttack": Facts(
-        "Brendel and Bethge attack (2019)", ("l2", "linf", "l1", "l0"), WHITE, MINIMAL, True,
-        "its random starting points are seeded by seed", norms=("l2", "linf", "l1", "l0"), requires=("numba",),
-        patched_modules=(f"{_EVASION}.brendel_bethge",)),
+        ("l2", "linf", "l1", "l0"), WHITE, MINIMAL, True, "its random starting points are seeded by seed",
+        norms=("l2", "linf", "l1", "l0"), requires=("numba",), patched_modules=(f"{_EVASION}.brendel_bethge",),
+        title="Brendel and Bethge attack (2019)"),
 }
 
 _PATCH = ("it trains one patch to paste into images instead of returning an adversarial version of each image; "
@@ -334,11 +328,7 @@ _CHOICES: dict[tuple[str, str], tuple[Any, ...]] = {
 _LOW: dict[tuple[str, str], float] = {("GeoDA", "max_iter"): 300}
 
 _ALWAYS_HIDDEN = ("self", "estimator", "classifier", "targeted", "summary_writer")
-_BUDGET = "eps"
 _SEED_HELP = "seeds Python, NumPy and torch right before the attack (and ART's unseeded random states)"
-_SHAPE_DOC = """Shape:
-    images: (N, C, H, W) in [0, 1]; labels: (N,) class indices.
-    output: adversarial images of the same shape."""
 
 
 def _missing_modules(names: tuple[str, ...]) -> list[str]:
@@ -358,70 +348,75 @@ def library_class(name: str) -> type:
 # --- the adapter base -----------------------------------------------------------------------
 
 
-class _LazyParams:
-    """The declared parameters, read from ART's signature the first time they are asked for."""
-
-    def __get__(self, obj: Any, owner: type) -> tuple[Param, ...]:
-        cached = owner.__dict__.get("_params_cache")
-        if cached is None:
-            cached = _params(owner.library_name)  # type: ignore[attr-defined]
-            owner._params_cache = cached  # type: ignore[attr-defined]
-        return cached
-
-
-class _AdapterMeta(type):
-    """Gives the generated classes a docstring built from ART's signature only when someone reads it."""
-
-    @property
-    def __doc__(cls) -> str | None:  # type: ignore[override]
-        build = cls.__dict__.get("_build_doc")
-        return build.__func__(cls) if build is not None else cls.__dict__.get("_static_doc")
-
-
-class ArtAttack(Attack, metaclass=_AdapterMeta):
+class ArtAttack(LibraryAttack):
     """Base of the generated ``art:NAME`` classes; see :func:`adapter_class`."""
 
-    _static_doc = "Base of the generated ``art:NAME`` classes; see :func:`adapter_class`."
-    library_name: ClassVar[str]
+    library = LIBRARY
     facts: ClassVar[Facts]
-    note: ClassVar[str] = ""
-    params = _LazyParams()  # type: ignore[assignment]
+    seed_help = _SEED_HELP
 
     def __init__(self, **params: Any):
         if self.facts.norms and "norm" in params:
             # Accept ART's spelling (inf, 2, 1) as well as robustkit's (linf, l2, l1).
             params["norm"] = _NORM_ALIASES.get(str(params["norm"]).strip().lower(), params["norm"])
         super().__init__(**params)
-        for name in self._tuple_params():
-            self.config[name] = _parse_tuple(self.config[name], f"{self.display_name()}: parameter '{name}'")
-        self.threat = self._threat_model()
-        self._check_requirements()
-        self._check_with_library()
 
-    # -- facts of this instance --------------------------------------------------------------
+    # -- what is read from ART, on first use ---------------------------------------------------------
 
-    @property
-    def norm(self) -> str:
-        """The norm this instance bounds or minimizes (robustkit spelling)."""
-        if self.facts.norms and "norm" in self.config:
-            return str(self.config["norm"])
-        return self.threat_models[0]
+    @classmethod
+    def load_library_class(cls) -> type:
+        return library_class(cls.library_name)
 
-    def _threat_model(self) -> ThreatModel | None:
-        if _BUDGET not in self.config or self.norm not in NORMS or self.norm == "unbounded":
-            return None
-        return threat_of(self.display_name(), self.norm, self.config[_BUDGET])
+    @classmethod
+    def hidden_arguments(cls) -> tuple[str, ...]:
+        return (*_ALWAYS_HIDDEN, *cls.facts.hidden)
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "library": f"ART {LIBRARY_VERSION}", "norm": self.norm}
+    @classmethod
+    def argument_help(cls, library_class: type) -> dict[str, str]:
+        """First sentence of each ``:param name:`` line of ART's constructor docstring."""
+        doc = inspect.getdoc(library_class.__init__) or ""
+        out = {}
+        for match in _PARAM_DOC.finditer(doc):
+            text = " ".join(match[2].split())
+            out[match[1]] = re.split(r"(?<=[a-z0-9)`])\. ", text, maxsplit=1)[0].rstrip(".")
+        return out
 
-    def _check_requirements(self) -> None:
+    @classmethod
+    def param_changes(cls, param: Param, argument: inspect.Parameter) -> Mapping[str, Any]:
+        name, facts, p = cls.library_name, cls.facts, param
+        changes: dict[str, Any] = {}
+        annotation = _annotation_type(argument.annotation)
+        if p.default is None and annotation is not None:
+            changes["type"] = annotation  # 'int | None': an int, or None
+        elif annotation is float and p.type is int:
+            changes.update(type=float, default=float(p.default))  # an int default of a real value
+        if p.name == "verbose":
+            changes["default"] = False
+        if p.name in ("eps", "eps_step"):
+            changes["low"] = 0.0
+        if p.name == "norm" and facts.norms:
+            art_default = _NORM_ALIASES.get(str(p.default).lower(), facts.norms[0])
+            aliases = tuple(k for k, v in _NORM_ALIASES.items() if v in facts.norms and k not in facts.norms)
+            changes.update(type=str, default=art_default, choices=facts.norms + aliases)
+        if (name, p.name) in _LOW:
+            changes["low"] = _LOW[(name, p.name)]
+        if (name, p.name) in _CHOICES:
+            changes["choices"] = _CHOICES[(name, p.name)]
+        if p.name in facts.defaults:
+            changes["default"] = facts.defaults[p.name]
+        return changes
+
+    @classmethod
+    def summary(cls) -> str:
+        return cls.facts.title
+
+    # -- checks --------------------------------------------------------------------------------------
+
+    def check_with_library(self) -> None:
+        """Build once on a stand-in model so ART's own checks fail now, not mid-evaluation."""
         if self.config.get("es") == 0 and _missing_modules(("cma",)):
             raise ParameterError(f"{self.display_name()}: es=0 (CMA-ES) needs the cma package; pip install cma, "
                                  "or use es=1 (differential evolution)")
-
-    def _check_with_library(self) -> None:
-        """Build once on a stand-in model so ART's own checks fail now, not mid-evaluation."""
         shape = self.facts.input_shape or (1, 8, 8)
         stand_in = nn.Sequential(nn.Flatten(), nn.Linear(int(np.prod(shape)), 10))
         classifier = make_classifier(stand_in, shape, 10, torch.device("cpu"))
@@ -432,25 +427,19 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
 
     def library_kwargs(self, targeted: bool = False) -> dict[str, Any]:
         """The keyword arguments ART's constructor gets (``targeted`` follows the call)."""
-        sig = signature_names(library_class(self.library_name))
-        kwargs = {k: v for k, v in self.config.items() if k in sig}
+        kwargs = super().library_kwargs()
         if self.facts.norms and "norm" in kwargs:
             kwargs["norm"] = _ART_NORM[kwargs["norm"]]
-        if "targeted" in sig:
+        if "targeted" in signature_names(self.library_class):
             kwargs["targeted"] = targeted
         return kwargs
-
-    @classmethod
-    def _tuple_params(cls) -> list[str]:
-        sig = inspect.signature(library_class(cls.library_name).__init__).parameters
-        return [n for n, p in sig.items() if isinstance(p.default, tuple) and n not in cls.facts.hidden]
 
     # -- running -----------------------------------------------------------------------------
 
     def build(self, classifier: Any, targeted: bool = False) -> Any:
         """The ART attack object for an ART ``classifier``."""
         with patched_numpy(self.facts.patched_modules):
-            return library_class(self.library_name)(classifier, **self.library_kwargs(targeted))
+            return self.library_class(classifier, **self.library_kwargs(targeted))
 
     def _check_inputs(self, images: torch.Tensor, target_labels: torch.Tensor | None) -> None:
         name = self.display_name()
@@ -548,6 +537,7 @@ class ArtAttack(Attack, metaclass=_AdapterMeta):
         holder.attach(_DETACHED)  # the cache must not keep the model alive; perturb hands it over per call
         cache[model] = (state, (classifier, holder, classes, device, {}))
         return cache[model][1]
+
 
 
 def make_classifier(model: nn.Module, input_shape: tuple[int, ...], nb_classes: int, device: torch.device,
@@ -708,18 +698,7 @@ def _private_cwd() -> Iterator[None]:
         os.chdir(previous)
 
 
-def _parse_tuple(value: Any, what: str) -> Any:
-    """``"-0.2,0.2"`` or ``"(-0.2, 0.2)"`` from the command line -> ``(-0.2, 0.2)``; other values pass."""
-    if not isinstance(value, str):
-        return tuple(value) if isinstance(value, list) else value
-    try:
-        parsed = ast.literal_eval(value if value.strip().startswith("(") else f"({value},)")
-    except (ValueError, SyntaxError):
-        raise ParameterError(f"{what} must be a tuple like 1,2; got {value!r}") from None
-    return parsed[0] if isinstance(parsed, tuple) and len(parsed) == 1 else parsed
-
-
-# --- parameters and docs, read from ART when asked for --------------------------------------------
+# --- reading ART's signatures and docstrings --------------------------------------------
 
 
 _SIMPLE_TYPES = {"int": int, "float": float, "str": str, "bool": bool}
@@ -732,71 +711,8 @@ def _annotation_type(annotation: Any) -> type | None:
     return _SIMPLE_TYPES.get(parts[0]) if len(parts) == 1 else None
 
 
-def _params(name: str) -> tuple[Param, ...]:
-    facts = FACTS[name]
-    lib = library_class(name)
-    helps = _argument_help(lib)
-    signature = inspect.signature(lib.__init__).parameters
-    out: list[Param] = []
-    for p in params_from_signature(lib.__init__, skip=(*_ALWAYS_HIDDEN, *facts.hidden)):
-        annotation = _annotation_type(signature[p.name].annotation)
-        changes: dict[str, Any] = {"help": helps.get(p.name, ""), "optional": p.default is None}
-        if p.default is None and annotation is not None:
-            changes["type"] = annotation  # 'int | None': an int, or None
-        elif annotation is float and p.type is int:
-            changes.update(type=float, default=float(p.default))  # an int default of a real value
-        if p.name == "verbose":
-            changes["default"] = False
-        if p.name in ("eps", "eps_step"):
-            changes["low"] = 0.0
-        if p.name == "norm" and facts.norms:
-            art_default = _NORM_ALIASES.get(str(p.default).lower(), facts.norms[0])
-            aliases = tuple(k for k, v in _NORM_ALIASES.items() if v in facts.norms and k not in facts.norms)
-            changes.update(type=str, default=art_default, choices=facts.norms + aliases)
-        if (name, p.name) in _LOW:
-            changes["low"] = _LOW[(name, p.name)]
-        if (name, p.name) in _CHOICES:
-            changes["choices"] = _CHOICES[(name, p.name)]
-        if p.name in facts.defaults:
-            changes["default"] = facts.defaults[p.name]
-        out.append(dataclasses.replace(p, **changes))
-    out.append(Param("seed", int, 0, _SEED_HELP, low=0))
-    return tuple(out)
-
-
 _PARAM_DOC = re.compile(r":param (\w+):(.*?)(?=\n\s*:(?:param|type|return|raises)|\Z)", re.S)
 
-
-def _argument_help(lib: type) -> dict[str, str]:
-    """First sentence of each ``:param name:`` line of ART's constructor docstring."""
-    doc = inspect.getdoc(lib.__init__) or ""
-    out = {}
-    for match in _PARAM_DOC.finditer(doc):
-        text = " ".join(match[2].split())
-        out[match[1]] = re.split(r"(?<=[a-z0-9)`])\. ", text, maxsplit=1)[0].rstrip(".")
-    return out
-
-
-def _docstring(cls: type[ArtAttack]) -> str:
-    facts = cls.facts
-    lines = [
-        f"{facts.title} (ART {LIBRARY_VERSION} {cls.library_name}, adapted).",
-        "",
-        f"Threat models: {', '.join(facts.threat_models)}. Knowledge: {facts.knowledge}. Goal: {facts.goal}. "
-        f"Targeted: {'only' if facts.targeted_only else 'yes' if facts.targeted else 'no'}.",
-    ]
-    if facts.note:
-        lines.append(f"Note: {facts.note}.")
-    try:
-        params = cls.params
-    except ImportError as err:  # ART not installed: the facts above still hold
-        lines += ["", f"Arguments: ART's own (not readable here: {err})."]
-    else:
-        lines += ["", "Arguments:", "\n".join(
-            f"    {p.name} ({p.type.__name__ if p.type in (bool, int, float, str) else 'any'}): "
-            f"{p.help or 'passed to ART'} (Default: {p.default!r})" for p in params)]
-    lines += ["", _SHAPE_DOC]
-    return "\n".join(lines)
 
 
 # --- generating one class per ART attack ------------------------------------------------------
@@ -808,36 +724,12 @@ def adapter_class(name: str) -> type[Attack]:
     if facts is None:
         unreviewed = f"the adapter has not been reviewed for it (ART {LIBRARY_VERSION})"
         title, reason = UNAVAILABLE.get(name, (name, unreviewed))
-        return _unavailable_class(name, title, reason)
+        return ArtAttack.unavailable_class(name, title, reason, description=f"{title} (unavailable)")
     missing = _missing_modules(facts.requires)
     if missing:
         reason = f"it needs the {', '.join(missing)} package, which is not installed (pip install {' '.join(missing)})"
-        return _unavailable_class(name, facts.title, reason)
-    attrs = {
-        "__module__": __name__,
-        "__qualname__": f"Art{name}",
-        "_build_doc": classmethod(_docstring),
-        "name": PREFIX + name,
-        "library_name": name,
-        "facts": facts,
-        "threat_models": facts.threat_models,
-        "knowledge": facts.knowledge,
-        "goal": facts.goal,
-        "supports_targeted": facts.targeted,
-        "note": facts.note,
-    }
-    return _AdapterMeta(f"Art{name}", (ArtAttack,), attrs)
-
-
-def _unavailable_class(name: str, title: str, reason: str) -> type[Attack]:
-    def __init__(self: Attack, **params: Any) -> None:
-        raise RobustkitError(f"{PREFIX}{name} is not available through robustkit: {reason}")
-
-    return type(f"Art{name}", (Attack,), {
-        "__doc__": f"{title} (ART {LIBRARY_VERSION} {name}; unavailable: {reason}).",
-        "__module__": __name__, "__qualname__": f"Art{name}", "__init__": __init__,
-        "name": PREFIX + name, "available": False, "unavailable_reason": reason, "title": title,
-    })
+        return ArtAttack.unavailable_class(name, facts.title, reason, description=f"{facts.title} (unavailable)")
+    return ArtAttack.adapter_class(name, facts)
 
 
 def adapter_classes() -> dict[str, type[Attack]]:
@@ -848,18 +740,4 @@ def adapter_classes() -> dict[str, type[Attack]]:
 @hookimpl
 def register_attacks(register: Any) -> None:
     """Register every ART evasion attack, the unavailable ones with their reason."""
-    for full_name, cls in adapter_classes().items():
-        if getattr(cls, "available", True) is False:
-            register(full_name, cls, description=f"{cls.title} (unavailable)",  # type: ignore[attr-defined]
-                     params=(), available=False, reason=cls.unavailable_reason)  # type: ignore[attr-defined]
-            continue
-        facts: Facts = cls.facts  # type: ignore[attr-defined]
-        info: dict[str, Any] = {
-            "threat_models": facts.threat_models, "knowledge": facts.knowledge, "goal": facts.goal,
-            "supports_targeted": facts.targeted, "available": True,
-        }
-        if facts.targeted_only:
-            info["targeted_only"] = True
-        if facts.note:
-            info["note"] = facts.note
-        register(full_name, cls, description=facts.title, **info)
+    register_adapters(register, adapter_classes().values())

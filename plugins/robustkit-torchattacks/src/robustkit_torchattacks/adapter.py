@@ -1,8 +1,9 @@
 """Every torchattacks attack as a robustkit attack named ``torchattacks:NAME``.
 
-Each name in ``torchattacks.__all__`` gets one generated :class:`~robustkit.attacks.Attack`
-subclass (see :func:`adapter_class`). Its parameters are the torchattacks constructor's own
-(read from the signature, ``model`` left out), checked before anything runs, plus ``seed``.
+Each name in ``torchattacks.__all__`` gets one generated :class:`~robustkit.attacks.Attack` subclass
+(see :func:`adapter_class`), built on the core's adapter base (:class:`robustkit.library_adapter.LibraryAttack`).
+Its parameters are the torchattacks constructor's own (read from the signature, ``model`` left out),
+checked before anything runs, plus ``seed``.
 One adapter works for any model: the torchattacks object is built for the model being attacked on
 first use and reused while what a build reads from the model stays the same (its device, and its
 class count for the attacks that need one: :func:`robustkit.attacks.model_facts`), one for untargeted
@@ -32,9 +33,10 @@ seconds (it pulls in SciPy), so torchattacks is imported only when it is needed:
   (:func:`library_names`; it falls back to importing when ``__all__`` is not a plain literal);
 - facts and descriptions come from the static tables :data:`FACTS` and :data:`TITLES`, and the
   version from the distribution's metadata (:data:`LIBRARY_VERSION`);
-- a generated class's ``torchattacks_class``, ``params`` and ``__doc__`` are filled in from the
-  library on first access (:class:`_FromLibrary`): when an attack is created, when its parameters
-  are listed (``robustkit attacks list --params`` / ``--json``) or when its help is read.
+- a generated class's ``torchattacks_class`` (also ``library_class``), ``params`` and ``__doc__`` are
+  filled in from the library on first access (:class:`~robustkit.library_adapter.FromLibrary`): when an
+  attack is created, when its parameters are listed (``robustkit attacks list --params`` / ``--json``)
+  or when its help is read.
 
 A name in ``__all__`` without :data:`FACTS` (a newer torchattacks) is registered as unavailable
 ("not reviewed") without importing anything; ``tests/test_torchattacks_adapter.py`` checks that
@@ -46,16 +48,15 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import dataclasses
 import inspect
 import io
 import re
 import weakref
 from dataclasses import dataclass
-from importlib import metadata, util
+from importlib import util
 from pathlib import Path
 from types import ModuleType
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 import torch
 from torch import nn
@@ -64,8 +65,19 @@ from robustkit import hookimpl
 from robustkit.attacks import Attack, AttackResult, model_device, model_facts
 from robustkit.devices import seed_everything
 from robustkit.errors import InputError, ParameterError, RobustkitError
-from robustkit.params import Param, params_from_signature, signature_names
-from robustkit.threat import NORMS, ThreatModel, threat_of
+from robustkit.library_adapter import (
+    DECISION,
+    FIXED,
+    MINIMAL,
+    SCORE,
+    WHITE,
+    AttackFacts,
+    Library,
+    LibraryAttack,
+    installed_version,
+    register_adapters,
+)
+from robustkit.params import Param
 
 if util.find_spec("torchattacks") is None:  # a missing library still fails at load, as an eager import would
     raise ModuleNotFoundError("No module named 'torchattacks'", name="torchattacks")
@@ -78,38 +90,20 @@ def _library() -> ModuleType:
     return torchattacks
 
 
-def _installed_version() -> str:
-    try:
-        return metadata.version("torchattacks")
-    except metadata.PackageNotFoundError:  # importable but not installed as a distribution
-        return str(getattr(_library(), "__version__", "unknown"))
-
-
 PREFIX = "torchattacks:"
-LIBRARY_VERSION: str = _installed_version()
-
-WHITE, SCORE, DECISION = "white-box", "score-based", "decision-based"
-FIXED, MINIMAL = "fixed-budget", "minimal-distortion"
+# From the distribution's metadata; importable but not installed as a distribution: the module's own version.
+LIBRARY_VERSION: str = installed_version("torchattacks") or str(getattr(_library(), "__version__", "unknown"))
+LIBRARY = Library("torchattacks", LIBRARY_VERSION, PREFIX, "Torchattacks")
 
 
 @dataclass(frozen=True)
-class Facts:
-    """What one torchattacks attack is, for listings and the benchmark protocol.
+class Facts(AttackFacts):
+    """What one torchattacks attack is (:class:`~robustkit.library_adapter.AttackFacts`), and:
 
-    :param threat_models: norms it can bound (the ``norm`` parameter picks one where there are several).
-    :param knowledge: what it needs from the model.
-    :param goal: ``fixed-budget`` or ``minimal-distortion``.
-    :param targeted: whether robustkit offers its label-targeted mode.
-    :param note: a caveat worth showing in listings.
     :param rgb_only: its fixed kernels assume 3-channel images.
     :param min_classes: fewest classes the model may have.
     """
 
-    threat_models: tuple[str, ...]
-    knowledge: str
-    goal: str
-    targeted: bool
-    note: str = ""
     rgb_only: bool = False
     min_classes: int = 2
 
@@ -244,83 +238,100 @@ _CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 _BUDGET_NAMES = ("eps", "max_epsilon")
 _SEED_HELP = "seeds Python, NumPy and torch right before the attack (and the attack's own seed, if any)"
 _N_CLASSES_HELP = "number of classes; read from the model's logits when not given"
-_SHAPE_DOC = """Shape:
-    images: (N, C, H, W) in [0, 1]; labels: (N,) class indices.
-    output: adversarial images of the same shape."""
 
 
 # --- the adapter base -----------------------------------------------------------------------
 
 
-class TorchattacksAttack(Attack):
+class TorchattacksAttack(LibraryAttack):
     """Base of the generated ``torchattacks:NAME`` classes; see :func:`adapter_class`."""
 
+    library = LIBRARY
+    facts: ClassVar[Facts]
+    #: The torchattacks class (the same as ``library_class``), read on first use like it.
     torchattacks_class: ClassVar[type]
-    library_name: ClassVar[str]
-    note: ClassVar[str] = ""
-    rgb_only: ClassVar[bool] = False
-    min_classes: ClassVar[int] = 2
+    lazy_attributes = (*LibraryAttack.lazy_attributes, "torchattacks_class")
+    budget_names = _BUDGET_NAMES
+    seed_help = _SEED_HELP
+    tuple_hint = "a number or a tuple like 2,10"
 
     def __init__(self, **params: Any):
         if isinstance(params.get("norm"), str):
             # Accept robustkit's spelling (linf) as well as torchattacks' (Linf).
             params["norm"] = _NORM_SPELLING.get(params["norm"].lower(), params["norm"])
         super().__init__(**params)
-        for name in self._tuple_params():
-            self.config[name] = _parse_tuple(self.config[name], f"{self.display_name()}: parameter '{name}'")
-        self.threat = self._threat_model()
-        self._check_with_library()
 
-    # -- facts of this instance --------------------------------------------------------------
+    # -- what is read from torchattacks, on first use ------------------------------------------------
 
-    @property
-    def norm(self) -> str:
-        """The norm this instance bounds or minimizes (robustkit spelling)."""
-        if "norm" in self.config:
-            return str(self.config["norm"]).lower()
-        return self.threat_models[0]
+    @classmethod
+    def load_library_class(cls) -> type:
+        library_class = getattr(_library(), cls.library_name, None)
+        if library_class is None:
+            raise RobustkitError(f"torchattacks {LIBRARY_VERSION} has no attack named {cls.library_name}")
+        return library_class
 
-    def _threat_model(self) -> ThreatModel | None:
-        budget = next((n for n in _BUDGET_NAMES if n in self.config), None)
-        if budget is None or self.norm not in NORMS or self.norm == "unbounded":
-            return None
-        return threat_of(self.display_name(), self.norm, self.config[budget])
+    @classmethod
+    def library_details(cls) -> dict[str, Any]:
+        details = super().library_details()
+        return {**details, "torchattacks_class": details["library_class"]}
 
-    def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "library": f"torchattacks {LIBRARY_VERSION}", "norm": self.norm}
+    @classmethod
+    def hidden_arguments(cls) -> tuple[str, ...]:
+        return ("self", "model", "seed")
 
-    def _check_with_library(self) -> None:
+    @classmethod
+    def argument_help(cls, library_class: type) -> dict[str, str]:
+        """``name (type): help`` lines of a torchattacks docstring, without the ``(Default: ...)``."""
+        doc = inspect.getdoc(library_class) or ""
+        return {m[1]: re.sub(r"\s*\(Default:.*$", "", m[3]).strip() for m in _ARG_LINE.finditer(doc)}
+
+    @classmethod
+    def param_changes(cls, param: Param, argument: inspect.Parameter) -> Mapping[str, Any]:
+        name, p = cls.library_name, param
+        changes: dict[str, Any] = {}
+        if p.name in _REAL_VALUED and p.type is int:
+            changes.update(type=float, default=float(p.default))
+        if p.name in _BUDGET_NAMES or p.name == "alpha":
+            linf_only = cls.facts.threat_models == _LINF
+            changes.update(low=0.0, high=1.0 if linf_only and p.name in _BUDGET_NAMES else None)
+        if p.name == "norm":  # both spellings pass; __init__ turns robustkit's into torchattacks'
+            norms = cls.facts.threat_models
+            changes["choices"] = tuple(_NORM_SPELLING[n] for n in norms) + norms
+        if (name, p.name) in _CHOICES:
+            changes["choices"] = _CHOICES[(name, p.name)]
+        if p.name == "n_classes":
+            changes.update(default=None, optional=True, low=2, help=_N_CLASSES_HELP)
+        return changes
+
+    @classmethod
+    def title(cls, library_class: type | None = None) -> str:
+        return _title(cls.library_name, library_class)
+
+    # -- checks --------------------------------------------------------------------------------------
+
+    def check_with_library(self) -> None:
         """Build once on a stand-in model so torchattacks' own checks fail now, not mid-evaluation."""
-        kwargs = self._library_kwargs()
+        kwargs = self.library_kwargs()
         if kwargs.get("n_classes", 0) is None:
             kwargs["n_classes"] = 10
         try:
             with contextlib.redirect_stdout(io.StringIO()):
-                self.torchattacks_class(nn.Linear(1, 1), **kwargs)
+                self.library_class(nn.Linear(1, 1), **kwargs)
         except (TypeError, ValueError, AssertionError, KeyError) as err:
             raise ParameterError(f"{self.display_name()}: {err}") from None
-
-    def _library_kwargs(self) -> dict[str, Any]:
-        names = signature_names(self.torchattacks_class)
-        return {k: v for k, v in self.config.items() if k in names}
-
-    @classmethod
-    def _tuple_params(cls) -> list[str]:
-        sig = inspect.signature(cls.torchattacks_class.__init__).parameters
-        return [n for n, p in sig.items() if isinstance(p.default, tuple)]
 
     # -- running -----------------------------------------------------------------------------
 
     def build(self, model: nn.Module, images: torch.Tensor) -> Any:
         """A new torchattacks object for ``model``, on the model's device, normalization off."""
-        return self._build(model, images, self._library_kwargs())
+        return self._build(model, images, self.library_kwargs())
 
     def _build(self, model: nn.Module, images: torch.Tensor, kwargs: dict[str, Any]) -> Any:
         if "n_classes" in kwargs and kwargs["n_classes"] is None:
             kwargs["n_classes"] = model_facts(model, images).num_classes
         # torchattacks prints instead of raising when a model has no parameters; the device is set below.
         with contextlib.redirect_stdout(io.StringIO()):
-            attack = self.torchattacks_class(model, **kwargs)
+            attack = self.library_class(model, **kwargs)
         attack.set_device(model_device(model) or images.device)
         return attack
 
@@ -332,7 +343,7 @@ class TorchattacksAttack(Attack):
         FAB, AutoAttack), its class count: :class:`~robustkit.attacks.ModelFacts`, the same object while
         the model is unchanged. Weights need no rebuild: the object calls the model itself.
         """
-        kwargs = self._library_kwargs()
+        kwargs = self.library_kwargs()
         facts = model_facts(model, images) if kwargs.get("n_classes", 0) is None else None
         device = model_device(model) or images.device
         cache = self.__dict__.get("_built")
@@ -351,10 +362,11 @@ class TorchattacksAttack(Attack):
 
     def perturb(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
                 target_labels: torch.Tensor | None = None) -> AttackResult:
-        if self.rgb_only and images.shape[1] != 3:
+        facts = self.facts
+        if facts.rgb_only and images.shape[1] != 3:
             raise InputError(f"{self.display_name()} works on 3-channel images only, got {images.shape[1]} channel(s)")
-        if self.min_classes > 2 and (classes := model_facts(model, images).num_classes) < self.min_classes:
-            raise InputError(f"{self.display_name()} needs a model with at least {self.min_classes} classes, "
+        if facts.min_classes > 2 and (classes := model_facts(model, images).num_classes) < facts.min_classes:
+            raise InputError(f"{self.display_name()} needs a model with at least {facts.min_classes} classes, "
                              f"this one has {classes}")
         attack = self._cached(model, images, target_labels is not None)
         if target_labels is not None:
@@ -381,17 +393,6 @@ class _WeakModel(nn.Module):
         if model is None:
             raise RuntimeError("the model this torchattacks object was built for no longer exists")
         return model(*args, **kwargs)
-
-
-def _parse_tuple(value: Any, what: str) -> Any:
-    """``"2,10"`` or ``"(2, 10)"`` from the command line -> ``(2, 10)``; other values pass."""
-    if not isinstance(value, str):
-        return tuple(value) if isinstance(value, list) else value
-    try:
-        parsed = ast.literal_eval(value if value.strip().startswith("(") else f"({value},)")
-    except (ValueError, SyntaxError):
-        raise ParameterError(f"{what} must be a number or a tuple like 2,10; got {value!r}") from None
-    return parsed[0] if isinstance(parsed, tuple) and len(parsed) == 1 else parsed
 
 
 # --- names, read without importing torchattacks ---------------------------------------------
@@ -435,34 +436,6 @@ def library_names() -> tuple[str, ...]:
 # --- generating one class per torchattacks attack -------------------------------------------
 
 
-class _FromLibrary:
-    """Placeholder for a generated class's attribute that needs torchattacks.
-
-    The first read of ``torchattacks_class``, ``params`` or ``__doc__`` (on the class or an
-    instance) imports torchattacks, computes all three (:func:`_bind_library`) and stores them on
-    the class in place of the placeholders, so later reads are plain attribute reads.
-    """
-
-    def __set_name__(self, owner: type, attr: str) -> None:
-        self.owner, self.attr = owner, attr
-
-    def __get__(self, instance: Any, owner: type | None = None) -> Any:
-        _bind_library(self.owner)
-        return getattr(self.owner, self.attr)
-
-
-def _bind_library(cls: Any) -> None:
-    """Fill in ``torchattacks_class``, ``params`` and ``__doc__`` of a generated class from torchattacks."""
-    name = cls.library_name
-    library_class = getattr(_library(), name, None)
-    if library_class is None:
-        raise RobustkitError(f"torchattacks {LIBRARY_VERSION} has no attack named {name}")
-    params = _params(name, library_class)
-    cls.torchattacks_class = library_class
-    cls.params = params
-    cls.__doc__ = _docstring(name, library_class, FACTS[name], params)
-
-
 def adapter_class(name: str) -> type[Attack]:
     """The robustkit Attack class for ``torchattacks.<name>`` (unavailable ones raise when built).
 
@@ -472,55 +445,11 @@ def adapter_class(name: str) -> type[Attack]:
     facts = FACTS.get(name)
     if name in UNAVAILABLE or facts is None:
         reason = UNAVAILABLE.get(name) or f"the adapter has not been reviewed for it (torchattacks {LIBRARY_VERSION})"
-        return _unavailable_class(name, reason)
-    attrs = {
-        "__doc__": _FromLibrary(),
-        "__module__": __name__,
-        "__qualname__": f"Torchattacks{name}",
-        "name": PREFIX + name,
-        "library_name": name,
-        "torchattacks_class": _FromLibrary(),
-        "threat_models": facts.threat_models,
-        "knowledge": facts.knowledge,
-        "goal": facts.goal,
-        "supports_targeted": facts.targeted,
-        "note": facts.note,
-        "rgb_only": facts.rgb_only,
-        "min_classes": facts.min_classes,
-        "params": _FromLibrary(),
-    }
-    return type(f"Torchattacks{name}", (TorchattacksAttack,), attrs)
-
-
-def _params(name: str, library_class: type) -> tuple[Param, ...]:
-    helps = _argument_help(library_class)
-    linf_only = FACTS[name].threat_models == _LINF
-    out: list[Param] = []
-    for p in params_from_signature(library_class.__init__, skip=("self", "model", "seed")):
-        changes: dict[str, Any] = {"help": helps.get(p.name, ""), "optional": p.default is None}
-        if p.name in _REAL_VALUED and p.type is int:
-            changes.update(type=float, default=float(p.default))
-        if p.name in _BUDGET_NAMES or p.name == "alpha":
-            changes.update(low=0.0, high=1.0 if linf_only and p.name in _BUDGET_NAMES else None)
-        if p.name == "norm":  # both spellings pass; __init__ turns robustkit's into torchattacks'
-            norms = FACTS[name].threat_models
-            changes["choices"] = tuple(_NORM_SPELLING[n] for n in norms) + norms
-        if (name, p.name) in _CHOICES:
-            changes["choices"] = _CHOICES[(name, p.name)]
-        if p.name == "n_classes":
-            changes.update(default=None, optional=True, low=2, help=_N_CLASSES_HELP)
-        out.append(dataclasses.replace(p, **changes))
-    out.append(Param("seed", int, 0, _SEED_HELP, low=0))
-    return tuple(out)
+        return TorchattacksAttack.unavailable_class(name, _title(name), reason)
+    return TorchattacksAttack.adapter_class(name, facts)
 
 
 _ARG_LINE = re.compile(r"^\s*(\w+) \(([^)]*)\)\s*:\s*(.*)$", re.M)
-
-
-def _argument_help(library_class: type) -> dict[str, str]:
-    """``name (type): help`` lines of a torchattacks docstring, without the ``(Default: ...)``."""
-    doc = inspect.getdoc(library_class) or ""
-    return {m[1]: re.sub(r"\s*\(Default:.*$", "", m[3]).strip() for m in _ARG_LINE.finditer(doc)}
 
 
 def _first_line(library_class: type) -> str:
@@ -537,40 +466,6 @@ def _title(name: str, library_class: type | None = None) -> str:
     return _first_line(library_class) if library_class is not None else name
 
 
-def _summary(name: str) -> str:
-    """The listing's one-line description of an available attack (its docstring's first line)."""
-    return f"{_title(name)} (torchattacks {LIBRARY_VERSION} {name}, adapted)."
-
-
-def _docstring(name: str, library_class: type, facts: Facts, params: tuple[Param, ...]) -> str:
-    args = "\n".join(
-        f"    {p.name} ({p.type.__name__ if p.type in (bool, int, float, str) else 'any'}): "
-        f"{p.help or 'passed to torchattacks'} (Default: {p.default!r})"
-        for p in params
-    )
-    lines = [
-        f"{_title(name, library_class)} (torchattacks {LIBRARY_VERSION} {name}, adapted).",
-        "",
-        f"Threat models: {', '.join(facts.threat_models)}. Knowledge: {facts.knowledge}. Goal: {facts.goal}. "
-        f"Targeted: {'yes' if facts.targeted else 'no'}.",
-    ]
-    if facts.note:
-        lines.append(f"Note: {facts.note}.")
-    lines += ["", "Arguments:", args, "", _SHAPE_DOC]
-    return "\n".join(lines)
-
-
-def _unavailable_class(name: str, reason: str) -> type[Attack]:
-    def __init__(self: Attack, **params: Any) -> None:
-        raise RobustkitError(f"{PREFIX}{name} is not available through robustkit: {reason}")
-
-    doc = f"{_title(name)} (torchattacks {LIBRARY_VERSION} {name}; unavailable: {reason})."
-    return type(f"Torchattacks{name}", (Attack,), {
-        "__doc__": doc, "__module__": __name__, "__qualname__": f"Torchattacks{name}", "__init__": __init__,
-        "name": PREFIX + name, "available": False, "unavailable_reason": reason,
-    })
-
-
 def adapter_classes() -> dict[str, type[Attack]]:
     """``{"torchattacks:NAME": class}`` for every name in ``torchattacks.__all__``."""
     return {PREFIX + name: adapter_class(name) for name in library_names()}
@@ -583,12 +478,4 @@ def register_attacks(register: Any) -> None:
     Descriptions and facts are static; the parameters of an available attack are left to the
     class's lazily computed ``params`` (read when the attack is created or its parameters listed).
     """
-    for full_name, cls in adapter_classes().items():
-        if getattr(cls, "available", True) is False:
-            register(full_name, cls, description=cls.__doc__, params=(), available=False,
-                     reason=cls.unavailable_reason)  # type: ignore[attr-defined]
-            continue
-        info: dict[str, Any] = {"available": True}  # the attack's facts come from its class (declared_facts)
-        if cls.note:  # type: ignore[attr-defined]
-            info["note"] = cls.note  # type: ignore[attr-defined]
-        register(full_name, cls, description=_summary(cls.library_name), **info)  # type: ignore[attr-defined]
+    register_adapters(register, adapter_classes().values())
