@@ -80,7 +80,7 @@ def test_model_returning_a_tuple_gets_a_clear_error_and_a_documented_fix():
 # --- every registered attack (timm style): a new plugin's attacks are covered the moment they register ---------
 
 HOST = make_host()
-LIBRARY_ADAPTERS = ("torchattacks", "art")  # their own suites run every library attack with cheap settings
+LIBRARY_ADAPTERS = ("torchattacks", "art")  # their own suites run check_attack over every library attack
 
 
 @pytest.mark.parametrize("name", [e.name for e in HOST.attacks if e.plugin not in LIBRARY_ADAPTERS])

@@ -79,7 +79,7 @@ def check_model_outputs(model: nn.Module, channels: int, size: int, classes: int
         assert x.grad.abs().sum() > 0
 
 
-def check_attack(name: str, host: Host | None = None, n: int = 6) -> AttackResult | None:
+def check_attack(name: str, host: Host | None = None, n: int = 4) -> AttackResult | None:
     """Build attack ``name`` with its cheap settings and run it on a toy model; ``None`` for one registered as
     unavailable (which must then refuse to be built, in one line).
 

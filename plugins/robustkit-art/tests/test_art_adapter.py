@@ -16,8 +16,9 @@ import pytest
 import torch
 from torch import nn
 
-from robustkit.attacks import GOALS, KNOWLEDGE, Attack
-from robustkit.errors import InputError, ParameterError, RobustkitError
+from robustkit.testing.contracts import check_attack
+from robustkit.attacks import GOALS, KNOWLEDGE
+from robustkit.errors import InputError, ParameterError
 from robustkit.host import make_host
 from robustkit.models import Classifier, ModelSpec, Normalize
 from robustkit_art import adapter
@@ -27,42 +28,7 @@ from art.attacks.attack import EvasionAttack  # noqa: E402
 from art.estimators.classification import PyTorchClassifier  # noqa: E402
 
 ALL_NAMES = [f"art:{n}" for n in adapter.ALL_NAMES]
-# Small settings so that every available attack runs in well under a second or two on 2 tiny images;
-# everything else runs with its defaults.
-RUN_PARAMS = {
-    "art:BasicIterativeMethod": {"max_iter": 5},
-    "art:MomentumIterativeMethod": {"max_iter": 5},
-    "art:ProjectedGradientDescent": {"max_iter": 5},
-    "art:ProjectedGradientDescentNumpy": {"max_iter": 5},
-    "art:ProjectedGradientDescentPyTorch": {"max_iter": 5},
-    "art:AutoProjectedGradientDescent": {"max_iter": 5, "nb_random_init": 1},
-    "art:AutoConjugateGradient": {"max_iter": 5, "nb_random_init": 1},
-    "art:RescalingAutoConjugateGradient": {"max_iter": 5, "nb_random_init": 1},
-    "art:BoundaryAttack": {"max_iter": 5, "num_trial": 5, "sample_size": 5, "init_size": 20},
-    "art:HopSkipJump": {"max_iter": 2, "max_eval": 50, "init_eval": 10, "init_size": 20},
-    "art:SignOPTAttack": {"max_iter": 5, "query_limit": 200, "num_trial": 10, "k": 10},
-    "art:GeoDA": {"max_iter": 300, "sub_dim": 4},
-    "art:ZooAttack": {"max_iter": 5, "nb_parallel": 8, "use_resize": False, "use_importance": False},
-    "art:SimBA": {"max_iter": 50},
-    "art:SquareAttack": {"max_iter": 20},
-    "art:PixelAttack": {"max_iter": 2, "th": 3},
-    "art:ThresholdAttack": {"max_iter": 2, "th": 10},
-    "art:ShadowAttack": {"nb_steps": 3, "batch_size": 10},
-    "art:Wasserstein": {"max_iter": 3, "regularization": 100},
-    "art:ElasticNet": {"max_iter": 5, "binary_search_steps": 2},
-    "art:CarliniL2Method": {"max_iter": 5, "binary_search_steps": 2},
-    "art:CarliniL0Method": {"max_iter": 5, "binary_search_steps": 2, "initial_const": 10},
-    "art:CarliniLInfMethod": {"max_iter": 3},
-    "art:DeepFool": {"max_iter": 10},
-    "art:NewtonFool": {"max_iter": 10},
-    "art:UniversalPerturbation": {"max_iter": 1},
-    "art:TargetedUniversalPerturbation": {"max_iter": 1},
-    "art:VirtualAdversarialMethod": {"max_iter": 1},
-    "art:SpatialTransformation": {"max_translation": 10, "num_translations": 2, "max_rotation": 10,
-                                  "num_rotations": 2},
-    "art:BrendelBethgeAttack": {"steps": 5, "binary_search_steps": 2, "init_size": 20},
-    "art:CompositeAdversarialAttackPyTorch": {"max_iter": 1, "max_inner_iter": 1},
-}
+RUN_PARAMS = {adapter.PREFIX + name: params for name, params in adapter.CHEAP_PARAMS.items()}
 # Their ART defaults cost minutes; with these parameters they still cost too much for the contract run.
 CONSTRUCT_ONLY = {"art:AutoAttack"}
 PIXEL_NORMS = {"linf": float("inf"), "l2": 2.0, "l1": 1.0}
@@ -196,28 +162,12 @@ def test_adapter_docstrings_are_uniform(host):
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_contract_construct_and_run(host, name):
-    entry = host.attacks.get(name)
-    if not entry.info["available"]:
-        with pytest.raises(RobustkitError, match="not available") as caught:
-            host.attacks.create(name)
-        assert entry.info["reason"] in str(caught.value) and "\n" not in str(caught.value)
-        return
-    attack = host.attacks.create(name)
-    assert isinstance(attack, Attack) and attack.display_name() == name
-    assert attack.config["seed"] == 0
-    if name in CONSTRUCT_ONLY:
-        return
-    shape = attack.facts.input_shape or (1, 8, 8)
-    model = tiny_model(shape)
-    x, y = batch(model, shape=shape)
-    attack = host.attacks.create(name, RUN_PARAMS.get(name, {}))
-    targets = (y + 1) % 10 if attack.facts.targeted_only else None
-    adv = attack(model, x, y, targets).adversarial
-    assert adv.shape == x.shape and adv.dtype == x.dtype
-    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
-    if attack.threat is not None and attack.goal == "fixed-budget":
-        dist = (adv - x).flatten(1).norm(p=PIXEL_NORMS[attack.norm], dim=1)
-        assert float(dist.max()) <= attack.threat.eps * (1 + 1e-4) + 1e-6, name
+    """robustkit's contract (robustkit.testing.contracts.check_attack) with the attack's declared cheap settings,
+    after its defaults build with seed 0 under its own name."""
+    if host.attacks.get(name).info["available"]:
+        attack = host.attacks.create(name)
+        assert attack.display_name() == name and attack.config["seed"] == 0
+    check_attack(name, host=host)
 
 
 def test_autoattack_runs_once_multiprocess_is_installed(monkeypatch):

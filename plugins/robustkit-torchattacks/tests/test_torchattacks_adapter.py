@@ -13,7 +13,8 @@ import torch
 import torchattacks
 from torch import nn
 
-from robustkit.attacks import GOALS, KNOWLEDGE, Attack
+from robustkit.testing.contracts import check_attack
+from robustkit.attacks import GOALS, KNOWLEDGE
 from robustkit.errors import InputError, ParameterError, RobustkitError
 from robustkit.host import make_host
 from robustkit.library_adapter import FromLibrary
@@ -23,11 +24,7 @@ from robustkit_torchattacks import adapter
 ALL_NAMES = [f"torchattacks:{n}" for n in torchattacks.__all__]
 # The slow defaults (5,000 queries, 9 x 100 EAD iterations) are only constructed; these smaller
 # settings run. Everything else runs with its defaults.
-RUN_PARAMS = {
-    "torchattacks:Square": {"n_queries": 20},
-    "torchattacks:EADL1": {"binary_search_steps": 2, "max_iterations": 10},
-    "torchattacks:EADEN": {"binary_search_steps": 2, "max_iterations": 10},
-}
+RUN_PARAMS = {adapter.PREFIX + name: params for name, params in adapter.CHEAP_PARAMS.items()}
 
 
 def tiny_model(channels: int = 1, classes: int = 10, seed: int = 0) -> Classifier:
@@ -181,24 +178,12 @@ def test_an_unreviewed_name_is_registered_unavailable_without_the_library(monkey
 
 @pytest.mark.parametrize("name", ALL_NAMES)
 def test_contract_construct_and_run(host, name):
-    entry = host.attacks.get(name)
-    if not entry.info["available"]:
-        with pytest.raises(RobustkitError, match="not available"):
-            host.attacks.create(name)
-        return
-    attack = host.attacks.create(name)
-    assert isinstance(attack, Attack) and attack.display_name() == name
-    assert "seed" in attack.config
-    model = tiny_model(channels=3)
-    x, y = batch(model, channels=3)
-    attack = host.attacks.create(name, RUN_PARAMS.get(name, {}))
-    result = attack(model, x, y)
-    adv = result.adversarial
-    assert adv.shape == x.shape and adv.dtype == x.dtype
-    assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
-    if attack.threat is not None and attack.goal == "fixed-budget":
-        dist = (adv - x).flatten(1).norm(p=float("inf") if attack.norm == "linf" else 2, dim=1)
-        assert float(dist.max()) <= attack.threat.eps * (1 + 1e-4) + 1e-6, name
+    """robustkit's contract (robustkit.testing.contracts.check_attack) with the attack's declared cheap settings,
+    after its defaults build with seed 0 under its own name."""
+    if host.attacks.get(name).info["available"]:
+        attack = host.attacks.create(name)
+        assert attack.display_name() == name and attack.config["seed"] == 0
+    check_attack(name, host=host)
 
 
 # --- parameter checks ---------------------------------------------------------------------------

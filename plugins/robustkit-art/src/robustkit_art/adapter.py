@@ -718,6 +718,46 @@ _PARAM_DOC = re.compile(r":param (\w+):(.*?)(?=\n\s*:(?:param|type|return|raises
 # --- generating one class per ART attack ------------------------------------------------------
 
 
+#: Settings under which each attack runs in well under a second or two on two tiny images (the contract
+#: checks of robustkit.testing use them); an attack not listed runs with its defaults.
+CHEAP_PARAMS: dict[str, dict[str, Any]] = {
+    "BasicIterativeMethod": {"max_iter": 5},
+    "MomentumIterativeMethod": {"max_iter": 5},
+    "ProjectedGradientDescent": {"max_iter": 5},
+    "ProjectedGradientDescentNumpy": {"max_iter": 5},
+    "ProjectedGradientDescentPyTorch": {"max_iter": 5},
+    "AutoProjectedGradientDescent": {"max_iter": 5, "nb_random_init": 1},
+    "AutoConjugateGradient": {"max_iter": 5, "nb_random_init": 1},
+    "RescalingAutoConjugateGradient": {"max_iter": 5, "nb_random_init": 1},
+    "BoundaryAttack": {"max_iter": 5, "num_trial": 5, "sample_size": 5, "init_size": 20},
+    "HopSkipJump": {"max_iter": 2, "max_eval": 50, "init_eval": 10, "init_size": 20},
+    "SignOPTAttack": {"max_iter": 5, "query_limit": 200, "num_trial": 10, "k": 10},
+    "GeoDA": {"max_iter": 300, "sub_dim": 4},
+    "ZooAttack": {"max_iter": 5, "nb_parallel": 8, "use_resize": False, "use_importance": False},
+    "SimBA": {"max_iter": 50},
+    "SquareAttack": {"max_iter": 20},
+    "PixelAttack": {"max_iter": 2, "th": 3},
+    "ThresholdAttack": {"max_iter": 2, "th": 10},
+    "ShadowAttack": {"nb_steps": 3, "batch_size": 10},
+    "Wasserstein": {"max_iter": 3, "regularization": 100},
+    "ElasticNet": {"max_iter": 5, "binary_search_steps": 2},
+    "CarliniL2Method": {"max_iter": 5, "binary_search_steps": 2},
+    "CarliniL0Method": {"max_iter": 5, "binary_search_steps": 2, "initial_const": 10},
+    "CarliniLInfMethod": {"max_iter": 3},
+    "DeepFool": {"max_iter": 10},
+    "NewtonFool": {"max_iter": 10},
+    "UniversalPerturbation": {"max_iter": 1},
+    "TargetedUniversalPerturbation": {"max_iter": 1},
+    "VirtualAdversarialMethod": {"max_iter": 1},
+    "SpatialTransformation": {"max_translation": 10, "num_translations": 2, "max_rotation": 10,
+                              "num_rotations": 2},
+    "BrendelBethgeAttack": {"steps": 5, "binary_search_steps": 2, "init_size": 20},
+    "CompositeAdversarialAttackPyTorch": {"max_iter": 1, "max_inner_iter": 1},
+}
+#: Attacks the contract checks only build: ART's AutoAttack cannot be shortened below minutes per batch.
+CONTRACT_SKIP = {"AutoAttack": "ART's AutoAttack suite cannot be shortened; the plugin's tests run it on one image"}
+
+
 def adapter_class(name: str) -> type[Attack]:
     """The robustkit Attack class for ART's ``name`` (unavailable ones raise when built); imports no ART."""
     facts = FACTS.get(name)
@@ -729,7 +769,8 @@ def adapter_class(name: str) -> type[Attack]:
     if missing:
         reason = f"it needs the {', '.join(missing)} package, which is not installed (pip install {' '.join(missing)})"
         return ArtAttack.unavailable_class(name, facts.title, reason, description=f"{facts.title} (unavailable)")
-    return ArtAttack.adapter_class(name, facts)
+    return ArtAttack.adapter_class(name, facts, cheap_params=CHEAP_PARAMS.get(name, {}),
+                                   cheap_input=facts.input_shape or (1, 8, 8), contract_skip=CONTRACT_SKIP.get(name))
 
 
 def adapter_classes() -> dict[str, type[Attack]]:

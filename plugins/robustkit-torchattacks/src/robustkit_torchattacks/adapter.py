@@ -436,6 +436,15 @@ def library_names() -> tuple[str, ...]:
 # --- generating one class per torchattacks attack -------------------------------------------
 
 
+#: Settings under which each attack runs in about a second on two tiny images (the contract checks of
+#: robustkit.testing use them); an attack not listed runs with its defaults.
+CHEAP_PARAMS: dict[str, dict[str, Any]] = {
+    "Square": {"n_queries": 20},
+    "EADL1": {"binary_search_steps": 2, "max_iterations": 10},
+    "EADEN": {"binary_search_steps": 2, "max_iterations": 10},
+}
+
+
 def adapter_class(name: str) -> type[Attack]:
     """The robustkit Attack class for ``torchattacks.<name>`` (unavailable ones raise when built).
 
@@ -446,7 +455,8 @@ def adapter_class(name: str) -> type[Attack]:
     if name in UNAVAILABLE or facts is None:
         reason = UNAVAILABLE.get(name) or f"the adapter has not been reviewed for it (torchattacks {LIBRARY_VERSION})"
         return TorchattacksAttack.unavailable_class(name, _title(name), reason)
-    return TorchattacksAttack.adapter_class(name, facts)
+    return TorchattacksAttack.adapter_class(name, facts, cheap_params=CHEAP_PARAMS.get(name, {}),
+                                            cheap_input=(3, 8, 8) if facts.rgb_only else (1, 8, 8))
 
 
 _ARG_LINE = re.compile(r"^\s*(\w+) \(([^)]*)\)\s*:\s*(.*)$", re.M)
