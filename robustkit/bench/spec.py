@@ -32,6 +32,12 @@ Example (TOML)::
 
 A defense parameter written ``"@natural"`` receives the checkpoint of the naturally trained model with
 the same settings and seed (hard positives fine-tune it: ``params = {base = "@natural"}``).
+
+The model may be the user's own: ``model = {file = "net.py", class = "Net", args = {width = 2}, weights =
+"net.pt"}`` (or a TorchScript file alone, ``{file = "net.pt"}``); relative paths are read from the spec
+file's folder, and ``normalize`` (``none``, the default here, ``dataset`` or ``MEAN/STD``) says what the
+model does to images first. Cells name such a model by its class, arguments and the SHA-256 of its files; where the files lie is
+passed beside the settings (like the data root), so a moved folder keeps its results.
 """
 
 from __future__ import annotations
@@ -78,7 +84,7 @@ AUDIT_DEFAULTS: dict[str, Any] = {
     "unbounded_eps": 1.0,            # linf 1 covers [0, 1]: any image is reachable
     "unbounded_max_accuracy": 0.05,  # "falls to ~0"
     "steps": 10, "more_steps": 100,  # PGD steps of the "more steps must not help the model" check
-    # The host names no attack plugin: a spec picks its score-based attack (the presets: torchattacks:Square).
+    # The host names no attack plugin: a spec picks its score-based attack (the presets: the native square).
     "black_box": False,
     "transfer": True,
     "tolerance": 0.05,               # accuracy differences below this are noise on small subsets
@@ -163,7 +169,7 @@ class BenchmarkSpec:
         return {
             "format": 1, "protocol": PROTOCOL_VERSION,
             "dataset": {"name": self.dataset["name"], "params": jsonable(self.dataset.get("params", {}))},
-            "model": {"name": self.model["name"], "params": jsonable(self.model.get("params", {}))},
+            "model": model_settings(self.model),
             "training": jsonable(self.training),
             "threat": dict(self.threat),
             "attacks": [a.settings() for a in self.attacks],
@@ -199,6 +205,30 @@ class BenchmarkSpec:
 
     def attack(self, label: str) -> AttackSpec:
         return next(a for a in self.attacks if a.label == label)
+
+
+#: Where a user's model file and its weights lie: passed to the cells beside their settings
+#: (:func:`model_files`), never in them, so the keys name the files by content.
+LOCATION_KEYS = ("file", "weights")
+
+
+def model_settings(model: Mapping[str, Any]) -> dict[str, Any]:
+    """The spec's model as cells record it: name and parameters; ``normalize`` when the spec gives it (so the
+    keys of specs without it stay as they were); a user's model adds its class and its files' SHA-256."""
+    out = {"name": model["name"], "params": jsonable(model.get("params", {}))}
+    if model.get("file"):
+        out.update({key: model.get(key) for key in ("class", "sha256", "weights_sha256")})
+        out["normalize"] = model.get("normalize") or "none"
+    elif model.get("normalize") is not None:
+        out["normalize"] = model["normalize"]
+    return out
+
+
+def model_files(model: Mapping[str, Any]) -> dict[str, str] | None:
+    """Where the spec's own model file (``file``) and its weights (``weights``) lie; None for a registered model."""
+    if not model.get("file"):
+        return None
+    return {key: model[key] for key in LOCATION_KEYS if model.get(key)}
 
 
 # --- reading ---------------------------------------------------------------------------------------
@@ -259,7 +289,8 @@ def load_spec(source: str | Path, host: Any, *, data_root: str | None = None,
     if dataset is not None:
         doc["dataset"] = {"name": dataset}
         where += f" on {dataset}"
-    return parse_spec(doc, where, host, data_root=data_root)
+    base = path.resolve().parent if where.startswith(str(path)) and path.exists() else None
+    return parse_spec(doc, where, host, data_root=data_root, base=base)
 
 
 @functools.lru_cache(maxsize=1)
@@ -277,8 +308,12 @@ def check_schema(doc: Mapping[str, Any], source: str) -> None:
         raise SpecError(f"{source}: {error.json_path}: {message[:200]}")
 
 
-def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | None = None) -> BenchmarkSpec:
-    """Validate ``doc`` against the schema and the registered plugins; fill in defaults."""
+def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | None = None,
+               base: Path | None = None) -> BenchmarkSpec:
+    """Validate ``doc`` against the schema and the registered plugins; fill in defaults.
+
+    :param base: the folder relative model file paths are read from (the spec file's; default: the current).
+    """
     check_schema(doc, source)
 
     def fail(where: str, message: str) -> SpecError:
@@ -290,9 +325,12 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
         except UnknownNameError as err:
             raise fail(where, str(err)) from None
 
+    model = _model(doc["model"], base, fail)
     # Parameters too, not just names: a typo in model.params would otherwise fail in every cell.
     for kind, registry, context in (("dataset", host.datasets, ("root",)),
                                     ("model", host.models, ("num_classes", "in_channels", "image_size"))):
+        if kind == "model" and model.get("file"):
+            continue  # the user's own model was built and checked by _model
         try:
             registered(registry, doc[kind]["name"], f"$.{kind}.name").resolve(doc[kind].get("params", {}), context)
         except RobustkitError as err:
@@ -367,11 +405,48 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
     dataset.pop("root", None)
     return BenchmarkSpec(
         name=doc["name"], description=doc.get("description", ""), source=source, dataset=dataset,
-        data_root=str(Path(root).expanduser()) if root else None, model=dict(doc["model"]), training=training,
+        data_root=str(Path(root).expanduser()) if root else None, model=model, training=training,
         threat=threat, attacks=attacks, evaluation=evaluation, audit=audit, seeds=tuple(doc.get("seeds", [0])),
         defenses=defenses, targets=targets, rank_by=rank_by, paper=doc.get("paper", ""),
         document=jsonable({k: v for k, v in doc.items() if k != "description"}),
     )
+
+
+def _model(doc: Mapping[str, Any], base: Path | None, fail: Any) -> dict[str, Any]:
+    """The spec's model, checked: ``normalize`` parsed; a user's model file found, its class imported and built
+    with its arguments and weights (strictly), its files' SHA-256 recorded and its name set (``net.py:Net``)."""
+    from robustkit.models import Normalization
+
+    model = dict(doc)
+    if model.get("normalize") is not None:
+        try:
+            model["normalize"] = Normalization.parse(model["normalize"], "normalize").text()
+        except RobustkitError as err:
+            raise fail("$.model.normalize", str(err)) from None
+    if not model.get("file"):
+        return model
+    from robustkit.user_models import build_network, model_source
+
+    def located(text: str) -> str:
+        path = Path(text).expanduser()
+        return str(path if path.is_absolute() or base is None else base / path)
+
+    if str(model["file"]).lower().endswith(".py") and not model.get("class"):
+        raise fail("$.model.class", f"{model['file']} is a Python file: name its model class too, class = \"NAME\" "
+                   "(the nn.Module subclass to build)")
+    if model.get("args") and not model.get("class"):
+        raise fail("$.model.args", "a TorchScript file takes no constructor arguments; drop args (or give the .py "
+                   "file and its class)")
+    target = located(model["file"]) + (f":{model['class']}" if model.get("class") else "")
+    try:
+        source = model_source(target, model.get("args") or {}, located(model["weights"]) if model.get("weights")
+                              else None, what="file")
+        build_network(source, what="file")  # the class, its arguments and the weights' keys, checked now
+    except RobustkitError as err:
+        raise fail("$.model", str(err)) from None
+    return {"name": source.name, "params": jsonable(dict(source.args)), "file": source.file,
+            "class": source.class_name, "weights": source.weights, "sha256": source.sha256,
+            "weights_sha256": source.weights_sha256, "normalize": model.get("normalize") or "none"}
 
 
 def attacks_params(host: Any, name: str) -> set[str]:

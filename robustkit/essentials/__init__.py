@@ -7,7 +7,7 @@ registered before any entry point, cannot be left out with ``ROBUSTKIT_LOAD_PLUG
 - ``datasets``: digits (embedded), MNIST, CIFAR-10/100 and STL-10 from a local folder.
 - ``paper-models``: the source papers' reference architectures.
 - ``baseline-defenses``: ``natural``, ``pgd-at``, ``fgsm-at``, ``fgm-at``, ``trades``.
-- ``native-attacks``: ``pgd`` and ``cw-linf``.
+- ``native-attacks``: ``pgd``, ``cw-linf``, ``deepfool`` and ``square``.
 - ``presets``: the ``quick`` benchmark.
 
 Everything else (the library adapters, the papers' methods) lives in its own distribution under

@@ -9,6 +9,9 @@ Registered names:
 - ``wide-resnet``: configurable wide residual network in the form of Madry et al.'s CIFAR-10 model,
   with the aliases ``wrn-32-10`` and ``wrn-40-2`` that RLFAT trains.
 - ``vgg``: the BN VGG commonly used on CIFAR.
+- ``resnet18-cifar``: ResNet-18 in its CIFAR form (3x3 stride-1 stem, no max-pool), the baseline of many
+  adversarial training papers.
+- ``preact-resnet18``: the pre-activation ResNet-18 of fast adversarial training and many RobustBench entries.
 
 Every factory follows the model contract: ``factory(num_classes, in_channels, image_size, **params)``
 returns a module mapping normalized ``N x C x H x W`` images to ``N x num_classes`` logits. The
@@ -431,6 +434,152 @@ class VGG(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
+class _BasicBlock(nn.Module):
+    """ResNet v1 basic block: conv 3x3 (stride), BN, ReLU, conv 3x3, BN, plus the shortcut, then ReLU.
+
+    The shortcut is the identity, or a 1x1 strided conv + BN where the stride or the width changes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                                          nn.BatchNorm2d(out_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x)))))
+        return F.relu(out + self.shortcut(x))
+
+
+class _PreActBlock(nn.Module):
+    """Pre-activation basic block: BN, ReLU, conv 3x3 (stride), BN, ReLU, conv 3x3, plus the shortcut.
+
+    The shortcut is the identity, or a 1x1 strided conv (no BN) of the block's un-activated input where
+    the stride or the width changes.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.bn1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False)
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False))
+        else:
+            self.shortcut = nn.Sequential()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv1(F.relu(self.bn1(x)))
+        out = self.conv2(F.relu(self.bn2(out)))
+        return out + self.shortcut(x)
+
+
+_RESNET18_STAGES = ((64, 1), (128, 2), (256, 2), (512, 2))
+"""(channels, stride of the first block) of ResNet-18's four stages of two blocks."""
+
+
+def _stages(block: type[nn.Module], stem: int, width: float) -> tuple[list[nn.Sequential], int]:
+    """ResNet-18's four stages ``layer1`` .. ``layer4`` of ``block``; returns them and the last width."""
+    stages, channels = [], stem
+    for units, stride in _RESNET18_STAGES:
+        out = _scaled(units, width)
+        stages.append(nn.Sequential(block(channels, out, stride), block(out, out, 1)))
+        channels = out
+    return stages, channels
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 (He et al. 2016, "Deep Residual Learning for Image Recognition") in its CIFAR form.
+
+    The CIFAR form used throughout the adversarial robustness literature (e.g. the ResNet-18 of
+    RobustBench's model zoo, ``robustbench/model_zoo/architectures/resnet.py``): the ImageNet stem
+    (7x7 stride-2 conv and a max-pool, which would leave 8x8 of a 32x32 image) is replaced by conv
+    3x3 stride 1 to 64 channels + BN + ReLU. Then four stages of two basic blocks (conv 3x3, BN,
+    ReLU, conv 3x3, BN, shortcut add, ReLU) with 64, 128, 256, 512 channels and strides 1, 2, 2, 2
+    (a 1x1 conv + BN projects the shortcut where the shape changes); global average pool; FC K.
+    11,173,962 parameters for 10 classes.
+
+    Parameter names (``conv1``, ``bn1``, ``layer1.0.conv1``, ``layer2.0.shortcut.0``, ``linear``) are
+    those of that common implementation, so its CIFAR-10 checkpoints load as they are.
+
+    Adaptation: the stem keeps the map size, a strided conv on a 1-pixel map keeps 1 pixel and the
+    global average pool takes any map (the reference's 4x4 average pool at 32x32), so any input size
+    works (8x8 digits: 8 -> 8 -> 4 -> 2 -> 1).
+
+    :param num_classes: logits K (host-supplied).
+    :param in_channels: image channels (host-supplied).
+    :param image_size: ``(H, W)`` (host-supplied).
+    :param width: multiplier on the 64/128/256/512 channels.
+    """
+
+    params = (WIDTH,)
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: tuple[int, int], width: float = 1.0):
+        super().__init__()
+        _check_context(num_classes, in_channels, image_size)
+        stem = _scaled(64, width)
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        stages, channels = _stages(_BasicBlock, stem, width)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.linear = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
+        return self.linear(out.mean(dim=(2, 3)))
+
+
+class PreActResNet18(nn.Module):
+    """Pre-activation ResNet-18 (He et al. 2016, "Identity Mappings in Deep Residual Networks"), CIFAR form.
+
+    The network of fast adversarial training (Wong et al. 2020) and of several RobustBench entries
+    (``PreActResNet`` with ``PreActBlock`` in ``robustbench/model_zoo/architectures/resnet.py``): conv
+    3x3 stride 1 to 64 channels (no BN, no max-pool); four stages of two pre-activation blocks (BN,
+    ReLU, conv 3x3, BN, ReLU, conv 3x3, shortcut add) with 64, 128, 256, 512 channels and strides 1,
+    2, 2, 2, the shortcut a 1x1 conv of the block input where the shape changes; global average pool;
+    FC K. 11,171,146 parameters for 10 classes.
+
+    As in that code the last block feeds the pool directly; ``final_bn`` adds the final BN + ReLU of
+    He et al.'s full pre-activation design (named ``bn``, as in the robust-overfitting code; +1,024
+    parameters). Parameter names (``conv1``, ``layer1.0.bn1``, ``layer2.0.shortcut.0``, ``bn``,
+    ``linear``) are those of that code, so its checkpoints load as they are.
+
+    Adaptation: as :class:`CifarResNet18`, any input size works (8x8 digits: 8 -> 8 -> 4 -> 2 -> 1).
+
+    :param num_classes: logits K (host-supplied).
+    :param in_channels: image channels (host-supplied).
+    :param image_size: ``(H, W)`` (host-supplied).
+    :param width: multiplier on the 64/128/256/512 channels.
+    :param final_bn: BN + ReLU after the last block.
+    """
+
+    params = (WIDTH, Param("final_bn", bool, False, "BN + ReLU after the last block (He et al.'s full pre-activation)"))
+
+    def __init__(self, num_classes: int, in_channels: int, image_size: tuple[int, int], width: float = 1.0,
+                 final_bn: bool = False):
+        super().__init__()
+        _check_context(num_classes, in_channels, image_size)
+        stem = _scaled(64, width)
+        self.conv1 = nn.Conv2d(in_channels, stem, 3, 1, 1, bias=False)
+        stages, channels = _stages(_PreActBlock, stem, width)
+        self.layer1, self.layer2, self.layer3, self.layer4 = stages
+        self.bn = nn.BatchNorm2d(channels) if final_bn else None
+        self.linear = nn.Linear(channels, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.layer4(self.layer3(self.layer2(self.layer1(self.conv1(x)))))
+        if self.bn is not None:
+            out = F.relu(self.bn(out))
+        return self.linear(out.mean(dim=(2, 3)))
+
+
 _WRN_ALIAS_PARAMS = (LEAK,)  # the aliases fix depth and widths; only the activation stays settable
 
 
@@ -444,7 +593,9 @@ def register_models(register: Register) -> None:
     register("wrn-32-10", wrn_32_10, params=_WRN_ALIAS_PARAMS, paper="RLFAT (CIFAR-10/100)")
     register("wrn-40-2", wrn_40_2, params=_WRN_ALIAS_PARAMS, paper="RLFAT (STL-10)")
     register("vgg", VGG, paper="CIFAR VGG baseline")
+    register("resnet18-cifar", CifarResNet18, paper="CIFAR ResNet-18 baseline (He et al. 2016)")
+    register("preact-resnet18", PreActResNet18, paper="fast adversarial training, RobustBench (He et al. 2016)")
 
 
-__all__ = ["MadryCNN", "ShahamCNN", "LeNet", "ConvPoolCNN", "WideResNet", "VGG", "VGG_CONFIGS",
-           "wrn_32_10", "wrn_40_2", "register_models"]
+__all__ = ["MadryCNN", "ShahamCNN", "LeNet", "ConvPoolCNN", "WideResNet", "VGG", "VGG_CONFIGS", "CifarResNet18",
+           "PreActResNet18", "wrn_32_10", "wrn_40_2", "register_models"]
