@@ -3,12 +3,15 @@
 A checkpoint named ``S`` (e.g. ``runs/digits-pgd/last``) is two or three files side by side:
 
 - ``S.safetensors``: the model's state dict (loaded strictly).
-- ``S.json``: metadata: model name and parameters, dataset info, defense, epoch, seed, metrics,
-  versions, and the SHA-256 of the other files.
+- ``S.json``: metadata: model name and parameters (for a user's own model also its source file, class
+  and the file's SHA-256), the normalization in front of the network, dataset info, defense, epoch,
+  seed, metrics, versions, and the SHA-256 of the other files.
 - ``S.optim.safetensors`` (only when saved for resuming): optimizer tensors; its header holds the
   optimizer's non-tensor state, the scheduler state and any defense state as JSON.
 
-Loading never runs code from the files. The JSON is written last and records the checksums of the
+Loading never runs code from the files. (A checkpoint of the user's own model, :mod:`robustkit.user_models`,
+records the absolute path, class and SHA-256 of the user's ``.py`` file: loading it imports that file, as
+building the model did, and says so in one line when the file changed since.) The JSON is written last and records the checksums of the
 tensor files, so a save cut short between files, a truncated file or a file edited after saving is
 reported as such instead of silently mixing two epochs.
 """
@@ -23,6 +26,7 @@ import os
 import platform
 import signal
 import struct
+import sys
 import threading
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -41,7 +45,7 @@ from robustkit.errors import RobustkitError, one_line
 
 FORMAT = "robustkit-checkpoint"
 FORMAT_VERSION = 1
-_RESERVED = ("format", "format_version", "files", "model", "dataset", "defense", "epoch", "seed",
+_RESERVED = ("format", "format_version", "files", "model", "normalization", "dataset", "defense", "epoch", "seed",
              "metrics", "versions", "created")
 _STATE_KEY = "robustkit"  # safetensors header entry holding the JSON skeleton of the resume state
 
@@ -139,7 +143,10 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, defense: 
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "files": {"weights": paths.weights.name, "weights_sha256": None, "state": None, "state_sha256": None},
-        "model": {"name": spec.name, "params": dict(spec.params)} if spec is not None else None,
+        "model": model_metadata(spec) if spec is not None else None,
+        # What the model does to [0, 1] images before the network ({"mode", "mean", "std"}); absent in
+        # checkpoints written before it was recorded, which means the dataset's.
+        "normalization": spec.normalization.to_json() if getattr(spec, "normalization", None) is not None else None,
         "dataset": dataset_info_to_dict(spec.dataset) if spec is not None and spec.dataset is not None else None,
         "defense": described,
         "epoch": epoch,
@@ -294,13 +301,45 @@ def load_model(path: str | os.PathLike[str], host: Any = None, device: str | tor
         host = get_host()
     try:
         info = dataset_info_from_dict(meta["dataset"])
-        model = build_model(host, meta["model"]["name"], info, meta["model"].get("params") or {})
+        normalization = recorded_normalization(meta, paths.meta)
+        if meta["model"].get("source"):  # a user's own model: rebuilt from its file, weights from the checkpoint
+            from robustkit.user_models import ModelSource, build_user_model, changed_since
+
+            source = ModelSource.from_json(meta["model"]["source"], str(paths.meta))
+            note = changed_since(source)
+            if note is not None:
+                print(f"robustkit: {note}", file=sys.stderr)
+            model = build_user_model(source, info, normalization, load_weights=False,
+                                     what=f"the model file recorded in {paths.meta.name}")
+        else:
+            model = build_model(host, meta["model"]["name"], info, meta["model"].get("params") or {},
+                                normalization=normalization)
     except RobustkitError as err:
         raise RobustkitError(f"cannot rebuild the model of {paths.meta}: {err}") from None
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, AttributeError) as err:
         raise RobustkitError(f"{paths.meta} has malformed model or dataset metadata ({one_line(err)})") from None
     load_weights(model, paths.meta)
     return model.to(device).eval()
+
+
+def model_metadata(spec: Any) -> dict[str, Any]:
+    """A :class:`~robustkit.models.ModelSpec` as the checkpoint's ``model`` entry: name, parameters and, for a
+    user's own model, its source (file, class, arguments, SHA-256)."""
+    out: dict[str, Any] = {"name": spec.name, "params": dict(spec.params)}
+    source = getattr(spec, "source", None)
+    if source is not None:
+        out["source"] = dict(source)
+    return out
+
+
+def recorded_normalization(meta: Mapping[str, Any], where: Any = "the checkpoint") -> Any:
+    """The normalization a checkpoint's metadata records; ``dataset`` for one written before it was recorded."""
+    from robustkit.models import Normalization
+
+    try:
+        return Normalization.coerce(meta.get("normalization"), f"{where}: normalization") or Normalization()
+    except RobustkitError as err:
+        raise RobustkitError(f"{err}; the checkpoint is damaged: retrain or restore it") from None
 
 
 def load_training_state(path: str | os.PathLike[str], optimizer: torch.optim.Optimizer | None = None,

@@ -25,7 +25,7 @@ import math
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import jsonschema
 import torch
@@ -60,7 +60,8 @@ def leaderboard_entry(result: EvaluationResult, *, defense: str, model: str, dat
                       link: str = "", authors: str = "", venue: str = "", architecture: str | None = None,
                       additional_data: bool = False, number_forward_passes: int = 1,
                       reported: float | None = None, footnote: str | None = None,
-                      plugin_versions: dict[str, str | None] | None = None) -> dict[str, Any]:
+                      plugin_versions: dict[str, str | None] | None = None,
+                      normalization: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """One leaderboard entry for ``model`` trained with ``defense``, from an evaluation result.
 
     :param result: what :func:`robustkit.evaluation.evaluate` returned.
@@ -72,6 +73,7 @@ def leaderboard_entry(result: EvaluationResult, *, defense: str, model: str, dat
     :param name: the entry's title (RobustBench: the paper title); defaults to ``defense (model)``.
     :param reported: the robust accuracy the paper reports, in percent.
     :param plugin_versions: ``Host.plugin_versions()``; the process-wide host's when None.
+    :param normalization: what the model did to the images before its network (``Normalization.to_json()``).
     """
     if plugin_versions is None:
         from robustkit.host import get_host  # the host loads plugins; only needed when not given
@@ -110,6 +112,7 @@ def leaderboard_entry(result: EvaluationResult, *, defense: str, model: str, dat
             "runtime_seconds": round(result.seconds, 3),
             "timestamp": _utc_now(),
             "torch_version": torch.__version__,
+            "normalization": jsonable(normalization) if normalization is not None else None,
         },
     }
     if suite == AUTOATTACK:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from robustkit.devices import resolve_device, seed_everything
 from robustkit.evaluation import EvaluationResult, evaluate
 from robustkit.leaderboard import leaderboard_entry, write_leaderboard
-from robustkit.models import build_model
+from robustkit.models import build_model, normalization_of
 from robustkit.training import TrainConfig, train
 
 
@@ -94,6 +94,7 @@ def run_quickstart(host: Any, settings: QuickstartSettings, out_dir: Path,
             threat_model="linf", attack_suite=f"{attack_name}-{settings.attack_steps}",
             name=ref.get("title") or None, link=ref.get("link", ""), authors=ref.get("authors", ""),
             venue=ref.get("venue", ""), plugin_versions=host.plugin_versions(),
+            normalization=normalization_of(trained.model).to_json(),
         ))
     path = out_dir / "leaderboard.json"
     write_leaderboard(path, entries)

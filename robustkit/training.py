@@ -185,8 +185,15 @@ def run_identity(model: nn.Module, dataset: ImageDataset, defense: Defense, conf
     """What must match for ``out_dir``'s checkpoint to be resumed by this call."""
     spec = getattr(model, "spec", None)
     described = defense.describe() if hasattr(defense, "describe") else {"name": type(defense).__name__}
+    identity: Any = {"name": spec.name, "params": dict(spec.params)} if spec is not None else type(model).__name__
+    normalization = getattr(spec, "normalization", None)
+    if normalization is not None and normalization.mode != "dataset":  # absent as before: old runs still resume
+        identity["normalization"] = normalization.to_json()
+    source = getattr(spec, "source", None)
+    if source:  # a user's model file: a changed file is another run
+        identity["source"] = {key: source.get(key) for key in ("kind", "class", "sha256", "weights_sha256")}
     return jsonable({
-        "model": {"name": spec.name, "params": dict(spec.params)} if spec is not None else type(model).__name__,
+        "model": identity,
         "dataset": dataset.info,
         "defense": described,
         "config": config.identity(),

@@ -28,8 +28,9 @@ from robustkit.bench.spec import NATURAL_MODEL
 from robustkit.data import stack, take
 from robustkit.devices import numeric_environment, resolve_device, seed_everything, torch_threads
 from robustkit.errors import RobustkitError
+from robustkit.files import sha256_file
 from robustkit.evaluation import evaluate
-from robustkit.models import build_model
+from robustkit.models import build_model, normalization_of
 from robustkit.outcomes import AttackOutcomes, Outcomes
 from robustkit.store import cell_key
 from robustkit.threat import within_budget
@@ -64,22 +65,28 @@ def training_lock(folder: Path) -> Iterator[None]:
 
 
 def train_cell_model(host: Any, dataset: Any, train_settings: Mapping[str, Any], work_dir: Path,
-                     device: str) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """Train (or resume, or reload) the model ``train_settings`` describe; return it and training facts."""
+                     device: str, model_files: Mapping[str, str] | None = None,
+                     ) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Train (or resume, or reload) the model ``train_settings`` describe; return it and training facts.
+
+    :param model_files: where the user's own model file and weights lie (:func:`robustkit.bench.spec.model_files`),
+        for settings that name one.
+    """
     key = cell_key(train_settings)
     out_dir = work_dir / TRAIN_DIR / key
     seed = int(train_settings["seed"])
     params = dict(train_settings["defense"]["params"])
     for name, value in params.items():
         if value == NATURAL_MODEL:  # e.g. hard positives' base: the natural model of these settings
-            _, natural = train_cell_model(host, dataset, natural_settings(train_settings), work_dir, device)
+            _, natural = train_cell_model(host, dataset, natural_settings(train_settings), work_dir, device,
+                                          model_files)
             params[name] = natural["checkpoint"]
     defense = host.defenses.create(train_settings["defense"]["name"], params)
     config = TrainConfig(**{**train_settings["training"], "milestones": tuple(train_settings["training"]["milestones"])},
                          seed=seed, device=device, out_dir=out_dir)
     with training_lock(out_dir):
         seed_everything(seed)  # the initial weights are part of the run
-        model = build_model(host, train_settings["model"]["name"], dataset.info, train_settings["model"]["params"])
+        model = build_spec_model(host, train_settings["model"], dataset.info, model_files)
         tick = time.perf_counter()
         result = train(model, dataset, defense, config, host=host)
         seconds = time.perf_counter() - tick
@@ -97,24 +104,51 @@ def train_cell_model(host: Any, dataset: Any, train_settings: Mapping[str, Any],
     return result.model, facts
 
 
+def build_spec_model(host: Any, model: Mapping[str, Any], info: Any,
+                     files: Mapping[str, str] | None = None) -> torch.nn.Module:
+    """The model a cell's settings describe: a registered one (with the spec's ``normalize``, if any), or the
+    user's own from its file, found through ``files`` (refused when the file is no longer the one the spec
+    was read with)."""
+    if not model.get("sha256"):
+        return build_model(host, model["name"], info, model["params"], normalization=model.get("normalize"))
+    from robustkit.user_models import PYTHON, TORCHSCRIPT, ModelSource, build_user_model
+
+    files = dict(files or {})
+    if not files.get("file") or (model.get("weights_sha256") and not files.get("weights")):
+        raise RobustkitError(f"this cell's model is your own ({model['name']}): say where its files are, "
+                             "run_cell(..., model_files={'file': PATH, 'weights': PATH}) (bench run does)")
+    source = ModelSource(PYTHON if model.get("class") else TORCHSCRIPT, files["file"], model.get("class"),
+                         dict(model.get("params") or {}), model.get("sha256"), files.get("weights"),
+                         model.get("weights_sha256"))
+    changed = [path for path, sha in ((source.file, source.sha256), (source.weights, source.weights_sha256))
+               if path and sha and Path(path).is_file() and sha256_file(path) != sha]
+    if changed:
+        raise RobustkitError(f"{changed[0]} changed since the benchmark spec was read (its sha256 differs), so this "
+                             "cell's key no longer names it; run the benchmark again to key the new model")
+    return build_user_model(source, info, model.get("normalize") or "none", what="model file")
+
+
 def natural_settings(train_settings: Mapping[str, Any]) -> dict[str, Any]:
     """The training settings of the naturally trained model that matches ``train_settings``."""
     return {**train_settings, "defense": {"name": "natural", "params": {}}}
 
 
 def run_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str = "auto",
-             data_root: str | None = None, host: Any = None, threads: int | None = None) -> dict[str, Any]:
+             data_root: str | None = None, host: Any = None, threads: int | None = None,
+             model_files: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Train, evaluate, draw the eps curve and audit one cell; return its record (JSON-ready).
 
     :param threads: torch's CPU threads for the whole cell (default: as set); recorded in the record's
         ``environment``, since CPU results depend on it.
+    :param model_files: where the spec's own model file and weights lie (:func:`robustkit.bench.spec.model_files`),
+        when the settings name one: like ``data_root``, a location, never part of the settings.
     """
     with torch_threads(threads):
-        return _run_cell(settings, Path(work_dir), device, data_root, host)
+        return _run_cell(settings, Path(work_dir), device, data_root, host, model_files)
 
 
 def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_root: str | None,
-              host: Any) -> dict[str, Any]:
+              host: Any, model_files: Mapping[str, str] | None = None) -> dict[str, Any]:
     if host is None:
         from robustkit.host import get_host
 
@@ -128,8 +162,9 @@ def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_roo
     train_settings = {"format": settings["format"], "dataset": settings["dataset"], "model": settings["model"],
                       "training": settings["training"], "seed": seed,
                       "defense": {"name": settings["defense"]["name"], "params": settings["defense"]["params"]}}
-    model, training = train_cell_model(host, dataset, train_settings, work_dir, str(resolved))
+    model, training = train_cell_model(host, dataset, train_settings, work_dir, str(resolved), model_files)
 
+    normalization = normalization_of(model)  # what the model does to [0, 1] images first, for the record
     evaluation = settings["evaluation"]
     attacks = {a["label"]: host.attacks.create(a["name"], a["params"]) for a in settings["attacks"]}
     result = evaluate(model, dataset, attacks, n_examples=evaluation["n_examples"],
@@ -140,7 +175,7 @@ def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_roo
     images, labels = images.to(resolved), labels.to(resolved)
     eps_curve = _eps_curve(host, model, images, labels, settings, resolved, seed)
     audit = _audit(host, model, images, labels, settings, per_attack, train_settings, dataset, work_dir,
-                   str(resolved), seed)
+                   str(resolved), seed, model_files)
     return {
         "defense": settings["defense"]["label"], "defense_name": settings["defense"]["name"],
         "knob": settings["defense"]["knob"], "knob_value": settings["defense"]["value"], "seed": seed,
@@ -152,6 +187,7 @@ def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_roo
                          for label, count in outside.items()],
         "outcomes": outcomes.to_json(), "environment": environment,
         "eps_curve": eps_curve, "audit": audit, "training": training,
+        "normalization": normalization.to_json() if normalization is not None else None,
         "evaluation_seconds": round(result.seconds, 3),
         "seconds": round(time.perf_counter() - started, 3),
         "device": str(resolved), "device_name": _device_name(resolved),
@@ -220,7 +256,7 @@ def _eps_curve(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: 
 
 def _audit(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor, settings: Mapping[str, Any],
            per_attack: Mapping[str, Any], train_settings: Mapping[str, Any], dataset: Any, work_dir: Path,
-           device: str, seed: int) -> dict[str, Any] | None:
+           device: str, seed: int, model_files: Mapping[str, str] | None = None) -> dict[str, Any] | None:
     audit = settings["audit"]
     if not audit["enabled"]:
         return None
@@ -232,7 +268,7 @@ def _audit(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torc
     surrogate = None
     natural = natural_settings(train_settings)
     if audit["transfer"] and cell_key(natural) != cell_key(train_settings):
-        surrogate, _ = train_cell_model(host, dataset, natural, work_dir, device)
+        surrogate, _ = train_cell_model(host, dataset, natural, work_dir, device, model_files)
     return audit_model(model, images, labels, threat=settings["threat"], settings=audit,
                        white_box_accuracy=min(white) if white else None, black_box=black_box,
                        surrogate=surrogate, seed=seed)

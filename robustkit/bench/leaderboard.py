@@ -133,6 +133,7 @@ def build_document(run: BenchmarkRun, meta: Mapping[str, Mapping[str, str]]) -> 
                 "benchmark": b["name"],
                 "spec_hash": b["spec_hash"],
                 "protocol_fingerprint": b["fingerprint"],
+                "normalization": first_record.get("normalization"),
             },
         })
     doc = leaderboard_document(entries, presorted=True)

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from robustkit.bench.cells import run_cell
-from robustkit.bench.spec import NATURAL_MODEL, BenchmarkSpec, Cell
+from robustkit.bench.cells import build_spec_model, run_cell
+from robustkit.bench.spec import NATURAL_MODEL, BenchmarkSpec, Cell, model_files, model_settings
 from robustkit.devices import environment_difference, numeric_environment, resolve_device
 from robustkit.errors import RobustkitError
 from robustkit.files import atomic_write_text, jsonable, remove_stale_temporaries
@@ -88,8 +88,9 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
     environment = numeric_environment(resolve_device(device), threads)
     _check_environment(out_dir, environment)
     # Missing or damaged dataset files would fail every cell alike: say it once, before anything runs.
-    host.datasets.create(spec.dataset["name"], spec.dataset.get("params") or {},
-                         root=Path(spec.data_root) if spec.data_root else None)
+    dataset = host.datasets.create(spec.dataset["name"], spec.dataset.get("params") or {},
+                                   root=Path(spec.data_root) if spec.data_root else None)
+    _check_model(spec, host, dataset.info)
     out_dir.mkdir(parents=True, exist_ok=True)
     described = {**describe_benchmark(spec, host), "environment": environment}
     atomic_write_text(out_dir / BENCHMARK_FILE, json.dumps(described, indent=2, sort_keys=True) + "\n")
@@ -133,7 +134,7 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
             for cell in todo:
                 try:
                     record = run_cell(cell.settings, out_dir, device=device, data_root=spec.data_root, host=host,
-                                      threads=threads)
+                                      threads=threads, model_files=model_files(spec.model))
                 except RobustkitError as err:
                     if _interrupted(err):  # the training loop turns Ctrl-C into a RobustkitError: stop, don't skip
                         raise KeyboardInterrupt from None
@@ -141,7 +142,7 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
                     continue
                 finished(cell, record, None)
         else:
-            _run_parallel(todo, out_dir, jobs, device, threads, spec.data_root, finished)
+            _run_parallel(todo, out_dir, jobs, device, threads, spec.data_root, finished, model_files(spec.model))
     except KeyboardInterrupt:
         bar.close()
         raise RobustkitError(f"benchmark interrupted: {len(summary.finished) + summary.reused} of {summary.total} "
@@ -149,6 +150,21 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _check_model(spec: BenchmarkSpec, host: Any, info: Any) -> None:
+    """A model that cannot fit the dataset would fail every cell alike: the user's own model is built once
+    (its logits checked against the dataset's classes), a given normalization checked against its channels."""
+    model = model_settings(spec.model)
+    try:
+        if model.get("sha256"):  # the user's own model
+            build_spec_model(host, model, info, model_files(spec.model))
+        elif model.get("normalize") is not None:
+            from robustkit.models import Normalization
+
+            Normalization.parse(model["normalize"], "normalize").resolve(info, "normalize")
+    except RobustkitError as err:
+        raise RobustkitError(f"{spec.source}: $.model: {err}") from None
 
 
 def _interrupted(err: BaseException) -> bool:
@@ -184,15 +200,15 @@ def _worker_init() -> None:
 
 
 def _worker(settings: dict[str, Any], out_dir: str, device: str, threads: int,
-            data_root: str | None) -> tuple[Any, str | None]:
+            data_root: str | None, files: dict[str, str] | None = None) -> tuple[Any, str | None]:
     try:
-        return run_cell(settings, out_dir, device=device, data_root=data_root, threads=threads), None
+        return run_cell(settings, out_dir, device=device, data_root=data_root, threads=threads, model_files=files), None
     except RobustkitError as err:
         return None, str(err)
 
 
 def _run_parallel(todo: list[Cell], out_dir: Path, jobs: int, device: str, threads: int, data_root: str | None,
-                  finished: Callable[[Cell, Any, str | None], None]) -> None:
+                  finished: Callable[[Cell, Any, str | None], None], files: dict[str, str] | None = None) -> None:
     import multiprocessing
 
     context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
@@ -203,7 +219,7 @@ def _run_parallel(todo: list[Cell], out_dir: Path, jobs: int, device: str, threa
             # Natural cells first and to the end: the others' audits reuse their weights as transfer surrogates.
             for batch in (naturals, rest):
                 pending: dict[Future[Any], Cell] = {
-                    pool.submit(_worker, c.settings, str(out_dir), device, threads, data_root): c for c in batch}
+                    pool.submit(_worker, c.settings, str(out_dir), device, threads, data_root, files): c for c in batch}
                 while pending:
                     done, _ = wait(pending, return_when=FIRST_COMPLETED)
                     for future in done:

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import click
 
-from robustkit.checkpoints import load_model, read_metadata
+from robustkit.checkpoints import load_model, model_metadata, read_metadata
 from robustkit.commands.group import cli, echo_table
-from robustkit.commands.common import (build_components, data_options, device_option, load_dataset, output_folder,
-                                      precision_options, seed_option)
+from robustkit.commands.common import (build_components, choose_model, data_options, device_option, load_dataset,
+                                      output_folder, precision_options, say_normalization, seed_option,
+                                      user_model_options)
 from robustkit.devices import seed_everything
 from robustkit.errors import RobustkitError
 from robustkit.evaluation import EvaluationResult, evaluate
+from robustkit.files import atomic_write_text, jsonable
 from robustkit.host import get_host
-from robustkit.models import build_model
+from robustkit.models import normalization_of
 from robustkit.params import parse_assignments
 
 
@@ -49,6 +53,9 @@ def print_evaluation(result: EvaluationResult) -> None:
 @click.option("--attack", "attack_specs", multiple=True, required=True, metavar="'NAME K=V ...'",
               help="Attack and its parameters in one quoted argument (repeatable).")
 @click.option("--model", "model_name", default=None, help="Attack a freshly built registered model instead.")
+@click.option("--model-param", "model_params", multiple=True, metavar="K=V",
+              help="Parameter of the --model, e.g. weights=FILE for timm:NAME (repeatable).")
+@user_model_options
 @click.option("--dataset", "dataset_name", default=None,
               help="Dataset to attack on; default: the checkpoint's (digits for --model).")
 @data_options
@@ -66,12 +73,17 @@ def print_evaluation(result: EvaluationResult) -> None:
 @seed_option
 @device_option
 @precision_options
-def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, dataset_params, n_examples, batch_size,
-           out_dir, grid_path, metric_specs, grid_examples, seed, device, precision, channels_last) -> None:
+def attack(checkpoint, attack_specs, model_name, model_params, model_file, model_args, weights, normalize,
+           dataset_name, data_root, dataset_params, n_examples, batch_size, out_dir, grid_path, metric_specs,
+           grid_examples, seed, device, precision, channels_last) -> None:
     """Attack a model with one or more attacks: clean, robust and worst-case accuracy.
 
-    CHECKPOINT is a last.json / last.safetensors written by `robustkit train`. Each --attack is
-    a registered attack name followed by its parameters (see `robustkit attacks list --params`).
+    CHECKPOINT is a last.json / last.safetensors written by `robustkit train`; or --model NAME (a
+    registered model), or your own model: --model-file PATH.py:CLASS [--model-arg K=V ...] --weights
+    FILE (a state dict .pt/.pth or .safetensors), or a TorchScript file as --model-file MODEL.pt.
+    Your own model gets images in [0, 1] as they are (--normalize none) unless --normalize says
+    otherwise. Each --attack is a registered attack name followed by its parameters (see
+    `robustkit attacks list --params`).
 
     \b
     Examples:
@@ -79,13 +91,16 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
           --attack 'torchattacks:PGD eps=0.1 alpha=0.01 steps=40' --attack 'torchattacks:FGSM eps=0.1'
       robustkit attack --model lenet --attack 'torchattacks:PGDL2 eps=1.0' --n-examples 100
       robustkit attack --model lenet --attack autoattack --attack 'torchattacks:FGSM eps=0.1' --grid grid.png
+      robustkit attack --model-file mynet.py:Net --model-arg width=2 --weights mynet.pt \\
+          --dataset cifar10 --data-root ~/data --attack 'autoattack eps=8/255'
 
     The example grid shows the first clean-correct images, each attack's adversarials and their
     perturbations amplified so the largest change is black or white (grey: unchanged).
     """
     host = get_host()
-    if (checkpoint is None) == (model_name is None):
-        raise RobustkitError("give either a CHECKPOINT or --model NAME (not both)")
+    choice = choose_model(host, model_name=model_name, model_params=model_params, model_file=model_file,
+                          model_args=model_args, weights=weights, normalize=normalize, checkpoint=checkpoint,
+                          takes_checkpoint=True)
     attacks = build_components(host.attacks, attack_specs)
     metrics = build_components(host.metrics, metric_specs)
     if checkpoint is not None:
@@ -105,7 +120,7 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
     else:
         dataset = load_dataset(host, dataset_name or "digits", dataset_params, data_root)
         seed_everything(seed)
-        model = build_model(host, model_name, dataset.info)
+        model = choice.build(host, dataset.info)
     if grid_path is None and out_dir is not None:
         grid_path = out_dir / "grid.png"
     if grid_path is not None and grid_path.suffix.lower() != ".png":
@@ -115,14 +130,32 @@ def attack(checkpoint, attack_specs, model_name, dataset_name, data_root, datase
     keep = grid_examples if grid_path is not None else 0
     result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
                       keep_examples=keep, metrics=metrics, precision=precision, channels_last=channels_last)
+    say_normalization(model)  # after the work: an error before it stays the only line on stderr
     print_evaluation(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-        result.save_summary(out_dir / "summary.json")
+        # The evaluation's summary plus the model's provenance (its normalization included).
+        normalization = normalization_of(model)
+        summary = {**result.summary(), "model": jsonable(_provenance(model, checkpoint)),
+                   "normalization": normalization.to_json() if normalization is not None else None}
+        atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         result.save_records(out_dir / "records.jsonl")
         click.echo(f"wrote {out_dir / 'summary.json'} and {out_dir / 'records.jsonl'}")
     if keep:
         write_grid(result, grid_path, class_names=dataset.info.class_names)
+
+
+def _provenance(model: Any, checkpoint: Path | None) -> dict[str, Any] | None:
+    """The summary's ``model`` entry: name, parameters, the user's source, the dataset, the checkpoint."""
+    spec = getattr(model, "spec", None)
+    if spec is None:
+        return None
+    out = model_metadata(spec)
+    if spec.dataset is not None:
+        out["dataset"] = spec.dataset.name
+    if checkpoint is not None:
+        out["checkpoint"] = str(Path(checkpoint).resolve())
+    return out
 
 
 def _shape(shape: tuple[int, ...]) -> str:

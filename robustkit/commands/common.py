@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -11,6 +12,7 @@ import click
 
 from robustkit.data import ImageDataset
 from robustkit.errors import RobustkitError
+from robustkit.models import Normalization, build_model, normalization_of
 from robustkit.params import eval_fraction, parse_assignments, parse_spec
 
 
@@ -99,3 +101,113 @@ def output_folder(path: Path, option: str = "--out", create: bool = True) -> Pat
     if not os.access(existing, os.W_OK | os.X_OK):
         raise RobustkitError(f"{option} {path}: {existing} is not writable; give a folder you can write to")
     return path
+
+
+# --- which model: a registered one, the user's own (a .py class or TorchScript), and its normalization ---------
+
+
+def user_model_options(f: Callable) -> Callable:
+    """``--model-file``, ``--model-arg``, ``--weights`` and ``--normalize`` (attack and train)."""
+    f = click.option("--normalize", "normalize", default=None, metavar="none|dataset|MEAN/STD",
+                     help="What the model does to images in [0, 1] first: none (they go in as they are), dataset "
+                          "(the dataset's mean/std) or MEAN/STD per channel, e.g. 0.4914,0.4822,0.4465/0.2471,"
+                          "0.2435,0.2616 (one number each: every channel). Default: none for --model-file, the "
+                          "registry's choice (usually dataset) for --model.")(f)
+    f = click.option("--weights", "weights", default=None, metavar="FILE",
+                     help="Weights for --model-file PATH.py:CLASS: a state dict (.pt/.pth, loaded with "
+                          "weights_only=True) or .safetensors; for --model NAME, its weights parameter.")(f)
+    f = click.option("--model-arg", "model_args", multiple=True, metavar="K=V",
+                     help="Constructor argument of the --model-file class (repeatable).")(f)
+    f = click.option("--model-file", "model_file", default=None, metavar="PATH.py:CLASS | MODEL.pt",
+                     help="Your own model: an nn.Module class in a .py file (with --weights), or a TorchScript "
+                          "file alone.")(f)
+    return f
+
+
+@dataclass
+class ModelChoice:
+    """The model the options name, checked before any data is loaded; :meth:`build` makes it."""
+
+    name: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    source: Any = None  # robustkit.user_models.ModelSource
+    normalization: Normalization | None = None
+
+    @property
+    def label(self) -> str:
+        """For folder names: the registry name (``timm_resnet18``) or the class (``SmallCNN``)."""
+        if self.source is not None:
+            return self.source.class_name or Path(self.source.file).stem
+        return str(self.name).replace(":", "_")
+
+    def build(self, host: Any, info: Any) -> Any:
+        """The :class:`~robustkit.models.Classifier` (:func:`say_normalization` tells the user which)."""
+        if self.source is not None:
+            from robustkit.user_models import build_user_model
+
+            model = build_user_model(self.source, info, self.normalization)
+        else:
+            model = build_model(host, str(self.name), info, self.params, normalization=self.normalization)
+        return model
+
+
+def say_normalization(model: Any) -> None:
+    """``normalization: ...``, one line on stderr. Commands say it once the work is done, just before the
+    results, so that an error stays the only line on stderr."""
+    normalization = normalization_of(model)
+    if normalization is not None:
+        info = getattr(getattr(model, "spec", None), "dataset", None)
+        click.echo(normalization.describe(getattr(info, "name", None)), err=True)
+
+
+def choose_model(host: Any, *, model_name: str | None, model_params: tuple[str, ...] = (),
+                 model_file: str | None = None, model_args: tuple[str, ...] = (), weights: str | None = None,
+                 normalize: str | None = None, checkpoint: Any = None,
+                 takes_checkpoint: bool = False) -> ModelChoice | None:
+    """Check the model options together (one of CHECKPOINT, --model, --model-file); None for a checkpoint."""
+    given = [what for what, value in (("a CHECKPOINT", checkpoint), ("--model", model_name),
+                                      ("--model-file", model_file)) if value is not None]
+    if len(given) != 1:
+        options = ("give either a CHECKPOINT or --model NAME (not both), or your own model as --model-file "
+                   "PATH.py:CLASS" if takes_checkpoint else
+                   "give either --model NAME or your own model as --model-file PATH.py:CLASS (not both)")
+        raise RobustkitError(options + (f"; got {' and '.join(given)}" if len(given) > 1 else ""))
+    if model_args and model_file is None:
+        raise RobustkitError("--model-arg sets the constructor arguments of --model-file PATH.py:CLASS; for --model "
+                             "NAME use --model-param K=V")
+    if model_params and model_name is None:
+        raise RobustkitError("--model-param sets parameters of a registered --model NAME; for --model-file use "
+                             "--model-arg K=V")
+    if checkpoint is not None:
+        if weights is not None:
+            raise RobustkitError("--weights goes with --model-file or --model; a CHECKPOINT holds its own weights")
+        if normalize is not None:
+            raise RobustkitError("--normalize goes with --model-file or --model; a CHECKPOINT keeps the "
+                                 "normalization it was trained with (drop --normalize)")
+        return None
+    normalization = Normalization.parse(normalize) if normalize is not None else None
+    if model_file is not None:
+        from robustkit.user_models import model_args as typed_args, model_source
+
+        return ModelChoice(source=model_source(model_file, typed_args(model_args), weights),
+                           normalization=normalization)
+    entry = host.models.get(str(model_name))
+    params: dict[str, Any] = dict(parse_assignments(model_params, "--model-param"))
+    if weights is not None:
+        declared = {p.name for p in entry.declared_params(MODEL_CONTEXT)}
+        if "weights" not in declared:
+            raise RobustkitError(f"--weights: model '{entry.name}' takes no weights (its parameters: "
+                                 f"{', '.join(sorted(declared)) or 'none'}); for your own weights of it give its "
+                                 "class as --model-file PATH.py:CLASS --weights FILE, or train it with robustkit "
+                                 "train")
+        if "weights" in params:
+            raise RobustkitError("--weights and --model-param weights=... both name weights; give one")
+        if not Path(weights).expanduser().is_file():
+            raise RobustkitError(f"--weights {weights}: file not found; give a local weights file")
+        params["weights"] = str(Path(weights).expanduser())
+    entry.resolve(params, MODEL_CONTEXT)  # a bad parameter fails before any data is loaded
+    return ModelChoice(name=entry.name, params=params, normalization=normalization)
+
+
+#: What the host passes every model factory (the user does not set them).
+MODEL_CONTEXT = ("num_classes", "in_channels", "image_size")
