@@ -22,7 +22,8 @@ SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32)]
 
 
 def test_paper_models_are_registered() -> None:
-    expected = {"madry-cnn", "shaham-cnn", "lenet", "convpool-cnn", "wide-resnet", "wrn-32-10", "wrn-40-2", "vgg"}
+    expected = {"madry-cnn", "shaham-cnn", "lenet", "convpool-cnn", "wide-resnet", "wrn-32-10", "wrn-40-2", "vgg",
+                "resnet18-cifar", "preact-resnet18"}
     assert expected <= set(PAPER_MODELS)
     for name in expected:
         entry = HOST.models.get(name)
@@ -98,6 +99,64 @@ def test_vgg_configs_and_width() -> None:
     assert convs == [16, 32, 64, 64, 128, 128, 128, 128]
     with pytest.raises(ParameterError, match="config"):
         build_model(HOST, "vgg", info(3, 32), {"config": "vgg99"})
+
+
+def _param_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name, params, expected", [
+    # conv1 1,728 + bn1 128 + stages 147,968 / 525,568 / 2,099,712 / 8,393,728 + FC 5,130
+    ("resnet18-cifar", {}, 11_173_962),
+    # as ResNet-18, less the stem BN (128) and the shortcut BNs (1,792), and each stage's first block normalizes
+    # its input (64/128/256 channels) instead of its output (128/256/512): 896 fewer
+    ("preact-resnet18", {}, 11_171_146),
+    ("preact-resnet18", {"final_bn": True}, 11_171_146 + 2 * 512),  # He et al.'s final BN
+])
+def test_cifar_resnet18_parameter_counts(name: str, params: dict, expected: int) -> None:
+    assert _param_count(build_model(HOST, name, info(3, 32), params).net) == expected
+
+
+@pytest.mark.parametrize("name", ["resnet18-cifar", "preact-resnet18"])
+def test_cifar_resnet18_stem_and_stages(name: str) -> None:
+    net = build_model(HOST, name, info(3, 32)).net
+    assert (net.conv1.kernel_size, net.conv1.stride, net.conv1.out_channels) == ((3, 3), (1, 1), 64)
+    assert not any(isinstance(m, nn.MaxPool2d) for m in net.modules())  # no ImageNet max-pool
+    stages = [net.layer1, net.layer2, net.layer3, net.layer4]
+    assert [len(s) for s in stages] == [2, 2, 2, 2]
+    assert [(s[0].conv1.out_channels, s[0].conv1.stride) for s in stages] == [
+        (64, (1, 1)), (128, (2, 2)), (256, (2, 2)), (512, (2, 2))]
+    assert net.linear.in_features == 512
+    # the parameter names of the common CIFAR code (and RobustBench's zoo), so its checkpoints load
+    keys = set(net.state_dict())
+    shortcut = {"layer2.0.shortcut.0.weight", "layer2.0.shortcut.1.running_var"} if name == "resnet18-cifar" \
+        else {"layer2.0.shortcut.0.weight", "layer1.0.bn1.running_mean"}
+    assert shortcut | {"conv1.weight", "linear.weight", "linear.bias"} <= keys
+    assert not any(k.startswith("layer1.0.shortcut") for k in keys)
+
+
+@pytest.mark.parametrize("name", ["resnet18-cifar", "preact-resnet18"])
+@pytest.mark.parametrize("channels, size", [(3, 32), (1, 8), (3, 8)])
+def test_cifar_resnet18_output_shapes(name: str, channels: int, size: int) -> None:
+    net = build_model(HOST, name, info(channels, size, classes=7)).net.eval()
+    with torch.no_grad():
+        assert tuple(net(torch.rand(3, channels, size, size)).shape) == (3, 7)
+    maps = []
+    hooks = [stage.register_forward_hook(lambda _m, _i, out: maps.append(tuple(out.shape[-2:])))
+             for stage in (net.layer1, net.layer2, net.layer3, net.layer4)]
+    with torch.no_grad():
+        net(torch.rand(1, channels, size, size))
+    for hook in hooks:
+        hook.remove()
+    assert maps == ([(32, 32), (16, 16), (8, 8), (4, 4)] if size == 32 else [(8, 8), (4, 4), (2, 2), (1, 1)])
+
+
+def test_cifar_resnet18_width() -> None:
+    net = build_model(HOST, "resnet18-cifar", info(3, 32), {"width": 0.125}).net
+    assert [s[0].conv1.out_channels for s in (net.layer1, net.layer2, net.layer3, net.layer4)] == [8, 16, 32, 64]
+    assert _param_count(net) < 11_173_962 / 50
+    with pytest.raises(ParameterError, match="width"):
+        build_model(HOST, "preact-resnet18", info(3, 32), {"width": 0})
 
 
 @pytest.mark.parametrize("name", ["madry-cnn", "shaham-cnn", "lenet", "convpool-cnn"])
