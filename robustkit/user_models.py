@@ -24,12 +24,9 @@ import hashlib
 import importlib.util
 import inspect
 import os
-import pickle
-import re
 import sys
 import traceback
 import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
@@ -43,12 +40,13 @@ from robustkit.files import sha256_file
 from robustkit.models import Classifier, ModelSpec, Normalization
 from robustkit.params import parse_assignments, parse_value
 
-PYTHON = "python"
-TORCHSCRIPT = "torchscript"
-WRAPPERS = ("state_dict", "model_state_dict")
-"""Keys of a saved dict that hold the state dict itself (training scripts save ``{"state_dict": ..., "epoch": ...}``)."""
+from robustkit.state_dicts import (EXPECTED, SAVE_HINT, TORCHSCRIPT, WRAPPERS, archive_kind, load_state_strict,
+                                   read_state_dict)
 
-SAVE_HINT = "save the weights alone with torch.save(model.state_dict(), FILE) or as .safetensors"
+PYTHON = "python"
+__all__ = ["PYTHON", "SAVE_HINT", "TORCHSCRIPT", "WRAPPERS", "ModelSource", "archive_kind", "build_network",
+           "build_user_model", "changed_since", "check_logits", "construct", "import_class", "load_state_strict",
+           "load_torchscript", "model_args", "model_source", "parse_model_file", "read_weights"]
 
 
 @dataclass(frozen=True)
@@ -148,8 +146,7 @@ def model_source(model_file: str | os.PathLike[str], args: Mapping[str, Any] | N
                              "give the model's class as --model-file PATH.py:CLASS with --weights "
                              f"{path.name}")
         return ModelSource(TORCHSCRIPT, str(path.resolve()), sha256=sha256_file(path))
-    weights_path = _existing(Path(weights).expanduser(), "--weights", "a state dict (.pt/.pth) or .safetensors "
-                             "file") if weights is not None else None
+    weights_path = _existing(Path(weights).expanduser(), "--weights", EXPECTED) if weights is not None else None
     return ModelSource(PYTHON, str(path.resolve()), class_name, dict(args or {}), sha256_file(path),
                        str(weights_path.resolve()) if weights_path else None,
                        sha256_file(weights_path) if weights_path else None)
@@ -166,33 +163,6 @@ def _existing(path: Path, what: str, expected: str) -> Path:
 # --- reading files --------------------------------------------------------------------------------------
 
 
-def archive_kind(path: Path) -> str:
-    """``torchscript``, ``torch`` (a zip written by ``torch.save``), ``safetensors``, ``python`` or ``other``."""
-    if path.suffix == ".py":
-        return "python"
-    if zipfile.is_zipfile(path):
-        try:
-            with zipfile.ZipFile(path) as archive:
-                names = archive.namelist()
-        except (zipfile.BadZipFile, OSError):
-            return "other"
-        if any(n.endswith("/constants.pkl") or "/code/" in n for n in names):
-            return TORCHSCRIPT
-        if any(n.endswith("/data.pkl") for n in names):
-            return "torch"
-        return "other"
-    try:
-        with path.open("rb") as f:
-            head = f.read(9)
-    except OSError:
-        return "other"
-    if len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < path.stat().st_size:
-        return "safetensors"
-    if head[:1] == b"\x80":  # a pickle (torch.save's legacy format, or pickle.dump)
-        return "torch"
-    return "other"
-
-
 def _what_it_is(kind: str) -> str:
     return {"torch": "it is a file saved with torch.save (a state dict holds weights, not the model's code)",
             "safetensors": "it is a safetensors file (weights, not the model's code)",
@@ -200,79 +170,17 @@ def _what_it_is(kind: str) -> str:
             TORCHSCRIPT: "it is a TorchScript archive"}.get(kind, "it is neither TorchScript nor a torch file")
 
 
-def read_state_dict(path: str | os.PathLike[str], what: str = "--weights") -> dict[str, torch.Tensor]:
-    """The state dict in ``path`` (safetensors, or torch with ``weights_only=True``), unwrapped, or one line."""
-    file = _existing(Path(path).expanduser(), what, "a state dict (.pt/.pth) or .safetensors file")
+def read_weights(path: str | os.PathLike[str], owner: str, what: str = "--weights") -> dict[str, torch.Tensor]:
+    """The state dict for ``owner`` in ``path`` (:func:`robustkit.state_dicts.read_state_dict`), after refusing
+    a TorchScript archive or a Python file given as weights, in one line."""
+    file = _existing(Path(path).expanduser(), what, EXPECTED)
     kind = archive_kind(file)
     if kind == TORCHSCRIPT:
         raise InputError(f"{what} {file}: a TorchScript archive (code and weights), not a state dict; give it "
                          f"alone as --model-file {file.name}, without --weights")
     if kind == "python":
         raise InputError(f"{what} {file}: a Python file, not weights; the class goes to --model-file PATH.py:CLASS")
-    try:
-        if kind == "safetensors" or file.suffix == ".safetensors":
-            import safetensors.torch
-
-            data: Any = safetensors.torch.load_file(str(file), device="cpu")
-        else:
-            with warnings.catch_warnings():  # torch's notes on pickle protocols are not the user's business
-                warnings.simplefilter("ignore")
-                data = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        asks = _unsafe_global(str(err))
-        raise InputError(f"{what} {file}: refused: a pickle that asks for {asks}, which weights have no need for "
-                         f"(loading it could run code); nothing in it was run. {SAVE_HINT}") from None
-    except Exception as err:  # each reader reports damage with its own exception type
-        raise InputError(f"{what} {file}: cannot read it as weights ({one_line(err, typed=True)[:160]}); give an "
-                         f"intact state dict: {SAVE_HINT}") from None
-    return unwrap_state_dict(data, file, what)
-
-
-def _unsafe_global(message: str) -> str:
-    found = re.search(r"GLOBAL ([\w.]+)", message) or re.search(r"global:?\s+([\w.]+)", message, re.IGNORECASE)
-    return found.group(1) if found else "objects other than tensors"
-
-
-def unwrap_state_dict(data: Any, file: Path, what: str = "--weights") -> dict[str, torch.Tensor]:
-    """``{"state_dict": ...}`` / ``{"model_state_dict": ...}`` unwrapped, DataParallel's ``module.`` stripped."""
-    for key in WRAPPERS:
-        if isinstance(data, Mapping) and isinstance(data.get(key), Mapping):
-            data = data[key]
-            break
-    if not isinstance(data, Mapping) or not data:
-        raise InputError(f"{what} {file}: holds {type(data).__name__}, not a state dict (names to tensors); "
-                         f"{SAVE_HINT}")
-    odd = [str(k) for k, v in data.items() if not isinstance(v, torch.Tensor)]
-    if odd:
-        raise InputError(f"{what} {file}: not a state dict: {_few(odd)} {'is' if len(odd) == 1 else 'are'} not "
-                         f"tensors (a checkpoint of several things? its weights sit under one key); {SAVE_HINT}")
-    state = {str(k): v for k, v in data.items()}
-    if all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
-def load_state_strict(net: nn.Module, state: Mapping[str, torch.Tensor], file: str | os.PathLike[str], owner: str,
-                      what: str = "--weights") -> None:
-    """Load ``state`` into ``net``; every key must match, in one line otherwise."""
-    try:
-        missing, unexpected = net.load_state_dict(dict(state), strict=False)
-    except RuntimeError as err:  # shapes differ
-        detail = next((" ".join(ln.split()) for ln in str(err).splitlines() if "size mismatch" in ln), one_line(err))
-        raise InputError(f"{what} {file}: the weights do not fit {owner} ({detail[:220]}); were they saved from "
-                         "this class with these --model-arg values?") from None
-    if missing or unexpected:
-        parts = ([f"missing {_few(list(missing))}"] if missing else []) + (
-            [f"unexpected {_few(list(unexpected))}"] if unexpected else [])
-        hint = ("they are a robustkit checkpoint's: attack it with robustkit attack CHECKPOINT.json"
-                if "normalize.mean" in unexpected and any(k.startswith("net.") for k in unexpected)
-                else "were they saved from this class with these --model-arg values?")
-        raise InputError(f"{what} {file}: the keys do not match {owner} ({'; '.join(parts)}); {hint}")
-
-
-def _few(names: list[str], n: int = 3) -> str:
-    shown = ", ".join(names[:n])
-    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+    return read_state_dict(file, owner)
 
 
 # --- building -------------------------------------------------------------------------------------------
@@ -374,7 +282,7 @@ def build_network(source: ModelSource, *, load_weights: bool = True, what: str =
     cls = import_class(file, str(source.class_name), what)
     net = construct(cls, source.args, source.name, file)
     if load_weights and source.weights:
-        load_state_strict(net, read_state_dict(source.weights), source.weights, source.name)
+        load_state_strict(net, read_weights(source.weights, source.name), source.weights, source.name)
     return net
 
 

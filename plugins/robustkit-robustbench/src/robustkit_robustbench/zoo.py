@@ -21,20 +21,17 @@ from __future__ import annotations
 
 import functools
 import os
-import pickle
-import re
-import struct
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from robustkit import hookimpl
-from robustkit.errors import ParameterError, RobustkitError, one_line
+from robustkit.errors import ParameterError, RobustkitError
 from robustkit.hookspecs import Register
 from robustkit.params import Param
+from robustkit.state_dicts import classifier_weights, few, read_state_dict, state_mismatch
 
 from robustkit_robustbench.architectures import (CIFAR10_MEAN, CIFAR10_STD, DMPreActResNet, DMWideResNet,
                                                  TradesWideResNet, ZooPreActResNet18, ZooResNet18)
@@ -206,75 +203,30 @@ def build_architecture(entry: ZooEntry, num_classes: int = 10, image_size: tuple
 # --- checkpoints ------------------------------------------------------------------------------------
 
 
-def _is_safetensors(path: Path) -> bool:
-    """Sniff the safetensors layout: an 8-byte little-endian header length, then a JSON object."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(9)
-        return len(head) == 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < path.stat().st_size
-    except OSError:
-        return False
-
-
-def _strip(state: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    """Remove ``prefix`` from the keys when every key has it."""
-    if state and all(k.startswith(prefix) for k in state):
-        return {k[len(prefix):]: v for k, v in state.items()}
-    return dict(state)
+WRAPPERS = ("state_dict", "model_state_dict")
+PREFIXES = ("module.", "model.")
+"""As ``robustbench.utils.load_model``: DataParallel's ``module.``, then ``model.``, each when every key has it."""
+HINT = ("it must be an intact zoo checkpoint (torch.save of a state dict) or a safetensors file; if you trust a "
+        "pickled file, convert its state dict once with safetensors.torch.save_file and pass that")
 
 
 def read_checkpoint(path: str | os.PathLike[str], owner: str) -> dict[str, torch.Tensor]:
     """A zoo checkpoint's state dict from a local file, or a one-line :class:`RobustkitError`.
 
-    safetensors is read without unpickling; anything else with ``torch.load(weights_only=True)``, which
-    refuses a pickle that would build objects other than tensors and plain containers (so it never runs
-    code). A ``state_dict`` / ``model_state_dict`` wrapper is unwrapped; a ``module.`` prefix (DataParallel)
-    and a ``model.`` prefix are stripped, as ``robustbench.utils.load_model`` does; a robustkit classifier's
-    ``net.`` weights are taken without its outer normalization.
+    Read by :func:`robustkit.state_dicts.read_state_dict`: safetensors without unpickling, anything else with
+    ``torch.load(weights_only=True)``, which refuses a pickle that would build objects other than tensors and
+    plain containers (so it never runs code). A ``state_dict`` / ``model_state_dict`` wrapper is unwrapped; a
+    ``module.`` prefix (DataParallel) and a ``model.`` prefix are stripped, as ``robustbench.utils.load_model``
+    does; a robustkit classifier's ``net.`` weights are taken without its outer normalization.
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise RobustkitError(f"{owner}: weights file {file} does not exist; give the zoo checkpoint downloaded by "
-                             "RobustBench (models/cifar10/<threat>/<name>.pt) or a .safetensors conversion "
-                             "(robustkit never downloads weights)")
-    try:
-        if file.suffix == ".safetensors" or _is_safetensors(file):
-            import safetensors.torch
-
-            data: Any = safetensors.torch.load_file(str(file), device="cpu")
-        else:
-            data = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as err:
-        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if found is None:
-            raise RobustkitError(f"{owner}: cannot read weights file {file} (torch.load with weights_only=True "
-                                 "failed: damaged, or not a torch checkpoint)") from None
-        raise RobustkitError(f"{owner}: refused to load {file}: its pickle calls {found.group(1)}, and only tensors "
-                             "and plain containers are read (unpickling it could run code); if you trust the file, "
-                             "convert its state dict once with safetensors.torch.save_file and pass that") from None
-    except Exception as err:  # every reader reports damage with its own exception type
-        reason = one_line(err, typed=True).split(". ")[0][:160]
-        raise RobustkitError(f"{owner}: cannot read weights file {file} ({reason}); it must be an intact zoo "
-                             "checkpoint (torch.save of a state dict) or a safetensors file") from None
-    for key in ("state_dict", "model_state_dict"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise RobustkitError(f"{owner}: weights file {file} holds no state dict (a mapping of names to tensors, "
-                             "possibly under 'state_dict')")
-    state = _strip(_strip({str(k): v for k, v in data.items()}, "module."), "model.")
-    if "normalize.mean" in state and any(k.startswith("net.") for k in state):  # a robustkit classifier
-        state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    return state
+    state = read_state_dict(path, owner, wrappers=WRAPPERS, prefixes=PREFIXES, hint=HINT,
+                            expected="the zoo checkpoint downloaded by RobustBench (models/cifar10/<threat>/<name>.pt) "
+                            "or a .safetensors conversion (robustkit never downloads weights)")
+    return classifier_weights(state)
 
 
 _NORM_KEYS = ("mu", "sigma", "mean", "std")
 """Names the zoo gives normalization buffers; a state dict saved from a zoo model may carry them."""
-
-
-def _few(keys: list[str], n: int = 3) -> str:
-    return ", ".join(keys[:n]) + (f" and {len(keys) - n} more" if len(keys) > n else "")
 
 
 def load_zoo_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: str, owner: str,
@@ -298,24 +250,21 @@ def load_zoo_state(model: nn.Module, state: Mapping[str, torch.Tensor], path: st
             raise RobustkitError(f"{owner}: weights file {path} normalizes with {key}="
                                  f"{tuple(round(v, 4) for v in value.flatten().tolist())}, but this zoo entry uses "
                                  f"{tuple(round(v, 4) for v in mine.flatten().tolist())}; is it another entry's file?")
-    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
-    unexpected = sorted((k for k in state if k not in expected), key=lambda k: k.endswith("num_batches_tracked"))
-    wrong = [k for k in expected if k in state and tuple(state[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or wrong:
+    odd = state_mismatch(model, state, optional=("num_batches_tracked",))  # older checkpoints lack the counters
+    missing, wrong = odd.missing, odd.wrong
+    unexpected = sorted(odd.unexpected, key=lambda k: k.endswith("num_batches_tracked"))
+    if odd:
         parts = []
         if missing:
-            parts.append(f"{len(missing)} missing ({_few(missing)})")
+            parts.append(f"{len(missing)} missing ({few(missing)})")
         if unexpected:
-            parts.append(f"{len(unexpected)} unexpected ({_few(unexpected)})")
+            parts.append(f"{len(unexpected)} unexpected ({few(unexpected)})")
         if wrong:
-            k = wrong[0]
-            parts.append(f"{len(wrong)} of another shape ({k}: {tuple(state[k].shape)} in the file, "
-                         f"{tuple(expected[k].shape)} here)")
+            parts.append(f"{len(wrong)} of another shape ({wrong[0][0]}: {wrong[0][1]} in the file, {wrong[0][2]} here)")
         hint = "is it the checkpoint of another zoo entry?"
-        classifier = [k for k in wrong if k.split(".")[0] in ("fc", "linear", "logits")]
+        classifier = [w for w in wrong if w[0].split(".")[0] in ("fc", "linear", "logits")]
         if classifier and len(wrong) <= 2 and not missing and not unexpected:
-            hint = (f"the file has {tuple(state[classifier[0]].shape)[0]} classes, the dataset "
-                    f"{tuple(expected[classifier[0]].shape)[0]}")
+            hint = f"the file has {classifier[0][1][0]} classes, the dataset {classifier[0][2][0]}"
         raise RobustkitError(f"{owner}: weights file {path} does not match the {architecture} (strict key match): "
                              f"{'; '.join(parts)}; {hint}")
     model.load_state_dict(state, strict=True)

@@ -21,7 +21,6 @@ import functools
 import hashlib
 import os
 import re
-import struct
 import warnings
 from importlib import metadata, util
 from pathlib import Path
@@ -35,6 +34,7 @@ from robustkit import hookimpl
 from robustkit.errors import ParameterError, RobustkitError, one_line
 from robustkit.hookspecs import Register
 from robustkit.params import Param, parse_value
+from robustkit.state_dicts import classifier_weights, read_state_dict
 
 PREFIX = "timm:"
 FALLBACK_SIZES = (16, 32, 64, 128, 224)
@@ -107,48 +107,23 @@ def model_names() -> list[str]:
 # --- weights --------------------------------------------------------------------------------------
 
 
-def _is_safetensors(path: Path) -> bool:
-    """Sniff the safetensors layout: an 8-byte little-endian header length, then a JSON object."""
-    try:
-        with path.open("rb") as f:
-            head = f.read(9)
-    except OSError:
-        return False
-    return len(head) == 9 and head[8:9] == b"{" and 0 < struct.unpack("<Q", head[:8])[0] < path.stat().st_size
+WRAPPERS = ("state_dict_ema", "model_ema", "state_dict", "model")
+"""Keys of a saved dict holding the state dict (timm's training scripts save EMA weights beside the model's)."""
+HINT = "it must be an intact safetensors file or a torch-saved state dict"
 
 
 def load_weights(path: str | os.PathLike[str], owner: str) -> dict[str, torch.Tensor]:
     """A state dict from a local file, or a one-line :class:`RobustkitError`.
 
-    Reads safetensors (never unpickles) or a torch file with ``weights_only=True``; unwraps
-    ``state_dict`` / ``model`` / EMA wrappers, DataParallel's ``module.`` prefix and a robustkit
-    classifier's ``net.`` prefix (its normalization buffers are dropped: the host adds its own).
+    Reads safetensors (never unpickles) or a torch file with ``weights_only=True``
+    (:func:`robustkit.state_dicts.read_state_dict`); unwraps ``state_dict`` / ``model`` / EMA wrappers,
+    DataParallel's ``module.`` prefix and a robustkit classifier's ``net.`` prefix (its normalization buffers
+    are dropped: the host adds its own).
     """
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise RobustkitError(f"{owner}: weights file {file} does not exist; give a local .safetensors or torch "
-                             "state-dict file (robustkit never downloads weights)")
-    try:
-        if file.suffix == ".safetensors" or _is_safetensors(file):
-            import safetensors.torch
-
-            data: Any = safetensors.torch.load_file(str(file), device="cpu")
-        else:
-            data = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # every reader reports damage with its own exception type
-        reason = str(err).split(". ")[0].strip()[:160]
-        raise RobustkitError(f"{owner}: cannot read weights file {file} ({type(err).__name__}: {reason}); it must "
-                             "be an intact safetensors file or a torch-saved state dict") from None
-    for key in ("state_dict_ema", "model_ema", "state_dict", "model"):
-        if isinstance(data, dict) and isinstance(data.get(key), dict):
-            data = data[key]
-            break
-    if not isinstance(data, dict) or not data or not all(isinstance(v, torch.Tensor) for v in data.values()):
-        raise RobustkitError(f"{owner}: weights file {file} holds no state dict (a mapping of names to tensors)")
-    state = {str(k).removeprefix("module."): v for k, v in data.items()}
-    if "normalize.mean" in state and any(k.startswith("net.") for k in state):
-        state = {k[len("net."):]: v for k, v in state.items() if k.startswith("net.")}
-    return state
+    state = read_state_dict(path, owner, wrappers=WRAPPERS, prefixes=("module.",), hint=HINT,
+                            expected="a local .safetensors or torch state-dict file (robustkit never downloads "
+                            "weights)")
+    return classifier_weights(state)
 
 
 def _channels_in(state: Mapping[str, torch.Tensor], model: nn.Module, first_conv: Any, in_channels: int) -> int | None:
