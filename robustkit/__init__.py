@@ -4,9 +4,18 @@ The host knows no particular attack or defense: everything method-specific arriv
 through the hooks in :mod:`robustkit.hookspecs`. Start from :func:`robustkit.host.get_host`.
 """
 
-__version__ = "0.1.0"
+from robustkit.errors import RobustkitError
+from robustkit.hookspecs import hookimpl
+from robustkit.version import __version__
 
-from robustkit.errors import RobustkitError  # noqa: E402
-from robustkit.hookspecs import hookimpl  # noqa: E402
+__all__ = ["RobustkitError", "__version__", "attack", "benchmark", "hookimpl"]
 
-__all__ = ["RobustkitError", "__version__", "hookimpl"]
+
+def __getattr__(name: str):
+    """``robustkit.benchmark`` and ``robustkit.attack`` (:mod:`robustkit.api`), imported on first use so that
+    ``import robustkit`` stays cheap."""
+    if name in ("benchmark", "attack"):
+        from robustkit import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'robustkit' has no attribute {name!r}")

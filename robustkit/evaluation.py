@@ -37,7 +37,7 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -54,7 +54,7 @@ from robustkit.precision import PRECISIONS, wrap
 from robustkit.progress import progress
 from robustkit.threat import TOLERANCE, ThreatModel, distances, within_budget
 
-Data = Dataset | ImageDataset | tuple[torch.Tensor, torch.Tensor]
+Data = Dataset | ImageDataset | tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
 
 
 Labels = torch.Tensor | Sequence[int]
@@ -300,10 +300,13 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     """Clean accuracy and robust accuracy of ``model`` under each attack in ``attacks``.
 
     :param model: images in [0, 1] -> logits; moved to ``device`` and put in eval mode meanwhile.
-    :param data: a dataset of ``(image, label)``, an :class:`ImageDataset` (its test split) or
-        an ``(images, labels)`` pair of tensors.
+    :param data: a dataset of ``(image, label)``, an :class:`ImageDataset` (its test split), an
+        ``(images, labels)`` pair of tensors, or a ``DataLoader`` (or a generator: any iterable of
+        ``(images, labels)`` batches that is not indexable; a list is a dataset of examples). The batches of a loader are read in its order and re-batched to ``batch_size`` (its own
+        batch size does not matter), so a loader gives the same numbers as the tensors it yields.
     :param attacks: attack per display name (the names key the records and summaries).
-    :param n_examples: evaluate the first ``n_examples`` (all if None): a fixed, not random, subset.
+    :param n_examples: evaluate the first ``n_examples`` (all if None): a fixed, not random, subset (of a
+        loader: the first it yields; it is not read further).
     :param batch_size: examples per batch.
     :param device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     :param seed: base seed; see the module notes.
@@ -321,11 +324,10 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
         raise InputError(f"keep_examples must be >= 0, got {keep_examples}")
     if precision not in PRECISIONS:
         raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if n_examples is not None and n_examples < 1:
+        raise InputError(f"n_examples must be >= 1 (or None for all), got {n_examples}")
     device = resolve_device(device)
-    dataset = take(_as_dataset(data), n_examples)
-    if len(dataset) == 0:  # type: ignore[arg-type]
-        raise InputError("nothing to evaluate: the dataset is empty")
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+    loader, total = _batches(data, n_examples, batch_size)
     records: list[SampleRecord] = []
     seconds = {name: 0.0 for name in attacks}
     kept: list[dict[str, Any]] = []
@@ -334,7 +336,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     model.to(device).eval()
     owner, model = model, wrap(model, precision, channels_last)
     try:
-        for batch_index, (images, labels) in enumerate(progress(loader, total=len(loader), desc="evaluate",
+        for batch_index, (images, labels) in enumerate(progress(loader, total=total, desc="evaluate",
                                                                 unit="batch")):
             images, labels = images.to(device), torch.as_tensor(labels).long().to(device)
             check_images(images, labels)  # also when every prediction is wrong and no attack runs
@@ -352,6 +354,8 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
             records.extend(batch_records)
     finally:
         owner.train(was_training)
+    if not records:
+        raise InputError("nothing to evaluate: the dataset is empty")
     result = _result(records, attacks, metrics or {}, seconds, seed, device, time.perf_counter() - start)
     if keep_examples:
         result.examples = _examples(kept, keep_examples, list(attacks), images.shape[1:])
@@ -402,6 +406,57 @@ def _examples(kept: list[dict[str, Any]], limit: int, names: list[str], shape: t
         adversarial={n: images([k["adversarial"][n] for k in chosen]) for n in names},
         adv_pred={n: longs([k["adv_pred"][n] for k in chosen]) for n in names},
     )
+
+
+def _batches(data: Data, n_examples: int | None, batch_size: int) -> tuple[Iterable[Any], int | None]:
+    """The batches to evaluate and how many there are (None when unknown): a dataset (anything indexable:
+    a ``Dataset``, a list of ``(image, label)`` examples, an ``(images, labels)`` pair) goes through a
+    ``DataLoader`` in order; a ``DataLoader`` or another iterable that is not indexable (a generator of
+    ``(images, labels)`` batches) is re-batched to ``batch_size``."""
+    batched = isinstance(data, DataLoader) or (isinstance(data, Iterable) and not hasattr(data, "__getitem__"))
+    if not batched:
+        dataset = take(_as_dataset(data), n_examples)
+        if len(dataset) == 0:  # type: ignore[arg-type]
+            raise InputError("nothing to evaluate: the dataset is empty")
+        loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
+        return loader, len(loader)
+    total = None
+    sized = getattr(data, "dataset", None)
+    if isinstance(data, DataLoader) and hasattr(sized, "__len__") and getattr(data, "drop_last", False) is False:
+        n = len(sized) if n_examples is None else min(n_examples, len(sized))  # type: ignore[arg-type]
+        total = math.ceil(n / batch_size)
+    return _rebatched(data, n_examples, batch_size), total
+
+
+def _rebatched(batches: Iterable[Any], n_examples: int | None, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images, labels)`` batches of ``batch_size`` (the last one may be smaller) from batches of any size,
+    stopping after ``n_examples``."""
+    images: list[torch.Tensor] = []
+    labels: list[torch.Tensor] = []
+    held = seen = 0
+    for i, batch in enumerate(batches):
+        if not isinstance(batch, (tuple, list)) or len(batch) != 2 or not isinstance(batch[0], torch.Tensor):
+            raise InputError(f"batch {i} of the data is a {type(batch).__name__}, not an (images, labels) pair: "
+                             "give a DataLoader (or iterable) of (images, labels) batches")
+        x, y = batch[0], torch.as_tensor(batch[1])
+        if x.dim() != 4 or y.dim() != 1 or len(x) != len(y):
+            raise InputError(f"batch {i} of the data has images of shape {tuple(x.shape)} and labels of shape "
+                             f"{tuple(y.shape)}; each batch must hold N x C x H x W images and N labels")
+        if n_examples is not None:
+            x, y = x[:n_examples - seen], y[:n_examples - seen]
+        seen += len(x)
+        images.append(x)
+        labels.append(y)
+        held += len(x)
+        while held >= batch_size:
+            xs, ys = torch.cat(images), torch.cat(labels)
+            yield xs[:batch_size], ys[:batch_size]
+            images, labels = [xs[batch_size:]], [ys[batch_size:]]
+            held -= batch_size
+        if n_examples is not None and seen >= n_examples:
+            break
+    if held:
+        yield torch.cat(images), torch.cat(labels)
 
 
 def _as_dataset(data: Data) -> Dataset:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, Mapping, TypeVar
+from typing import Any, Callable, Generic, Iterator, Mapping, Sequence, TypeVar
 
-from robustkit.errors import PluginBug, PluginError, RobustkitError, UnknownNameError
+from robustkit.errors import ParameterError, PluginBug, PluginError, RobustkitError, UnknownNameError
 from robustkit.params import Param, params_from_signature, resolve_params
 
 T = TypeVar("T")
@@ -123,14 +123,33 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} '{name}'; {hint}run `{self.list_command}` to see them all{_limited_hint()}"
             ) from None
 
-    def create(self, name: str, params: Mapping[str, Any] | None = None, **context: Any) -> T:
+    def create(self, name: str, params: Mapping[str, Any] | None = None, /, **kwargs: Any) -> T:
         """Build the component ``name``.
 
+        ``create("pgd", {"eps": 0.1, "steps": 3})`` and ``create("pgd", eps=0.1, steps=3)`` are the same.
+        The rule for keywords: a keyword that names one of the entry's declared parameters
+        (:meth:`Entry.declared_params`) is a user parameter, validated and converted like those in
+        ``params`` (naming it in both is an error); every other keyword is host context (e.g. a model's
+        ``num_classes``, a dataset's ``root``), passed to the factory as is. An entry whose parameters
+        are read from its factory's signature declares no name that is passed as a keyword, so there
+        every keyword stays context, as before.
+
         :param params: the user's parameters, validated and converted before the factory runs.
-        :param context: what the host supplies (e.g. a model's ``num_classes``), passed through as is.
+        :param kwargs: more user parameters (declared names) and the host's context (the rest).
         """
         entry = self.get(name)
-        resolved = entry.resolve(params or {}, tuple(context))
+        declared = {p.name for p in entry.declared_params(tuple(kwargs))}
+        given = dict(params or {})
+        context: dict[str, Any] = {}
+        for key, value in kwargs.items():
+            if key not in declared:
+                context[key] = value
+            elif key in given:
+                raise ParameterError(f"{self.kind} '{entry.name}': parameter '{key}' is given twice, in params "
+                                     "and as a keyword; give it once")
+            else:
+                given[key] = value
+        resolved = entry.resolve(given, tuple(context))
         try:
             made = entry.factory(**resolved, **context)
         except RobustkitError:
@@ -147,6 +166,50 @@ class Registry(Generic[T]):
                               f"{type(made).__name__}, not {wanted}: the plugin is broken; report it to its "
                               f"authors, or skip it with ROBUSTKIT_BLOCK_PLUGINS={entry.plugin}")
         return made
+
+
+def distinct_labels(uses: Sequence[tuple[str, Mapping[str, Any], Mapping[str, Any]]]) -> list[str]:
+    """Readable, distinct display labels for components given as ``(name, given params, resolved params)``.
+
+    A name used once keeps its bare name (``pgd``). Every use of a repeated name is labelled with the name
+    and the parameters whose resolved values differ between its uses, written as the user gave them (else
+    the resolved value): ``localized-pgd mask=exact`` and ``localized-pgd mask=broad``. Uses that still
+    read the same (identical parameters) get `` #1``, `` #2``, ... in order. Names compare case-insensitively.
+    """
+    groups: dict[str, list[int]] = {}
+    for i, (name, _, _) in enumerate(uses):
+        groups.setdefault(name.lower(), []).append(i)
+    labels = [name for name, _, _ in uses]
+    missing = object()
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        keys = list(dict.fromkeys(k for i in members for k in (*uses[i][2], *uses[i][1])))
+        differ = [k for k in keys
+                  if len({repr(_comparable(uses[i][2].get(k, uses[i][1].get(k, missing)))) for i in members}) > 1]
+        for i in members:
+            name, given, resolved = uses[i]
+            shown = [f"{k}={_shown(given[k] if k in given else resolved.get(k))}" for k in differ]
+            labels[i] = " ".join([name, *shown])
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    seen: dict[str, int] = {}
+    for i, label in enumerate(labels):
+        if counts[label] > 1:
+            seen[label] = seen.get(label, 0) + 1
+            labels[i] = f"{label} #{seen[label]}"
+    return labels
+
+
+def _comparable(value: Any) -> Any:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
 
 
 def _limited_hint() -> str:

@@ -350,7 +350,8 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
     except RobustkitError as err:
         raise fail("$.training", str(err)) from None
 
-    attacks = tuple(_attack(host, a, threat, f"$.attacks[{i}]", fail) for i, a in enumerate(doc["attacks"]))
+    attacks = _derived_labels(host, doc["attacks"], tuple(_attack(host, a, threat, f"$.attacks[{i}]", fail)
+                                                          for i, a in enumerate(doc["attacks"])))
     _unique([a.label for a in attacks], "$.attacks", "attack label", fail)
     evaluation = {**EVALUATION_DEFAULTS, **doc.get("evaluation", {})}
     if evaluation["eps_curve"]:
@@ -469,6 +470,22 @@ def _attack(host: Any, doc: Mapping[str, Any], threat: Mapping[str, Any], where:
     knowledge = getattr(attack, "knowledge", entry.info.get("knowledge", "white-box"))
     _check_budget(attack, doc["name"], threat, where, fail)
     return AttackSpec(doc.get("label", doc["name"]), doc["name"], params, goal, knowledge)
+
+
+def _derived_labels(host: Any, docs: Any, attacks: tuple[AttackSpec, ...]) -> tuple[AttackSpec, ...]:
+    """Attacks without a ``label`` are labelled by their name, or, when the name is repeated among them, by
+    the name and the parameters that differ (:func:`robustkit.registry.distinct_labels`, as ``--attack``)."""
+    from dataclasses import replace
+
+    from robustkit.registry import distinct_labels
+
+    derived = [i for i, d in enumerate(docs) if "label" not in d]
+    labels = distinct_labels([(attacks[i].name, attacks[i].params,
+                               host.attacks.get(attacks[i].name).resolve(attacks[i].params)) for i in derived])
+    out = list(attacks)
+    for i, label in zip(derived, labels):
+        out[i] = replace(attacks[i], label=label)
+    return tuple(out)
 
 
 def _check_budget(attack: Any, name: str, threat: Mapping[str, Any], where: str, fail: Any) -> None:

@@ -6,7 +6,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import click
 
@@ -72,15 +72,43 @@ def load_dataset(host: Any, name: str, params: tuple[str, ...] | dict, data_root
     return host.datasets.create(name, given, root=data_root)
 
 
-def build_components(registry: Any, specs: tuple[str, ...]) -> dict[str, Any]:
+def build_components(registry: Any, specs: tuple[str, ...] | list[str],
+                     defaults: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """``--attack 'NAME k=v ...'`` (or ``--metric``) options to ``{display name: component}``, all validated
-    before any work; a name given twice is keyed by its whole spec."""
-    made: dict[str, Any] = {}
+    before any work.
+
+    A name given once is keyed by its bare name; every use of a name given more than once is keyed by the
+    name and the parameters that differ between its uses (:func:`robustkit.registry.distinct_labels`), e.g.
+    ``localized-pgd mask=exact`` and ``localized-pgd mask=broad``.
+
+    :param defaults: values for declared parameters a spec does not set (``robustkit.benchmark`` passes the
+        threat's ``eps`` and ``norm``); a parameter the component does not declare is left out.
+    """
+    from robustkit.registry import distinct_labels
+
+    uses = []
     for spec in specs:
         name, params = parse_spec(spec)
-        key = name if name not in made else spec
-        made[key] = registry.create(name, params)
-    return made
+        entry = registry.get(name)
+        declared = {p.name: p for p in entry.declared_params()}
+        for key, value in (defaults or {}).items():
+            if key in declared and key not in params:
+                params[key] = _fitting_choice(declared[key], value)
+        made = registry.create(name, params)
+        uses.append((name, params, dict(getattr(made, "config", None) or entry.resolve(params)), made))
+    labels = distinct_labels([use[:3] for use in uses])
+    return {label: use[3] for label, use in zip(labels, uses)}
+
+
+def _fitting_choice(param: Any, value: Any) -> Any:
+    """``value``, spelled as one of ``param``'s choices when they differ only in case (``linf`` -> ``Linf``)."""
+    choices = list(param.choices or ())
+    if value in choices:
+        return value
+    for choice in choices:
+        if isinstance(choice, str) and isinstance(value, str) and choice.lower() == value.lower():
+            return choice
+    return value
 
 
 def output_folder(path: Path, option: str = "--out", create: bool = True) -> Path:
