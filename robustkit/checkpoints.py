@@ -38,7 +38,7 @@ import safetensors.torch
 import torch
 from torch import nn
 
-import robustkit
+from robustkit.version import __version__
 from robustkit.files import atomic_write, atomic_write_text, jsonable, sha256_file
 from robustkit.data import DatasetInfo
 from robustkit.errors import RobustkitError, one_line
@@ -455,7 +455,7 @@ def dataset_info_from_dict(data: Mapping[str, Any]) -> DatasetInfo:
 def versions() -> dict[str, str]:
     """Versions that matter for reproducing a checkpoint."""
     return {
-        "robustkit": robustkit.__version__,
+        "robustkit": __version__,
         "torch": torch.__version__,
         "safetensors": getattr(safetensors, "__version__", "unknown"),
         "python": platform.python_version(),

@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pluggy
 
-from robustkit import __version__, hookspecs
+import robustkit.hookspecs as hookspecs
+from robustkit.version import __version__
 from robustkit.essentials import ESSENTIAL_PLUGINS
 from robustkit.errors import PluginError, one_line
 from robustkit.params import Param

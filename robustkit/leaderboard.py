@@ -30,7 +30,7 @@ from typing import Any, Iterable, Mapping
 import jsonschema
 import torch
 
-from robustkit import __version__
+from robustkit.version import __version__
 from robustkit.errors import RobustkitError
 from robustkit.evaluation import EvaluationResult
 from robustkit.files import atomic_write_text, jsonable

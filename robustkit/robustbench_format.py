@@ -65,7 +65,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from robustkit import __version__
+from robustkit.version import __version__
 from robustkit.errors import RobustkitError
 from robustkit.files import atomic_write_text
 from robustkit.leaderboard import _utc_now, leaderboard_document, validate_leaderboard

@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from robustkit import evaluation
+import robustkit.evaluation as evaluation
 from robustkit.adversarial import pgd, pgd_step_size
 from robustkit.devices import seed_everything
 from robustkit.threat import ThreatModel

@@ -21,7 +21,7 @@ from typing import Any, Iterator, Mapping
 import numpy as np
 import torch
 
-from robustkit import __version__
+from robustkit.version import __version__
 from robustkit.bench import metrics
 from robustkit.bench.audit import audit_model
 from robustkit.bench.spec import NATURAL_MODEL

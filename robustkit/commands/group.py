@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from robustkit import __version__
+from robustkit.version import __version__
 from robustkit.errors import RobustkitError, one_line
 from robustkit.host import get_host
 from robustkit.tables import text_table

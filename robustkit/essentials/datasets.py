@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset, TensorDataset
 
-from robustkit import hookimpl
+from robustkit.hookspecs import hookimpl
 from robustkit.data import DatasetInfo, ImageDataset
 from robustkit.errors import RobustkitError, one_line
 from robustkit.params import Param

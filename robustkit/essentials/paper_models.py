@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from robustkit import hookimpl
+from robustkit.hookspecs import hookimpl
 from robustkit.errors import ParameterError
 from robustkit.hookspecs import Register
 from robustkit.params import Param
