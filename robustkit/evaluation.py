@@ -51,7 +51,7 @@ from robustkit.image_metrics import ImageMetric
 from robustkit.errors import InputError, RobustkitError
 from robustkit.models import logits
 from robustkit.precision import PRECISIONS, wrap
-from robustkit.progress import progress
+from robustkit.progress import percent, progress, report
 from robustkit.threat import TOLERANCE, ThreatModel, distances, within_budget
 
 Data = Dataset | ImageDataset | tuple[torch.Tensor, torch.Tensor] | Iterable[tuple[torch.Tensor, torch.Tensor]]
@@ -357,6 +357,8 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     if not records:
         raise InputError("nothing to evaluate: the dataset is empty")
     result = _result(records, attacks, metrics or {}, seconds, seed, device, time.perf_counter() - start)
+    report(f"evaluate: {len(records)} examples, {len(attacks)} attack{'s' if len(attacks) != 1 else ''}, "
+           f"clean {percent(result.clean_accuracy)}  {result.seconds:.1f} s")
     if keep_examples:
         result.examples = _examples(kept, keep_examples, list(attacks), images.shape[1:])
     return result

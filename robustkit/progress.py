@@ -1,21 +1,96 @@
-"""Progress bars for long work (tqdm), switched off with ``ROBUSTKIT_PROGRESS=0``."""
+"""Progress of long work, on stderr only (stdout stays machine-readable).
+
+Two forms, never both:
+
+- **bars** (tqdm), redrawn in place, when stderr is a terminal;
+- **plain lines**, one per finished unit of long work (a training epoch, an evaluation), when it is not
+  (a pipe, a file, ``tee``, CI logs): no carriage returns, no cursor codes, no tqdm at all.
+
+``ROBUSTKIT_PROGRESS`` chooses:
+
+- unset, empty or ``auto``: bars when stderr is a terminal, plain lines otherwise;
+- ``0`` (``false``, ``no``, ``off``): never bars; the plain lines are still written, so a long ``train``
+  still says how it is going;
+- ``1`` (``true``, ``yes``, ``on``): always bars, even when stderr is not a terminal (the old behaviour;
+  useful where a log viewer renders carriage returns), and then no plain lines.
+"""
 
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable, TypeVar
-
-from tqdm.auto import tqdm
+import sys
+from typing import Any, Iterable, Iterator, TypeVar
 
 T = TypeVar("T")
 
+OFF = {"0", "false", "no", "off"}
+ON = {"1", "true", "yes", "on"}
 
-def enabled() -> bool:
-    return os.environ.get("ROBUSTKIT_PROGRESS", "1").lower() not in {"0", "false", "no", "off"}
+
+def _stream_is_terminal(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):  # no isatty, or a closed stream
+        return False
+
+
+def bars_enabled() -> bool:
+    """Whether progress is shown as tqdm bars (else as plain lines); see the module notes."""
+    mode = os.environ.get("ROBUSTKIT_PROGRESS", "").strip().lower()
+    if mode in OFF:
+        return False
+    if mode in ON:
+        return True
+    return _stream_is_terminal(sys.stderr)
+
+
+enabled = bars_enabled  # the former name
+
+
+class _Quiet:
+    """What :func:`progress` returns without bars: iterates ``iterable`` and ignores the bar calls."""
+
+    def __init__(self, iterable: Iterable[Any] | None) -> None:
+        self.iterable = iterable
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.iterable if self.iterable is not None else ())
+
+    def __enter__(self) -> "_Quiet":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def _ignore(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    set_postfix = set_description = update = refresh = close = _ignore
 
 
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
              leave: bool = False, unit: str = "it", **kwargs: Any) -> Any:
-    """A tqdm bar on stderr, or a silent pass-through when progress is switched off."""
-    return tqdm(iterable, total=total, desc=desc, leave=leave, unit=unit, disable=not enabled(),
+    """A tqdm bar on stderr when bars are on (:func:`bars_enabled`), else a silent pass-through (no tqdm)."""
+    if not bars_enabled():
+        return _Quiet(iterable)
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, total=total, desc=desc, leave=leave, unit=unit, file=sys.stderr,
                 dynamic_ncols=True, **kwargs)
+
+
+def report(line: str) -> None:
+    """One plain progress line on stderr, when bars are off (with bars on, the bars show it)."""
+    if bars_enabled():
+        return
+    stream = sys.stderr
+    print(line, file=stream)
+    try:
+        stream.flush()  # a pipe must see each line when it is done, not at exit
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
+def percent(value: float | None) -> str | None:
+    """``0.912`` -> ``'91.2%'``; ``None`` stays ``None``."""
+    return None if value is None else f"{100 * value:.1f}%"

@@ -45,7 +45,7 @@ from robustkit.errors import ParameterError, RobustkitError
 from robustkit.evaluation import robust_accuracy
 from robustkit.plots import save_training_curves
 from robustkit.precision import PRECISIONS, wrap
-from robustkit.progress import progress
+from robustkit.progress import percent, progress, report
 from robustkit.threat import ThreatModel
 
 OPTIMIZERS = ("adam", "sgd")
@@ -246,7 +246,9 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
     try:
         epochs = progress(range(start + 1, config.epochs + 1), total=config.epochs, initial=start,
                           desc="epochs", unit="epoch", leave=True)
+        run_started = time.perf_counter()
         for epoch in epochs:
+            epoch_started = time.perf_counter()
             this_epoch = warmed_up(defense, epoch, config.eps_warmup)
             row = _train_epoch(model, this_epoch, optimizer, dataset, loader_args, config, epoch, device, paths,
                                completed, scaler)
@@ -263,6 +265,9 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
                     _save(paths, model, defense, optimizer, scheduler, config, identity, history, host, scaler)
                 completed = epoch
             epochs.set_postfix(_postfix(row))
+            now = time.perf_counter()
+            report(_epoch_line(defense.display_name(), row, config.epochs, now - epoch_started,
+                               (now - run_started) / (epoch - start) * (config.epochs - epoch)))
             if paths is not None and time.monotonic() - curves_at > CURVES_EVERY_S:
                 save_training_curves(paths.meta.parent / CURVES_FILE, history)
                 curves_at = time.monotonic()
@@ -566,3 +571,14 @@ def _postfix(row: Mapping[str, Any]) -> dict[str, str]:
         if row.get(key) is not None:
             shown[name] = f"{row[key]:.3f}"
     return shown
+
+
+def _epoch_line(defense: str, row: Mapping[str, Any], epochs: int, seconds: float, eta: float) -> str:
+    """The plain progress line of a finished epoch (without bars), e.g. ``train pgd-at: epoch 3/10 loss 0.412
+    train 91.2% val clean 97.0% val pgd 80.0%  12.3 s, ETA 86 s``; parts the run does not measure are left out."""
+    parts = [f"train {defense}: epoch {row['epoch']}/{epochs} loss {row['train_loss']:.3f}"]
+    for key, name in (("train_acc", "train"), ("val_clean_acc", "val clean"), ("val_pgd_acc", "val pgd")):
+        if row.get(key) is not None:
+            parts.append(f"{name} {percent(row[key])}")
+    timing = f"{seconds:.1f} s" + (f", ETA {eta:.0f} s" if row["epoch"] < epochs else "")
+    return " ".join(parts) + "  " + timing
