@@ -115,7 +115,7 @@ def run(spec: str, out_dir: Path | None, jobs: int, threads: int | None, data_ro
     loaded = _load(spec, data_root, dataset)
     out_dir = out_dir or Path("runs") / (f"bench-{loaded.name}" + (f"-{dataset}" if dataset else ""))
     output_folder(out_dir, create=False)  # created once the data are found
-    summary = run_benchmark(loaded, out_dir, host, jobs=jobs, device=device, threads=threads, say=click.echo)
+    summary = run_benchmark(loaded, out_dir, host, jobs=jobs, device=device, threads=threads, say=lambda line: click.echo(line, err=True))
     if report and summary.total - len(summary.failed) > 0:
         _report(out_dir)
     if summary.failed:

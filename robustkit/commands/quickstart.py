@@ -33,7 +33,7 @@ def quickstart(out_dir, epochs, eps, n_examples, seed, device) -> None:
       robustkit quickstart --epochs 30 --eps 0.2 --out runs/qs-eps0.2
     """
     settings = QuickstartSettings(epochs=epochs, eps=eps, n_examples=n_examples, seed=seed, device=device)
-    rows, path = run_quickstart(get_host(), settings, output_folder(out_dir), say=click.echo)
+    rows, path = run_quickstart(get_host(), settings, output_folder(out_dir), say=lambda line: click.echo(line, err=True))
     click.echo("")
     echo_table(
         [[r.defense, settings.model, f"{100 * r.evaluation.clean_accuracy:.2f}",
