@@ -38,6 +38,13 @@ The model may be the user's own: ``model = {file = "net.py", class = "Net", args
 file's folder, and ``normalize`` (``none``, the default here, ``dataset`` or ``MEAN/STD``) says what the
 model does to images first. Cells name such a model by its class, arguments and the SHA-256 of its files; where the files lie is
 passed beside the settings (like the data root), so a moved folder keeps its results.
+
+Numbers may be written as fractions, as on the command line: ``eps = "8/255"`` (a string, since TOML, YAML
+and JSON have no fractions) in ``threat.eps``, ``training`` numbers, ``evaluation.eps_curve``,
+``audit.unbounded_eps``, attack and defense ``params`` values and ``sweep`` values. They are read with
+:func:`robustkit.params.eval_fraction` into floats *before* schema validation (:func:`read_fractions`), so
+the schema still sees numbers and a spec written ``"8/255"`` has the same cells and keys as one written
+``0.03137254901960784``; a bad fraction (``"8/0"``) fails with one line naming its field.
 """
 
 from __future__ import annotations
@@ -45,6 +52,8 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -54,6 +63,7 @@ from robustkit.attacks import attack_budget
 from robustkit.compat import tomllib
 from robustkit.errors import RobustkitError, UnknownNameError
 from robustkit.files import jsonable
+from robustkit.params import eval_fraction
 from robustkit.store import cell_key
 from robustkit.threat import TOLERANCE
 from robustkit.training import TrainConfig
@@ -308,12 +318,77 @@ def check_schema(doc: Mapping[str, Any], source: str) -> None:
         raise SpecError(f"{source}: {error.json_path}: {message[:200]}")
 
 
+#: A number written as a fraction, ``8/255`` or ``1e-3 / 2`` (strings elsewhere, e.g. ``"@natural"``, stay strings).
+_FRACTION = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*/\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
+#: Training settings that are numbers (a string there is read as a number, fraction or not).
+_TRAINING_NUMBERS = ("lr", "momentum", "weight_decay", "gamma", "val_eps")
+
+
+def read_fractions(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """``doc`` with numbers written as fraction strings (``"8/255"``) read as floats, as the CLI reads them.
+
+    Fields that are numbers (``threat.eps``, the numeric ``training`` settings, ``evaluation.eps_curve``,
+    ``audit.unbounded_eps``) take any number string; parameter values (``params`` of attacks, defenses and the
+    audit's black box) and ``sweep`` values only strings shaped like a fraction, since other strings there are
+    values of their own. ``doc`` itself is not changed; a bad fraction raises one line naming the field.
+    """
+    def number(value: Any, where: str, any_string: bool) -> Any:
+        if not isinstance(value, str) or not (any_string or _FRACTION.match(value)):
+            return value
+        try:
+            result = eval_fraction(value)
+        except ValueError as err:
+            raise SpecError(f"{source}: {where}: {value!r} is not a number like 0.3 or 8/255 ({err})") from None
+        if not math.isfinite(result):
+            raise SpecError(f"{source}: {where}: {value!r} is not finite")
+        return result
+
+    def params(component: Any, where: str) -> Any:
+        if not isinstance(component, Mapping) or not isinstance(component.get("params"), Mapping):
+            return component
+        return {**component, "params": {k: number(v, f"{where}.params.{k}", False)
+                                        for k, v in component["params"].items()}}
+
+    out = dict(doc)
+    if isinstance(out.get("threat"), Mapping) and "eps" in out["threat"]:
+        out["threat"] = {**out["threat"], "eps": number(out["threat"]["eps"], "$.threat.eps", True)}
+    if isinstance(out.get("training"), Mapping):
+        out["training"] = {k: number(v, f"$.training.{k}", True) if k in _TRAINING_NUMBERS else v
+                           for k, v in out["training"].items()}
+    evaluation = out.get("evaluation")
+    if isinstance(evaluation, Mapping) and isinstance(evaluation.get("eps_curve"), list):
+        out["evaluation"] = {**evaluation, "eps_curve": [number(v, f"$.evaluation.eps_curve[{i}]", True)
+                                                         for i, v in enumerate(evaluation["eps_curve"])]}
+    audit = out.get("audit")
+    if isinstance(audit, Mapping):
+        audit = dict(audit)
+        if "unbounded_eps" in audit:
+            audit["unbounded_eps"] = number(audit["unbounded_eps"], "$.audit.unbounded_eps", True)
+        if isinstance(audit.get("black_box"), Mapping):
+            audit["black_box"] = params(audit["black_box"], "$.audit.black_box")
+        out["audit"] = audit
+    if isinstance(out.get("attacks"), list):
+        out["attacks"] = [params(a, f"$.attacks[{i}]") for i, a in enumerate(out["attacks"])]
+    if isinstance(out.get("defenses"), list):
+        defenses = []
+        for i, d in enumerate(out["defenses"]):
+            d = params(d, f"$.defenses[{i}]")
+            if isinstance(d, Mapping) and isinstance(d.get("sweep"), list):
+                d = {**d, "sweep": [number(v, f"$.defenses[{i}].sweep[{j}]", False) for j, v in enumerate(d["sweep"])]}
+            defenses.append(d)
+        out["defenses"] = defenses
+    return out
+
+
 def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | None = None,
                base: Path | None = None) -> BenchmarkSpec:
     """Validate ``doc`` against the schema and the registered plugins; fill in defaults.
 
+    Fraction strings (``eps = "8/255"``) are read as numbers first (:func:`read_fractions`).
+
     :param base: the folder relative model file paths are read from (the spec file's; default: the current).
     """
+    doc = read_fractions(doc, source)
     check_schema(doc, source)
 
     def fail(where: str, message: str) -> SpecError:

@@ -12,7 +12,7 @@ from robustkit.checkpoints import load_model, model_metadata, read_metadata
 from robustkit.commands.group import cli, echo_table
 from robustkit.commands.common import (build_components, choose_model, data_options, device_option, load_dataset,
                                       output_folder, precision_options, say_normalization, seed_option,
-                                      user_model_options)
+                                      set_threads, threads_option, user_model_options)
 from robustkit.devices import seed_everything
 from robustkit.errors import RobustkitError
 from robustkit.evaluation import EvaluationResult, evaluate
@@ -73,9 +73,10 @@ def print_evaluation(result: EvaluationResult) -> None:
 @seed_option
 @device_option
 @precision_options
+@threads_option
 def attack(checkpoint, attack_specs, model_name, model_params, model_file, model_args, weights, normalize,
            dataset_name, data_root, dataset_params, n_examples, batch_size, out_dir, grid_path, metric_specs,
-           grid_examples, seed, device, precision, channels_last) -> None:
+           grid_examples, seed, device, precision, channels_last, threads) -> None:
     """Attack a model with one or more attacks: clean, robust and worst-case accuracy.
 
     CHECKPOINT is a last.json / last.safetensors written by `robustkit train`; or --model NAME (a
@@ -97,6 +98,7 @@ def attack(checkpoint, attack_specs, model_name, model_params, model_file, model
     The example grid shows the first clean-correct images, each attack's adversarials and their
     perturbations amplified so the largest change is black or white (grey: unchanged).
     """
+    set_threads(threads)
     host = get_host()
     choice = choose_model(host, model_name=model_name, model_params=model_params, model_file=model_file,
                           model_args=model_args, weights=weights, normalize=normalize, checkpoint=checkpoint,

@@ -8,7 +8,7 @@ from typing import Callable
 import click
 
 from robustkit.commands.group import cli, echo_json, echo_table
-from robustkit.commands.common import data_root_option, device_option, output_folder
+from robustkit.commands.common import data_root_option, device_option, output_folder, threads_option
 from robustkit.errors import RobustkitError
 from robustkit.host import get_host
 
@@ -88,9 +88,8 @@ def show(spec: str, data_root: Path | None, dataset: str | None) -> None:
               help="Results folder; default runs/bench-NAME. Rerunning into it skips finished cells.")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
               help="Cells to run in parallel processes (the numbers do not depend on it).")
-@click.option("--threads", type=click.IntRange(min=1), default=None,
-              help="Torch CPU threads of every cell  [default: one per core]. CPU numbers depend on it, so a "
-                   "results folder keeps one value.")
+@threads_option(default_help="one per core", note=" Every cell uses it; CPU numbers depend on it, so a results "
+                                                  "folder keeps one value.")
 @spec_data_options
 @device_option
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report when done.")

@@ -48,6 +48,24 @@ class Fraction(click.ParamType):
         return number
 
 
+def threads_option(f: Callable | None = None, *, default_help: str = "torch's default, usually one per core",
+                   note: str = "") -> Callable:
+    """``--threads N``: torch's intra-op CPU threads (None: leave torch's default). Commands call
+    :func:`set_threads` with it before any work; ``bench run`` passes it to every cell instead."""
+    def decorate(g: Callable) -> Callable:
+        return click.option("--threads", type=click.IntRange(min=1), default=None, metavar="N",
+                            help=f"Torch CPU threads  [default: {default_help}].{note}")(g)
+    return decorate(f) if f is not None else decorate
+
+
+def set_threads(threads: int | None) -> None:
+    """``torch.set_num_threads(threads)`` unless ``threads`` is None (then torch's default stays)."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 def seed_option(f: Callable) -> Callable:
     return click.option("--seed", type=SEED_RANGE, default=0, show_default=True,
                         help="Seed for everything random.")(f)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+
 import click
 
-from robustkit.commands.group import cli, echo_json, echo_table
+from robustkit.commands.group import cli, echo_json
 from robustkit.host import get_host
+from robustkit.tables import text_table
+
+#: Line width when the output is not a terminal (a pipe, a file).
+PIPE_WIDTH = 100
 
 _EXAMPLES = {
     "model": "robustkit models list 'timm:resnet*'",
@@ -18,6 +24,22 @@ _EXAMPLES = {
 
 def _info_text(info: dict) -> str:
     return ", ".join(f"{k}={'/'.join(map(str, v)) if isinstance(v, (tuple, list)) else v}" for k, v in info.items())
+
+
+def available(entry) -> bool:
+    """False for entries registered as unusable here (``info["available"] is False``: a missing optional
+    package, an unsupported kind of attack); they are listed only with ``--all``."""
+    return dict(entry.info).get("available", True) is not False
+
+
+def _reason(entry) -> str | None:
+    info = dict(entry.info)
+    return None if available(entry) else (info.get("reason") or info.get("unavailable_reason"))
+
+
+def _width() -> int:
+    """The terminal's width (``COLUMNS`` wins); :data:`PIPE_WIDTH` in a pipe."""
+    return max(40, shutil.get_terminal_size((PIPE_WIDTH, 24)).columns)
 
 
 def _make_group(kind: str) -> None:
@@ -37,30 +59,44 @@ def _make_group(kind: str) -> None:
     @click.argument("pattern", required=False)
     @click.option("--json", "as_json", is_flag=True, help="Print JSON with parameters and declared facts.")
     @click.option("--params", "show_params", is_flag=True, help="Show each one's parameters and defaults.")
-    def list_cmd(pattern: str | None, as_json: bool, show_params: bool) -> None:
+    @click.option("--all", "show_all", is_flag=True,
+                  help=f"Also list {kind}s that cannot be used here (a missing optional package, an unsupported "
+                       "kind); --json always lists them all.")
+    def list_cmd(pattern: str | None, as_json: bool, show_params: bool, show_all: bool) -> None:
         entries = get_host().registries[kind].list(pattern)
         if as_json:
             echo_json([
                 {"name": e.name, "plugin": e.plugin, "distribution": e.distribution, "description": e.description,
-                 "info": dict(e.info),
+                 "available": available(e), "reason": _reason(e), "info": dict(e.info),
                  "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help}
                             for p in _safe_params(e)]}
                 for e in entries
             ])
             return
+        hidden = 0 if show_all else sum(not available(e) for e in entries)
+        shown = entries if show_all else [e for e in entries if available(e)]
         if not entries:
             click.echo(f"no {kind}s match {pattern!r}")
             return
-        rows = []
-        for e in entries:
-            row = [e.name, e.plugin, e.description]
-            if show_params:
-                row.append(" ".join(f"{p.name}={p.default}" for p in _safe_params(e)))
-            elif e.info:
-                row.append(_info_text(dict(e.info)))
-            rows.append(row)
-        extra = ["parameters" if show_params else "facts"] if any(len(r) > 3 for r in rows) else []
-        echo_table(rows, ["name", "plugin", "description", *extra])
+        if shown:
+            rows = []
+            for e in shown:
+                row = [e.name, e.plugin, e.description]
+                if show_params:
+                    row.append(" ".join(f"{p.name}={p.default}" for p in _safe_params(e)))
+                elif e.info:  # available=True goes without saying
+                    row.append(_info_text({k: v for k, v in dict(e.info).items()
+                                           if not (k == "available" and v is True)}))
+                rows.append(row)
+            extra = ["parameters" if show_params else "facts"] if any(len(r) > 3 for r in rows) else []
+            rows = [r + [""] * (3 + len(extra) - len(r)) for r in rows]
+            for line in text_table(["name", "plugin", "description", *extra], rows, width=_width(), wrap=(2, 3)):
+                click.echo(line)
+        else:
+            click.echo(f"no usable {kind}s match {pattern!r}")
+        if hidden:
+            click.echo(f"{hidden} {kind}{'s' if hidden != 1 else ''} hidden: not usable here (a missing package "
+                       "or an unsupported kind); --all shows them")
 
 
 def _safe_params(entry):

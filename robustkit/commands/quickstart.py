@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from robustkit.commands.group import cli, echo_table
-from robustkit.commands.common import device_option, output_folder, seed_option
+from robustkit.commands.common import device_option, output_folder, seed_option, set_threads, threads_option
 from robustkit.host import get_host
 from robustkit.quickstart import QuickstartSettings, run_quickstart
 
@@ -21,7 +21,8 @@ from robustkit.quickstart import QuickstartSettings, run_quickstart
 @click.option("--n-examples", type=click.IntRange(min=1), default=None, help="Test images to attack (default: all 450).")
 @seed_option
 @device_option
-def quickstart(out_dir, epochs, eps, n_examples, seed, device) -> None:
+@threads_option
+def quickstart(out_dir, epochs, eps, n_examples, seed, device, threads) -> None:
     """Train a natural and a PGD-trained CNN on digits, attack both with PGD, write a leaderboard.
 
     Uses scikit-learn's handwritten digits (no download), the Madry MNIST CNN adapted to 8x8,
@@ -32,6 +33,7 @@ def quickstart(out_dir, epochs, eps, n_examples, seed, device) -> None:
       robustkit quickstart
       robustkit quickstart --epochs 30 --eps 0.2 --out runs/qs-eps0.2
     """
+    set_threads(threads)
     settings = QuickstartSettings(epochs=epochs, eps=eps, n_examples=n_examples, seed=seed, device=device)
     rows, path = run_quickstart(get_host(), settings, output_folder(out_dir), say=lambda line: click.echo(line, err=True))
     click.echo("")

@@ -9,7 +9,7 @@ import click
 from robustkit.commands.group import cli, echo_table
 from robustkit.commands.common import (Fraction, choose_model, data_options, device_option, load_dataset,
                                       output_folder, precision_options, say_normalization, seed_option,
-                                      user_model_options)
+                                      set_threads, threads_option, user_model_options)
 from robustkit.devices import seed_everything
 from robustkit.host import get_host
 from robustkit.params import parse_assignments
@@ -45,12 +45,13 @@ DEFAULTS = TrainConfig()  # the one home of the training defaults and choices
 @seed_option
 @device_option
 @precision_options
+@threads_option
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Output folder; default runs/DATASET-MODEL-DEFENSE-sSEED.")
 @click.option("--no-resume", is_flag=True, help="Start over even if --out holds a checkpoint of this run.")
 def train(model_name, model_params, model_file, model_args, weights, normalize, dataset_name, data_root, dataset_params, defense_name, defense_params, epochs,
           batch_size, optimizer, lr, momentum, weight_decay, schedule, val_examples, val_eps, eps_warmup, seed, device,
-          precision, channels_last, out_dir, no_resume) -> None:
+          precision, channels_last, threads, out_dir, no_resume) -> None:
     """Train a model on DATASET with a defense; checkpoints every epoch and resumes after interruption.
 
     The model is a registered one (--model NAME) or your own (--model-file PATH.py:CLASS with
@@ -69,6 +70,7 @@ def train(model_name, model_params, model_file, model_args, weights, normalize, 
           --defense pgd-at --param eps=8/255 --epochs 100 --schedule cosine
       robustkit train --model-file mynet.py:Net --weights mynet.pt --defense pgd-at --epochs 1
     """
+    set_threads(threads)
     host = get_host()
     choice = choose_model(host, model_name=model_name, model_params=model_params, model_file=model_file,
                           model_args=model_args, weights=weights, normalize=normalize)
