@@ -11,8 +11,8 @@ Two forms, never both:
 - unset, empty or ``auto``: bars when stderr is a terminal, plain lines otherwise;
 - ``0`` (``false``, ``no``, ``off``): never bars; the plain lines are still written, so a long ``train``
   still says how it is going;
-- ``1`` (``true``, ``yes``, ``on``): always bars, even when stderr is not a terminal (the old behaviour;
-  useful where a log viewer renders carriage returns), and then no plain lines.
+- ``1`` (``true``, ``yes``, ``on``): always bars, even when stderr is not a terminal (for log viewers
+  that render carriage returns), and then no plain lines.
 """
 
 from __future__ import annotations
@@ -42,9 +42,6 @@ def bars_enabled() -> bool:
     if mode in ON:
         return True
     return _stream_is_terminal(sys.stderr)
-
-
-enabled = bars_enabled  # the former name
 
 
 class _Quiet:
