@@ -163,6 +163,11 @@ class AttackSummary:
     :param seconds: wall time spent in the attack.
     :param metrics: mean and median of each image metric over the successful adversarials it scored,
         ``{metric: {"mean": ..., "median": ...}}``.
+    :param steps: for an attack made of steps (AutoAttack's sub-attacks; an attack that returns
+        ``extra["steps"]``, see :func:`_add_steps`), one dict per step in order, summed over the batches:
+        ``attack`` (the step's name), ``robust_accuracy`` (fraction of all examples still robust after it),
+        ``attacked``, ``fooled`` (counts) and ``seconds``. Empty for other attacks, and then left out of
+        :meth:`EvaluationResult.summary`.
     """
 
     description: dict[str, Any]
@@ -176,6 +181,14 @@ class AttackSummary:
     mean_queries: float | None
     seconds: float
     metrics: dict[str, dict[str, float | None]] = field(default_factory=dict)
+    steps: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _summary_of(s: AttackSummary) -> dict[str, Any]:
+    out = asdict(s)
+    if not out["steps"]:
+        del out["steps"]
+    return out
 
 
 @dataclass
@@ -269,7 +282,7 @@ class EvaluationResult:
         return {"n_examples": self.n_examples, "clean_accuracy": self.clean_accuracy,
                 "worst_case_within_threat": self.worst_cases(), "not_in_any_worst_case": self.unbounded(),
                 "worst_case_accuracy": self.worst_case_accuracy, "n_clean_wrong": self.n_clean_wrong,
-                "attacks": {name: asdict(s) for name, s in self.attacks.items()},
+                "attacks": {name: _summary_of(s) for name, s in self.attacks.items()},
                 "seed": self.seed, "device": self.device, "seconds": self.seconds}
 
     def save_summary(self, path: str | Path) -> Path:
@@ -330,6 +343,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     loader, total = _batches(data, n_examples, batch_size)
     records: list[SampleRecord] = []
     seconds = {name: 0.0 for name in attacks}
+    steps: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in attacks}
     kept: list[dict[str, Any]] = []
     start = time.perf_counter()
     was_training = model.training
@@ -345,7 +359,8 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
             for name, attack in attacks.items():
                 seed_everything(seed + batch_index)
                 tick = time.perf_counter()
-                adversarials[name] = _attack_batch(model, attack, name, images, labels, batch_records, metrics or {})
+                adversarials[name] = _attack_batch(model, attack, name, images, labels, batch_records, metrics or {},
+                                                   steps[name])
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # time the work, not the launch
                 seconds[name] += time.perf_counter() - tick
@@ -356,7 +371,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
         owner.train(was_training)
     if not records:
         raise InputError("nothing to evaluate: the dataset is empty")
-    result = _result(records, attacks, metrics or {}, seconds, seed, device, time.perf_counter() - start)
+    result = _result(records, attacks, metrics or {}, seconds, seed, device, time.perf_counter() - start, steps)
     report(f"evaluate: {len(records)} examples, {len(attacks)} attack{'s' if len(attacks) != 1 else ''}, "
            f"clean {percent(result.clean_accuracy)}  {result.seconds:.1f} s")
     if keep_examples:
@@ -488,8 +503,10 @@ def _clean_records(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 
 def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Tensor, labels: torch.Tensor,
-                  records: list[SampleRecord], metrics: Mapping[str, ImageMetric]) -> torch.Tensor | None:
-    """Run ``attack`` on the clean-correct examples of one batch and fill in their outcomes.
+                  records: list[SampleRecord], metrics: Mapping[str, ImageMetric],
+                  steps: dict[str, dict[str, Any]] | None = None) -> torch.Tensor | None:
+    """Run ``attack`` on the clean-correct examples of one batch and fill in their outcomes (and add its
+    ``extra["steps"]``, if any, to ``steps``: :func:`_add_steps`).
 
     :returns: the adversarials of the clean-correct examples, in batch order (None if there were none).
     """
@@ -502,6 +519,8 @@ def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Ten
     idx = torch.tensor(todo, device=images.device)
     x, y = images[idx], labels[idx]
     result = attack(model, x, y)
+    if steps is not None:
+        _add_steps(steps, (result.extra or {}).get("steps"))
     adv_preds = _predict(model, result.adversarial).tolist()
     dist = distances(result.adversarial, x)
     queries = result.queries.tolist() if result.queries is not None else [None] * len(todo)
@@ -522,8 +541,27 @@ def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Ten
     return result.adversarial
 
 
+def _add_steps(totals: dict[str, dict[str, Any]], steps: Any) -> None:
+    """Add one batch's ``extra["steps"]`` to ``totals`` (by step name, in first-seen order).
+
+    ``steps`` is a list of dicts, one per step of the attack in order, with ``attack`` (its name),
+    ``attacked``, ``fooled``, ``robust`` (examples of the batch still robust after the step) and ``seconds``;
+    anything else (None, another shape) is ignored.
+    """
+    if not isinstance(steps, list):
+        return
+    for step in steps:
+        if not isinstance(step, Mapping) or "attack" not in step:
+            continue
+        total = totals.setdefault(str(step["attack"]), {"attacked": 0, "fooled": 0, "robust": 0, "seconds": 0.0})
+        for key in ("attacked", "fooled", "robust"):
+            total[key] += int(step.get(key) or 0)
+        total["seconds"] += float(step.get("seconds") or 0.0)
+
+
 def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], metrics: Mapping[str, ImageMetric],
-            seconds: Mapping[str, float], seed: int, device: torch.device, total_seconds: float) -> EvaluationResult:
+            seconds: Mapping[str, float], seed: int, device: torch.device, total_seconds: float,
+            steps: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> EvaluationResult:
     n = len(records)
     n_correct = sum(r.clean_correct for r in records)
     labels, clean_pred = [r.label for r in records], [r.clean_pred for r in records]
@@ -543,6 +581,9 @@ def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], metrics:
             seconds=seconds[name],
             metrics={metric: _mean_and_median([o.metrics[metric] for o in hits if metric in o.metrics])
                      for metric in metrics},
+            steps=[{"attack": step, "robust_accuracy": t["robust"] / n, "attacked": t["attacked"],
+                    "fooled": t["fooled"], "seconds": t["seconds"]}
+                   for step, t in ((steps or {}).get(name) or {}).items()],
         )
     return EvaluationResult(
         n_examples=n, clean_accuracy=n_correct / n, worst_case_accuracy=sum(r.robust for r in records) / n,

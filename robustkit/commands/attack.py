@@ -24,7 +24,10 @@ from robustkit.params import parse_assignments
 
 def print_evaluation(result: EvaluationResult) -> None:
     """The evaluation as a table: accuracies in percent, distortion of successful adversarials, and the worst
-    case within each threat of the suite (attacks without a budget are listed beside it, never in it)."""
+    case within each threat of the suite (attacks without a budget are listed beside it, never in it).
+
+    An attack made of steps (AutoAttack) gets one indented row per step under its own: robust accuracy after
+    the step, the share of the examples it attacked that it fooled, and its seconds."""
     def pct(x: float | None) -> str:
         return "-" if x is None else f"{100 * x:.2f}"
 
@@ -37,6 +40,11 @@ def print_evaluation(result: EvaluationResult) -> None:
     for name, s in result.attacks.items():
         row = [name, pct(s.robust_accuracy), pct(s.success_rate), num(s.mean_l2), num(s.median_l2)]
         rows.append(row + [num(s.metrics.get(m, {}).get("mean")) for m in metrics] + [f"{s.seconds:.1f}"])
+        for step in s.steps:  # an attack made of steps (AutoAttack): accuracy after each, its own success rate
+            attacked = step.get("attacked") or 0
+            rows.append([f"  after {step['attack']}", pct(step.get("robust_accuracy")),
+                         pct(step.get("fooled", 0) / attacked if attacked else None), *blank[3:],
+                         f"{step.get('seconds', 0.0):.1f}"])
     for threat, accuracy in result.worst_cases().items():
         rows.append([f"(worst case, {threat})", pct(accuracy), *blank[1:]])
     headers = ["attack", "accuracy %", "success %", "mean L2", "median L2"]

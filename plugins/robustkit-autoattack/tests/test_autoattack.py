@@ -278,3 +278,59 @@ def test_evaluation_summary_and_leaderboard_carry_the_fingerprint():
                               attack_suite="autoattack")
     assert entry["provenance"]["attacks"][0]["fingerprint"] == attack.fingerprint
     validate_leaderboard(leaderboard_document([entry]))
+
+
+# --- progress lines, table rows and summary steps per sub-attack -----------------------------
+
+
+def test_cli_reports_each_sub_attack_and_writes_its_steps(tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from robustkit.cli import cli
+
+    monkeypatch.setenv("ROBUSTKIT_PROGRESS", "0")
+    out = tmp_path / "out"
+    spec = "autoattack eps=0.1 version=custom attacks=apgd-ce,square steps=3 n_queries=20"
+    result = CliRunner().invoke(cli, ["attack", "--model", "lenet", "--n-examples", "20", "--batch-size", "8",
+                                      "--seed", "2", "--attack", spec, "--grid-examples", "0", "--out", str(out)],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("autoattack: ")]
+    # One line per sub-attack per batch that had clean-correct examples (20 examples in batches of 8: 3);
+    # the untrained lenet with seed 2 gets some right in two of them.
+    assert lines and len(lines) % 2 == 0 and len(lines) <= 6
+    assert all(" done: robust accuracy so far " in line and ", attacked " in line and ", fooled " in line
+               for line in lines)
+    assert [line.split()[1] for line in lines] == ["apgd-ce", "square"] * (len(lines) // 2)
+
+    summary = json.loads((out / "summary.json").read_text())
+    entry = summary["attacks"]["autoattack"]
+    steps = entry["steps"]
+    assert [s["attack"] for s in steps] == ["apgd-ce", "square"]
+    n_correct = summary["n_examples"] - summary["n_clean_wrong"]
+    assert steps[0]["attacked"] == n_correct
+    assert steps[1]["attacked"] == steps[0]["attacked"] - steps[0]["fooled"]
+    accuracies = [s["robust_accuracy"] for s in steps]
+    assert accuracies == sorted(accuracies, reverse=True) and accuracies[0] <= summary["clean_accuracy"]
+    assert accuracies[-1] == pytest.approx(entry["robust_accuracy"])
+    assert sum(s["fooled"] for s in steps) == entry["n_success"]
+    assert all(s["seconds"] >= 0 for s in steps)
+    for s in steps:  # robust after each step = clean-correct minus everything fooled so far, over all examples
+        assert 0.0 <= s["robust_accuracy"] <= 1.0
+
+    table = result.stdout.splitlines()
+    row = next(i for i, line in enumerate(table) if line.startswith("autoattack"))
+    assert table[row + 1].startswith("  after apgd-ce") and table[row + 2].startswith("  after square")
+    assert f"{100 * accuracies[0]:.2f}" in table[row + 1] and f"{100 * accuracies[1]:.2f}" in table[row + 2]
+
+
+def test_steps_in_extra_match_the_counts():
+    model = tiny_model()
+    x, y = batch(model)
+    result = AutoAttack(eps=0.1, attacks="apgd-ce,square", **FAST)(model, x, y)
+    steps = result.extra["steps"]
+    assert [s["attack"] for s in steps] == ["apgd-ce", "square"]
+    assert [s["attacked"] for s in steps] == [result.extra["n_attacked"][n] for n in ("apgd-ce", "square")]
+    assert [s["fooled"] for s in steps] == [result.extra["n_fooled"][n] for n in ("apgd-ce", "square")]
+    assert steps[-1]["robust"] == round(robust_accuracy(model, result.adversarial, y) * len(x))
+    assert steps[0]["robust"] == steps[0]["attacked"] - steps[0]["fooled"]

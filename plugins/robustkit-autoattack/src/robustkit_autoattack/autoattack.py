@@ -47,7 +47,11 @@ needs torchattacks, constructing does not. Each :class:`AttackResult` carries th
 plus ``ran``, the settings read from the objects that actually ran on that batch,
 plus which sub-attack fooled each image (``fooled_by``: name, None if none did, "clean" if it was
 wrong to begin with; ``fooled_by_index`` the same as plan indices, -1, -2), how many images each
-sub-attack received and fooled (``n_attacked``, ``n_fooled``) and its wall time (``seconds``).
+sub-attack received and fooled (``n_attacked``, ``n_fooled``) and its wall time (``seconds``), and
+``steps``: the same per sub-attack in plan order (skipped ones left out), one dict each with ``attack``,
+``attacked``, ``fooled``, ``robust`` (images of the batch still robust after it) and ``n`` (images in
+the batch), and ``seconds``; :func:`robustkit.evaluation.evaluate` sums them over batches into the
+attack's summary. After each sub-attack one progress line goes to :func:`robustkit.progress.report`.
 
 torchattacks is imported only when an attack runs, so registering this plugin costs nothing.
 """
@@ -72,6 +76,7 @@ from robustkit.devices import seed_everything
 from robustkit.errors import ParameterError
 from robustkit.models import logits
 from robustkit.params import Param
+from robustkit.progress import report
 from robustkit.threat import threat_of
 
 NAME = "autoattack"
@@ -269,10 +274,12 @@ class AutoAttack(Attack):
         skipped: dict[str, str] = {}
         targets: dict[str, int] = {}
         ran: list[dict[str, Any]] = []
+        steps: list[dict[str, Any]] = []
         for index, item in enumerate(self.plan):
             name = item["name"]
             if n_classes < item["min_classes"]:
                 skipped[name] = f"needs at least {item['min_classes']} classes, the model has {n_classes}"
+                report(f"{NAME}: {name} skipped: {skipped[name]}")
                 continue
             if "n_target_classes" in item:
                 targets[name] = min(int(item["n_target_classes"]), n_classes - 1)
@@ -280,6 +287,7 @@ class AutoAttack(Attack):
             n_attacked[name] = int(todo.numel())
             n_fooled[name] = 0
             if todo.numel() == 0:
+                steps.append(_step(name, 0, 0, int(robust.sum()), len(x), 0.0))
                 continue
             tick = time.perf_counter()
             attack = self.build(item, model, n_classes, device)
@@ -296,6 +304,7 @@ class AutoAttack(Attack):
             robust[hit] = False
             fooled_by[hit.cpu()] = index
             n_fooled[name] = int(fooled.sum())
+            steps.append(_step(name, n_attacked[name], n_fooled[name], int(robust.sum()), len(x), seconds[name]))
         names = [item["name"] for item in self.plan]
         per_image = [None if i == -1 else "clean" if i == -2 else names[i] for i in fooled_by.tolist()]
         settings = self.settings()
@@ -310,8 +319,17 @@ class AutoAttack(Attack):
             "n_fooled": n_fooled,
             "seconds": seconds,
             "skipped": skipped,
+            "steps": steps,
         }
         return AttackResult(adversarial=adv.to(images.device), extra=extra)
+
+
+def _step(name: str, attacked: int, fooled: int, robust: int, n: int, seconds: float) -> dict[str, Any]:
+    """One sub-attack's totals on one batch (an entry of ``extra["steps"]``), reported as a progress line."""
+    accuracy = 100 * robust / n if n else 0.0
+    report(f"{NAME}: {name} done: robust accuracy so far {accuracy:.1f}% (of {n}), attacked {attacked}, "
+           f"fooled {fooled}, {seconds:.1f} s")
+    return {"attack": name, "attacked": attacked, "fooled": fooled, "robust": robust, "n": n, "seconds": seconds}
 
 
 def observed(attack: Any, item: dict[str, Any]) -> dict[str, Any]:
