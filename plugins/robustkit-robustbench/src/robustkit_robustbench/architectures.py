@@ -341,7 +341,21 @@ class DMPreActResNet(nn.Module):
 # --- resnet.py: ResNet-18 and PreActResNet-18 (robustkit's own, plus the zoo's normalization) -----------
 
 
-class ZooResNet18(CifarResNet18):
+class _InsideNormalization(nn.Module):
+    """Mixin for robustkit's own CIFAR ResNets: the zoo's constructor, and its optional normalization applied
+    inside, before the architecture's forward (parameters documented on each subclass)."""
+
+    def __init__(self, num_classes: int = 10, mean: Sequence[float] | None = None,
+                 std: Sequence[float] | None = None, width: float = 1.0, image_size: Sequence[int] = (32, 32),
+                 in_channels: int = 3):
+        super().__init__(num_classes, in_channels, tuple(image_size), width=width)  # type: ignore[arg-type]
+        self.input_normalization = InputNormalization(mean, std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(self.input_normalization(x))
+
+
+class ZooResNet18(_InsideNormalization, CifarResNet18):
     """The zoo's ``ResNet18`` (``resnet.py``): robustkit's ``resnet18-cifar`` (same parameter names), with
     optional normalization inside.
 
@@ -353,17 +367,8 @@ class ZooResNet18(CifarResNet18):
     :param in_channels: image channels (3 for every zoo model).
     """
 
-    def __init__(self, num_classes: int = 10, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, width: float = 1.0, image_size: Sequence[int] = (32, 32),
-                 in_channels: int = 3):
-        super().__init__(num_classes, in_channels, tuple(image_size), width=width)  # type: ignore[arg-type]
-        self.input_normalization = InputNormalization(mean, std)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.input_normalization(x))
-
-
-class ZooPreActResNet18(PreActResNet18):
+class ZooPreActResNet18(_InsideNormalization, PreActResNet18):
     """The zoo's ``PreActResNet(PreActBlock, [2, 2, 2, 2])`` (``resnet.py``): robustkit's ``preact-resnet18``
     (same parameter names; no BN after the last block), with optional normalization inside.
 
@@ -374,15 +379,6 @@ class ZooPreActResNet18(PreActResNet18):
     :param image_size: the input size (any works).
     :param in_channels: image channels (3 for every zoo model).
     """
-
-    def __init__(self, num_classes: int = 10, mean: Sequence[float] | None = None,
-                 std: Sequence[float] | None = None, width: float = 1.0, image_size: Sequence[int] = (32, 32),
-                 in_channels: int = 3):
-        super().__init__(num_classes, in_channels, tuple(image_size), width=width)  # type: ignore[arg-type]
-        self.input_normalization = InputNormalization(mean, std)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(self.input_normalization(x))
 
 
 __all__ = ["ACTIVATIONS", "CIFAR10_MEAN", "CIFAR10_STD", "DMPreActResNet", "DMWideResNet", "InputNormalization",
