@@ -1,8 +1,9 @@
 """The main job on the embedded default: natural vs PGD adversarial training, attacked, on a leaderboard.
 
 Small enough for a laptop CPU in a few minutes, and it touches every layer a bigger benchmark uses:
-dataset and model plugins, the shared training loop with two defenses, the torchattacks adapter,
-evaluation, and the leaderboard file. ``robustkit bench`` will generalize it to accuracy-matched sweeps.
+the essential datasets and models, the shared training loop with two defenses, the native PGD attack,
+evaluation, and the leaderboard file, so the core alone runs it. ``robustkit bench`` generalizes it to
+accuracy-matched sweeps.
 """
 
 from __future__ import annotations
@@ -50,8 +51,8 @@ class QuickstartSettings:
                             "step_size": 2.5 * self.eps / self.train_steps})]
 
     def attack(self) -> tuple[str, dict[str, Any]]:
-        return "torchattacks:PGD", {"eps": self.eps, "alpha": 2.5 * self.eps / self.attack_steps,
-                                    "steps": self.attack_steps, "random_start": True}
+        return "pgd", {"eps": self.eps, "step_size": 2.5 * self.eps / self.attack_steps,
+                       "steps": self.attack_steps, "random_start": True}
 
 
 @dataclass

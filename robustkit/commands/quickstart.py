@@ -26,7 +26,7 @@ def quickstart(out_dir, epochs, eps, n_examples, seed, device, threads) -> None:
     """Train a natural and a PGD-trained CNN on digits, attack both with PGD, write a leaderboard.
 
     Uses scikit-learn's handwritten digits (no download), the Madry MNIST CNN adapted to 8x8,
-    the shared training loop and the torchattacks PGD attack. Rerunning resumes finished work.
+    the shared training loop and the native PGD attack. Rerunning resumes finished work.
 
     \b
     Examples:
