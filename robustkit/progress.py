@@ -17,6 +17,7 @@ Two forms, never both:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 from typing import Any, Iterable, Iterator, TypeVar
@@ -25,6 +26,8 @@ T = TypeVar("T")
 
 OFF = {"0", "false", "no", "off"}
 ON = {"1", "true", "yes", "on"}
+
+_muted = False  # inside work whose caller reports it as one line (a benchmark cell)
 
 
 def _stream_is_terminal(stream: Any) -> bool:
@@ -76,9 +79,28 @@ def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, d
                 dynamic_ncols=True, **kwargs)
 
 
+@contextlib.contextmanager
+def lines_muted() -> Iterator[None]:
+    """No plain lines inside: the caller reports the whole piece of work in one line of its own (a
+    benchmark writes one line per cell, not one per epoch of every cell)."""
+    global _muted
+    before, _muted = _muted, True
+    try:
+        yield
+    finally:
+        _muted = before
+
+
+def mute_lines() -> None:
+    """No plain lines from this process from now on (a benchmark's worker process: the driver writes them)."""
+    global _muted
+    _muted = True
+
+
 def report(line: str) -> None:
-    """One plain progress line on stderr, when bars are off (with bars on, the bars show it)."""
-    if bars_enabled():
+    """One plain progress line on stderr, when bars are off (with bars on, the bars show it) and the
+    caller has not muted them (:func:`lines_muted`)."""
+    if _muted or bars_enabled():
         return
     stream = sys.stderr
     print(line, file=stream)

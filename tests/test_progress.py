@@ -10,6 +10,7 @@ from click.testing import CliRunner
 
 from robustkit import progress as progress_module
 from robustkit.cli import cli
+from robustkit.host import make_host
 from robustkit.progress import bars_enabled, progress, report
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -109,3 +110,23 @@ def test_evaluation_reports_one_line_when_it_finishes(monkeypatch):
     evaluate(model, (images, labels), {}, batch_size=4, device="cpu")
     lines = err.getvalue().splitlines()
     assert len(lines) == 1 and re.fullmatch(r"evaluate: 10 examples, 0 attacks, clean \d+\.\d%  \d+\.\d s", lines[0])
+
+
+def test_a_benchmark_writes_one_line_per_cell_not_one_per_epoch(tmp_path, monkeypatch, capsys):
+    """In a pipe, the cells' own epoch and evaluation lines are muted: the runner's "done" line stands for each."""
+    from robustkit.bench import runner
+    from robustkit.bench.spec import load_spec
+    from test_bench import TINY, write
+
+    def fake_cell(settings, work_dir, **kwargs):
+        report("train inside a cell: epoch 1/1")
+        return {"clean_accuracy": 0.5, "attacks": {}, "audit": None}
+
+    monkeypatch.setattr(runner, "run_cell", fake_cell)
+    spec = load_spec(str(write(tmp_path, TINY)), make_host())
+    lines: list[str] = []
+    runner.run_benchmark(spec, tmp_path / "out", make_host(), say=lines.append)
+    assert "train inside a cell" not in capsys.readouterr().err
+    assert sum(line.strip().startswith("done") for line in lines) == 3
+    report("outside any cell")
+    assert "outside any cell" in capsys.readouterr().err

@@ -26,7 +26,7 @@ from robustkit.bench.spec import NATURAL_MODEL, BenchmarkSpec, Cell, model_files
 from robustkit.devices import environment_difference, numeric_environment, resolve_device
 from robustkit.errors import RobustkitError
 from robustkit.files import atomic_write_text, jsonable, remove_stale_temporaries
-from robustkit.progress import progress
+from robustkit.progress import lines_muted, mute_lines, progress
 from robustkit.store import ResultStore
 
 BENCHMARK_FILE = "benchmark.json"
@@ -133,8 +133,9 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
         if jobs <= 1:
             for cell in todo:
                 try:
-                    record = run_cell(cell.settings, out_dir, device=device, data_root=spec.data_root, host=host,
-                                      threads=threads, model_files=model_files(spec.model))
+                    with lines_muted():  # one "done" line per cell, not one per epoch and evaluation inside it
+                        record = run_cell(cell.settings, out_dir, device=device, data_root=spec.data_root,
+                                          host=host, threads=threads, model_files=model_files(spec.model))
                 except RobustkitError as err:
                     if _interrupted(err):  # the training loop turns Ctrl-C into a RobustkitError: stop, don't skip
                         raise KeyboardInterrupt from None
@@ -197,6 +198,7 @@ def _check_environment(out_dir: Path, environment: dict[str, Any]) -> None:
 
 def _worker_init() -> None:
     os.environ["ROBUSTKIT_PROGRESS"] = "0"  # bars of several processes would garble the terminal
+    mute_lines()  # the driver writes one line per cell; a worker writes none of its own
 
 
 def _worker(settings: dict[str, Any], out_dir: str, device: str, threads: int,
