@@ -181,11 +181,9 @@ def _wrap(model: nn.Module, info: DatasetInfo | None, normalize: Normalization |
     chosen = Normalization.coerce(normalize, "normalize") or Normalization("none")
     name = type(model).__name__
     if info is not None:
-        from robustkit.user_models import check_logits
+        from robustkit.user_models import wrap_network
 
-        used = chosen.resolve(info, "normalize")
-        check_logits(model, info, name)
-        return Classifier(model, used.module(info.channels), ModelSpec(name, {}, info, used))
+        return wrap_network(model, info, chosen, name, what="normalize")
     if chosen.mode == "dataset":
         raise InputError("normalize='dataset' needs a registered dataset (its mean and std); for tensors or a "
                          "loader give MEAN/STD, e.g. normalize='0.4914,0.4822,0.4465/0.2471,0.2435,0.2616'")

@@ -320,10 +320,22 @@ def build_user_model(source: ModelSource, info: DatasetInfo, normalization: Norm
 
     :param load_weights: load ``source.weights`` (False when a checkpoint's weights follow).
     """
-    used = (Normalization.coerce(normalization, "--normalize") or Normalization("none")).resolve(info)
+    chosen = Normalization.coerce(normalization, "--normalize") or Normalization("none")
+    chosen.resolve(info)  # a channel-count mismatch fails before the model is built
     net = build_network(source, load_weights=load_weights, what=what)
-    check_logits(net, info, source.name, Path(source.file) if source.kind == PYTHON else None)
-    spec = ModelSpec(source.name, dict(source.args), info, used, source.to_json())
+    return wrap_network(net, info, chosen, source.name, Path(source.file) if source.kind == PYTHON else None,
+                        source=source)
+
+
+def wrap_network(net: nn.Module, info: DatasetInfo, normalization: Normalization, name: str,
+                 file: Path | None = None, *, source: "ModelSource | None" = None,
+                 what: str = "--normalize") -> Classifier:
+    """A user's network as a :class:`~robustkit.models.Classifier` for ``info``: checked to give
+    ``N x num_classes`` logits, with ``normalization`` (resolved against ``info``; ``what`` names it in
+    errors) in front."""
+    used = normalization.resolve(info, what)
+    check_logits(net, info, name, file)
+    spec = ModelSpec(name, dict(source.args) if source else {}, info, used, source.to_json() if source else None)
     return Classifier(net, used.module(info.channels), spec)
 
 
