@@ -68,15 +68,48 @@ class _Quiet:
     set_postfix = set_description = update = refresh = close = _ignore
 
 
+class _Bar(_Quiet):
+    """What :func:`progress` returns with bars: iterates ``iterable`` itself and moves a tqdm bar.
+
+    The iterable never goes to tqdm: ``tqdm.auto``'s class calls ``iter()`` on it once when built and again
+    when iterated, and a second ``iter()`` of a shuffled DataLoader draws its order anew from the loader's
+    generator, so a run on a terminal would train on other batches than the same run in a pipe."""
+
+    def __init__(self, iterable: Iterable[Any] | None, bar: Any) -> None:
+        super().__init__(iterable)
+        self.bar = bar
+        self.set_postfix, self.set_description = bar.set_postfix, bar.set_description
+        self.update, self.refresh = bar.update, bar.refresh
+
+    def __iter__(self) -> Iterator[Any]:
+        try:
+            for item in super().__iter__():
+                yield item
+                self.bar.update(1)
+        finally:
+            self.bar.close()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bar.close()
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 def progress(iterable: Iterable[T] | None = None, *, total: int | None = None, desc: str = "",
              leave: bool = False, unit: str = "it", **kwargs: Any) -> Any:
-    """A tqdm bar on stderr when bars are on (:func:`bars_enabled`), else a silent pass-through (no tqdm)."""
+    """A tqdm bar on stderr when bars are on (:func:`bars_enabled`), else a silent pass-through (no tqdm).
+
+    Either way ``iterable`` is iterated exactly once, by this wrapper, so the bars cannot change what a run
+    computes."""
     if not bars_enabled():
         return _Quiet(iterable)
     from tqdm.auto import tqdm
 
-    return tqdm(iterable, total=total, desc=desc, leave=leave, unit=unit, file=sys.stderr,
-                dynamic_ncols=True, **kwargs)
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        total = len(iterable)  # type: ignore[arg-type]
+    bar = tqdm(total=total, desc=desc, leave=leave, unit=unit, file=sys.stderr, dynamic_ncols=True, **kwargs)
+    return _Bar(iterable, bar)
 
 
 @contextlib.contextmanager

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 
 import pytest
@@ -67,15 +68,16 @@ def test_bars_follow_the_terminal_and_the_environment_switch(monkeypatch):
     monkeypatch.setattr("sys.stderr", Terminal())
     assert bars_enabled()
     bar = progress(range(3), desc="work")
-    assert isinstance(bar, tqdm)
+    assert isinstance(bar.bar, tqdm)
     assert list(bar) == [0, 1, 2]
+    assert bar.bar.n == 3  # the bar counted every item
     report("not shown under bars")
     assert "not shown" not in __import__("sys").stderr.getvalue()
 
     monkeypatch.setattr("sys.stderr", io.StringIO())  # not a terminal
     assert not bars_enabled()
     monkeypatch.setenv("ROBUSTKIT_PROGRESS", "1")  # forces bars
-    assert bars_enabled() and isinstance(progress(range(2)), tqdm)
+    assert bars_enabled() and isinstance(progress(range(2)).bar, tqdm)
     for off in ("0", "off", "false"):
         monkeypatch.setenv("ROBUSTKIT_PROGRESS", off)
         monkeypatch.setattr("sys.stderr", Terminal())
@@ -130,3 +132,31 @@ def test_a_benchmark_writes_one_line_per_cell_not_one_per_epoch(tmp_path, monkey
     assert sum(line.strip().startswith("done") for line in lines) == 3
     report("outside any cell")
     assert "outside any cell" in capsys.readouterr().err
+
+
+def test_bars_do_not_change_what_training_computes(tmp_path, monkeypatch):
+    # tqdm.auto calls iter() on what it wraps when built and again when iterated; a second iter() of a
+    # shuffled DataLoader draws another order, so a run on a terminal trained on other batches than in a pipe.
+    histories = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("ROBUSTKIT_PROGRESS", mode)
+        invoke(train_args(tmp_path / mode))
+        rows = [json.loads(line) for line in (tmp_path / mode / "metrics.jsonl").read_text().splitlines()]
+        histories[mode] = [(row["train_loss"], row["train_acc"], row["val_pgd_acc"]) for row in rows]
+    assert histories["1"] == histories["0"]
+
+
+def test_a_bar_iterates_a_shuffled_loader_once_with_the_same_batches():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    data = TensorDataset(torch.arange(64.0), torch.arange(64))
+
+    def order(wrap) -> list[list[int]]:
+        loader = DataLoader(data, batch_size=16, shuffle=True, generator=torch.Generator().manual_seed(3))
+        return [labels.tolist() for _, labels in wrap(loader)]
+
+    with_bar = progress_module._Bar  # what progress() returns on a terminal
+    from tqdm import tqdm
+
+    assert order(lambda loader: with_bar(loader, tqdm(total=len(loader), disable=True))) == order(iter)
