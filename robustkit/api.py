@@ -96,7 +96,7 @@ def benchmark(model: nn.Module, dataset: str | Data = "cifar10", data_root: str 
               attacks: str | Iterable[str] | Mapping[str, Attack] = "autoattack", n_examples: int | None = None,
               batch_size: int = 128, device: str | torch.device = "auto", seed: int = 0,
               normalize: Normalization | str | None = None, dataset_params: Mapping[str, Any] | None = None,
-              host: Any = None) -> BenchmarkResult:
+              state: str | Path | None = None, host: Any = None) -> BenchmarkResult:
     """Clean accuracy and robust accuracy of ``model`` within the threat ``(threat, eps)``.
 
     :param model: an ``nn.Module`` taking images in [0, 1] (``N x C x H x W``) and returning logits. It is
@@ -116,6 +116,9 @@ def benchmark(model: nn.Module, dataset: str | Data = "cifar10", data_root: str 
     :param normalize: ``none``, ``dataset`` (a registered dataset's mean/std), ``MEAN/STD`` or a
         :class:`~robustkit.models.Normalization`.
     :param dataset_params: parameters of a registered dataset (e.g. ``{"resize": 32}``).
+    :param state: a file that makes the evaluation resumable (as ``robustkit attack --state``): finished batches
+        and AutoAttack's finished sub-attacks are recorded there, and a call after an interruption continues
+        where it stopped with the same numbers.
     :param host: the plugin host (default: :func:`robustkit.host.get_host`).
     :raises RobustkitError: one line, for an unknown name, a bad parameter, data of the wrong shape, or a suite
         in which no attack stays within the threat.
@@ -144,7 +147,8 @@ def benchmark(model: nn.Module, dataset: str | Data = "cifar10", data_root: str 
     wrapped = _wrap(model, info, normalize)
     suite = _suite(host, attacks, budget)
     suite_name = "autoattack" if isinstance(attacks, str) and attacks.split()[0].lower() == "autoattack" else "custom"
-    result = evaluate(wrapped, data, suite, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed)
+    result = evaluate(wrapped, data, suite, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
+                      state=state)
     out = BenchmarkResult(result, budget, type(model).__name__, dataset_name, suite_name,
                           wrapped.spec.normalization if isinstance(wrapped, Classifier) else None)
     out.robust_accuracy  # a suite with nothing inside the threat fails here, not on first use

@@ -8,6 +8,14 @@ A checkpoint named ``S`` (e.g. ``runs/digits-pgd/last``) is two or three files s
   seed, metrics, versions, and the SHA-256 of the other files.
 - ``S.optim.safetensors`` (only when saved for resuming): optimizer tensors; its header holds the
   optimizer's non-tensor state, the scheduler state and any defense state as JSON.
+- ``S.ema.safetensors`` (only when training kept a moving average of the weights, :mod:`robustkit.ema`):
+  the averaged state dict. The JSON's ``weights`` entry says which file holds which (``raw``: the trained
+  weights, ``ema``: their average) and which one the checkpoint serves by default; :func:`load_weights` and
+  :func:`load_model` load that one unless told ``kind="raw"`` or ``"ema"``.
+
+A training run writes ``last`` (the last finished epoch, with its resume state) and, when it selects the
+best epoch, ``best`` beside it (that epoch's weights); ``last.json``'s ``selection`` names the chosen one, and
+:func:`chosen_checkpoint` finds it from the run's folder.
 
 Loading never runs code from the files. (A checkpoint of the user's own model, :mod:`robustkit.user_models`,
 records the absolute path, class and SHA-256 of the user's ``.py`` file: loading it imports that file, as
@@ -46,8 +54,13 @@ from robustkit.errors import RobustkitError, one_line
 FORMAT = "robustkit-checkpoint"
 FORMAT_VERSION = 1
 _RESERVED = ("format", "format_version", "files", "model", "normalization", "dataset", "defense", "epoch", "seed",
-             "metrics", "versions", "created")
+             "metrics", "versions", "created", "weights")
 _STATE_KEY = "robustkit"  # safetensors header entry holding the JSON skeleton of the resume state
+#: The checkpoint stems of a training run: the last finished epoch, and the selected best one.
+LAST, BEST = "last", "best"
+SELECTIONS = (BEST, LAST)
+#: Which weights to load: the checkpoint's default (``auto``: the EMA when there is one), or one kind.
+WEIGHT_KINDS = ("auto", "raw", "ema")
 
 
 @dataclass(frozen=True)
@@ -57,26 +70,28 @@ class CheckpointPaths:
     :param weights: ``S.safetensors``.
     :param meta: ``S.json``.
     :param state: ``S.optim.safetensors`` (optimizer, scheduler and defense state, for resuming).
+    :param ema: ``S.ema.safetensors`` (the moving average of the weights, when training kept one).
     """
 
     weights: Path
     meta: Path
     state: Path
+    ema: Path
 
     @classmethod
     def of(cls, path: str | os.PathLike[str]) -> "CheckpointPaths":
         """Accept a directory (its ``last`` checkpoint), a stem, or any of the checkpoint's files."""
         p = Path(path)
         if p.is_dir():
-            stem = p / "last"
-        elif p.name.endswith(".optim.safetensors"):
-            stem = p.with_name(p.name[: -len(".optim.safetensors")])
+            stem = p / LAST
+        elif p.name.endswith((".optim.safetensors", ".ema.safetensors")):
+            stem = p.with_name(p.name.rsplit(".", 2)[0])
         elif p.suffix in (".safetensors", ".json"):
             stem = p.with_suffix("")
         else:
             stem = p
         return cls(stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json"),
-                   stem.with_name(stem.name + ".optim.safetensors"))
+                   stem.with_name(stem.name + ".optim.safetensors"), stem.with_name(stem.name + ".ema.safetensors"))
 
 
 @contextlib.contextmanager
@@ -109,7 +124,8 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, defense: 
                     epoch: int | None = None, seed: int | None = None,
                     metrics: Mapping[str, Any] | None = None, extra: Mapping[str, Any] | None = None,
                     optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                    defense_state: Mapping[str, Any] | None = None) -> CheckpointPaths:
+                    defense_state: Mapping[str, Any] | None = None, ema: Mapping[str, torch.Tensor] | None = None,
+                    ema_decay: float | None = None, default_weights: str = "ema") -> CheckpointPaths:
     """Save ``model`` (and, for resuming, the optimizer, scheduler and defense state) under ``path``.
 
     :param path: a stem (``runs/x/last``), a directory (``runs/x`` -> ``runs/x/last``) or a file name.
@@ -119,6 +135,9 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, defense: 
     :param metrics: scalars to record (e.g. the last epoch's accuracies).
     :param extra: further JSON-able metadata; may not reuse the keys this function writes.
     :param optimizer: saved to ``S.optim.safetensors`` together with ``scheduler`` and ``defense_state``.
+    :param ema: the moving average of the weights (:class:`robustkit.ema.WeightAverage`'s state), saved to
+        ``S.ema.safetensors``; ``ema_decay`` is its decay, recorded beside it.
+    :param default_weights: which weights loading serves when not told: ``ema`` (when saved) or ``raw``.
     :return: the paths written.
     """
     paths = CheckpointPaths.of(path)
@@ -126,6 +145,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, defense: 
     if clash:
         raise ValueError(f"save_checkpoint: extra metadata may not set {', '.join(clash)}")
     weights = _own_tensors({k: v for k, v in model.state_dict().items()})
+    ema_tensors = _own_tensors(ema) if ema is not None else None
     with_state = optimizer is not None or scheduler is not None or defense_state is not None
     state_tensors: dict[str, torch.Tensor] = {}
     if with_state:
@@ -142,7 +162,12 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, defense: 
     meta: dict[str, Any] = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "files": {"weights": paths.weights.name, "weights_sha256": None, "state": None, "state_sha256": None},
+        "files": {"weights": paths.weights.name, "weights_sha256": None, "state": None, "state_sha256": None,
+                  "ema": None, "ema_sha256": None},
+        # Which file holds which weights, and the one loading serves unless told otherwise.
+        "weights": {"raw": paths.weights.name, "ema": paths.ema.name if ema is not None else None,
+                    "ema_decay": ema_decay if ema is not None else None,
+                    "default": "ema" if ema is not None and default_weights == "ema" else "raw"},
         "model": model_metadata(spec) if spec is not None else None,
         # What the model does to [0, 1] images before the network ({"mode", "mean", "std"}); absent in
         # checkpoints written before it was recorded, which means the dataset's.
@@ -164,11 +189,16 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, *, defense: 
             meta["files"]["state_sha256"] = sha256_file(paths.state)
         atomic_write(paths.weights, lambda tmp: safetensors.torch.save_file(weights, tmp, {"format": FORMAT}))
         meta["files"]["weights_sha256"] = sha256_file(paths.weights)
+        if ema_tensors is not None:
+            atomic_write(paths.ema, lambda tmp: safetensors.torch.save_file(ema_tensors, tmp, {"format": FORMAT}))
+            meta["files"]["ema"] = paths.ema.name
+            meta["files"]["ema_sha256"] = sha256_file(paths.ema)
         # The JSON goes last: it is the commit point, naming the checksums of what is now on disk.
         atomic_write_text(paths.meta, json.dumps(jsonable(meta), indent=2, allow_nan=False) + "\n")
-        if not with_state:
-            with contextlib.suppress(FileNotFoundError):
-                paths.state.unlink()  # a stale resume state from an earlier save no longer matches
+        for kept, stale in ((with_state, paths.state), (ema_tensors is not None, paths.ema)):
+            if not kept:
+                with contextlib.suppress(FileNotFoundError):
+                    stale.unlink()  # a file from an earlier save under this name no longer matches
     return paths
 
 
@@ -249,46 +279,79 @@ def _check_files(files: Any, meta_path: Path) -> None:
     if not isinstance(files, dict):
         raise RobustkitError(f"{meta_path}: \"files\" must be a table of file names, got {type(files).__name__}; "
                              "the checkpoint is damaged: retrain or restore it")
-    for key in ("weights", "state"):
+    for key in ("weights", "state", "ema"):
         name = files.get(key)
         if name is None:
             continue
         if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
             raise RobustkitError(f"{meta_path}: files.{key} is {name!r}; it must be a file name beside the JSON (no "
                                  "folders, no absolute paths): the checkpoint is damaged or was tampered with")
-    for key in ("weights_sha256", "state_sha256"):
+    for key in ("weights_sha256", "state_sha256", "ema_sha256"):
         if files.get(key) is not None and not isinstance(files.get(key), str):
             raise RobustkitError(f"{meta_path}: files.{key} must be a checksum string; the checkpoint is damaged")
 
 
-def load_weights(model: nn.Module, path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load the checkpoint's weights into ``model`` (strictly) and return its metadata."""
+def weights_kind(meta: Mapping[str, Any], kind: str | None = None, where: Any = "the checkpoint") -> str:
+    """Which weights ``kind`` (``auto``/None, ``raw`` or ``ema``) means for a checkpoint with metadata ``meta``:
+    ``auto`` is the checkpoint's default (its EMA when it has one, unless it was saved to serve the raw ones)."""
+    files = meta.get("files") or {}
+    if kind in (None, "auto"):
+        default = (meta.get("weights") or {}).get("default")
+        return "ema" if files.get("ema") and default != "raw" else "raw"
+    if kind not in WEIGHT_KINDS:
+        raise RobustkitError(f"weights kind {kind!r}: use one of {', '.join(WEIGHT_KINDS)}")
+    if kind == "ema" and not files.get("ema"):
+        raise RobustkitError(f"{where} holds no EMA weights (trained without an ema decay); use the raw weights "
+                             "(--weights-kind raw) or train with --ema-decay")
+    return kind
+
+
+def read_weights(path: str | os.PathLike[str], kind: str | None = None
+                 ) -> tuple[dict[str, torch.Tensor], dict[str, Any], Path]:
+    """The checkpoint's weights of ``kind`` (:func:`weights_kind`) as tensors, checked against their checksum and
+    for NaN or infinite values; with the metadata (``weights.loaded`` says which kind) and the file read."""
     paths = CheckpointPaths.of(path)
     meta = read_metadata(paths.meta)
     files = meta.get("files") or {}
-    weights_path = paths.meta.with_name(files.get("weights") or paths.weights.name)
-    tensors, _ = _read_tensors(weights_path, files.get("weights_sha256"), paths.meta)
+    chosen = weights_kind(meta, kind, paths.meta)
+    name_key = "ema" if chosen == "ema" else "weights"
+    weights_path = paths.meta.with_name(files.get(name_key) or (paths.ema if chosen == "ema" else paths.weights).name)
+    tensors, _ = _read_tensors(weights_path, files.get(f"{name_key}_sha256"), paths.meta)
+    meta["weights"] = {**(meta.get("weights") or {}), "loaded": chosen}
     broken = [name for name, t in tensors.items() if t.is_floating_point() and not bool(torch.isfinite(t).all())]
     if broken:
         raise RobustkitError(f"{weights_path} holds NaN or infinite weights ({_few(broken)}): the training that wrote "
                              "it diverged; retrain (a lower learning rate, or an eps warm-up) or use an earlier "
                              "checkpoint")
+    return tensors, meta, weights_path
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike[str], kind: str | None = None) -> dict[str, Any]:
+    """Load the checkpoint's weights into ``model`` (strictly) and return its metadata.
+
+    :param kind: ``auto`` (None: the checkpoint's default, its EMA when it has one), ``raw`` or ``ema``
+        (:func:`weights_kind`); the metadata's ``weights.loaded`` says which were loaded.
+    """
+    tensors, meta, weights_path = read_weights(path, kind)
     _load_strict(model, tensors, weights_path)
     return meta
 
 
-def load_model(path: str | os.PathLike[str], host: Any = None, device: str | torch.device = "cpu") -> nn.Module:
+def load_model(path: str | os.PathLike[str], host: Any = None, device: str | torch.device = "cpu",
+               kind: str | None = None) -> nn.Module:
     """Rebuild the checkpoint's :class:`~robustkit.models.Classifier` and load its weights.
 
     The architecture comes from the metadata (model name, parameters, dataset info) through
     :func:`robustkit.models.build_model`, so the plugin that registered the model must be installed.
+    A training run's folder means the checkpoint the run selected (:func:`chosen_checkpoint`).
 
     :param host: the plugin host (default: the process-wide one).
+    :param kind: which weights: ``auto`` (None: the EMA when the checkpoint has one), ``raw`` or ``ema``.
     :return: the model on ``device``, in eval mode.
     """
     from robustkit.models import build_model  # models imports data only; keep import cheap and acyclic
 
-    paths = CheckpointPaths.of(path)
+    paths = CheckpointPaths.of(chosen_checkpoint(path))
     meta = read_metadata(paths.meta)
     if not meta.get("model") or not meta.get("dataset"):
         raise RobustkitError(
@@ -318,8 +381,39 @@ def load_model(path: str | os.PathLike[str], host: Any = None, device: str | tor
         raise RobustkitError(f"cannot rebuild the model of {paths.meta}: {err}") from None
     except (KeyError, TypeError, AttributeError) as err:
         raise RobustkitError(f"{paths.meta} has malformed model or dataset metadata ({one_line(err)})") from None
-    load_weights(model, paths.meta)
+    load_weights(model, paths.meta, kind)
     return model.to(device).eval()
+
+
+def chosen_checkpoint(path: str | os.PathLike[str], select: str | None = None) -> Path:
+    """The metadata file of the checkpoint ``path`` and ``select`` name.
+
+    Without ``select``: a training run's folder means the checkpoint the run selected (``best`` when its
+    ``last.json`` records a best-epoch selection, else ``last``); a file or stem means that checkpoint.
+    ``select`` (``best`` or ``last``) picks that checkpoint of the run ``path`` belongs to.
+    """
+    p = Path(path)
+    if select is None:
+        last = CheckpointPaths.of(p).meta
+        if not p.is_dir() or not last.is_file():
+            return last
+        chosen = (read_metadata(last).get("selection") or {}).get("checkpoint")
+        if chosen == BEST:
+            best = last.with_name(f"{BEST}.json")
+            if not best.is_file():
+                raise RobustkitError(f"{p} selected its best epoch, but {best.name} is missing; restore it, or use the "
+                                     f"last epoch's weights (--select last)")
+            return best
+        return last
+    if select not in SELECTIONS:
+        raise RobustkitError(f"select {select!r}: use {' or '.join(SELECTIONS)}")
+    folder = p if p.is_dir() else CheckpointPaths.of(p).meta.parent
+    target = folder / f"{select}.json"
+    if not target.is_file():
+        hint = ("the run kept no best epoch (it selected the last one, or validated nothing); use --select last"
+                if select == BEST else "check the path")
+        raise RobustkitError(f"no {select} checkpoint in {folder} ({target.name} not found): {hint}")
+    return target
 
 
 def model_metadata(spec: Any) -> dict[str, Any]:

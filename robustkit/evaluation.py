@@ -25,11 +25,18 @@ Conventions:
 - ``keep_examples=N`` keeps the first N clean-correct examples with every attack's adversarial
   (:class:`Examples`, on the CPU) for figures, topped up with misclassified (unattacked) ones when
   fewer than N are correct; they stay out of the summary and records files.
+- ``state=FILE`` makes a run resumable (:class:`EvaluationState`): the file records every finished batch
+  and every attack finished within the batch in progress, and an attack that can resume inside a batch
+  (AutoAttack, after each sub-attack) saves its own progress through a :class:`BatchCheckpoint`. A killed
+  run called again with the same file continues where it stopped and gives the same summary (the seconds
+  apart), since every attack call is seeded as above whichever batch the run starts at.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import math
@@ -37,18 +44,20 @@ import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
+import safetensors
+import safetensors.torch
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from robustkit.attacks import Attack, attack_budget
 from robustkit.data import ImageDataset, check_images, take
-from robustkit.devices import resolve_device, seed_everything
-from robustkit.files import atomic_write_text
+from robustkit.devices import numeric_environment, resolve_device, seed_everything
+from robustkit.files import atomic_write, atomic_write_text, jsonable, remove_stale_temporaries
 from robustkit.image_metrics import ImageMetric
-from robustkit.errors import InputError, RobustkitError
+from robustkit.errors import InputError, RobustkitError, one_line
 from robustkit.models import logits
 from robustkit.precision import PRECISIONS, wrap
 from robustkit.progress import percent, progress, report
@@ -309,7 +318,8 @@ class EvaluationResult:
 def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_examples: int | None = None,
              batch_size: int = 128, device: str | torch.device = "auto", seed: int = 0,
              keep_examples: int = 0, metrics: Mapping[str, ImageMetric] | None = None, precision: str = "fp32",
-             channels_last: bool = False) -> EvaluationResult:
+             channels_last: bool = False, state: str | Path | EvaluationState | None = None,
+             first_batch: int = 0) -> EvaluationResult:
     """Clean accuracy and robust accuracy of ``model`` under each attack in ``attacks``.
 
     :param model: images in [0, 1] -> logits; moved to ``device`` and put in eval mode meanwhile.
@@ -330,6 +340,13 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     :param precision: ``fp32``, ``bf16`` or ``fp16``: the model runs under autocast (attacks still see
         float32 logits; see :mod:`robustkit.precision` on why fp16 can weaken gradient attacks).
     :param channels_last: run the model in channels-last memory format.
+    :param first_batch: the global index of the first batch of ``data`` when it is one contiguous range of whole
+        batches of a larger evaluation (a shard, :mod:`robustkit.sharding`): seeds and example indices go on
+        from it, so the shards' records equal those of one run over everything.
+    :param state: a state file (:class:`EvaluationState`) that makes the run resumable: continued where it
+        stopped when the file exists and belongs to this evaluation (refused, naming what differs, when it
+        belongs to another), started and recorded otherwise. It is kept when the run ends; delete it (or
+        :meth:`EvaluationState.remove`) once the results are safe elsewhere.
     """
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
@@ -341,41 +358,77 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
         raise InputError(f"n_examples must be >= 1 (or None for all), got {n_examples}")
     device = resolve_device(device)
     loader, total = _batches(data, n_examples, batch_size)
-    records: list[SampleRecord] = []
-    seconds = {name: 0.0 for name in attacks}
-    steps: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in attacks}
-    kept: list[dict[str, Any]] = []
+    run = _Run(seconds={name: 0.0 for name in attacks}, steps={name: {} for name in attacks})
     start = time.perf_counter()
     was_training = model.training
     model.to(device).eval()
+    store = None if state is None else state if isinstance(state, EvaluationState) else EvaluationState(state)
+    if store is not None:
+        identity = _identity(model, attacks, metrics or {}, n_examples=n_examples, batch_size=batch_size,
+                             seed=seed, keep_examples=keep_examples, precision=precision,
+                             channels_last=channels_last, device=device)
+        run = store.load(identity) or run
+
+    def save() -> None:
+        if store is not None:  # without a state file nothing is recorded
+            store.save(identity, run)
+
     owner, model = model, wrap(model, precision, channels_last)
+    batch_index = -1
     try:
         for batch_index, (images, labels) in enumerate(progress(loader, total=total, desc="evaluate",
                                                                 unit="batch")):
-            images, labels = images.to(device), torch.as_tensor(labels).long().to(device)
+            labels = torch.as_tensor(labels).long()
+            digest = _digest(images, labels) if store is not None else ""
+            if batch_index < len(run.batches):  # finished before the run was stopped: only check it is the same
+                _same_batch(store, batch_index, run.batches[batch_index], digest)
+                continue
+            if run.complete:
+                raise _data_differs(store, f"it goes on after the {len(run.batches)} batches recorded")
+            images, labels = images.to(device), labels.to(device)
             check_images(images, labels)  # also when every prediction is wrong and no attack runs
-            batch_records = _clean_records(model, images, labels, offset=len(records))
-            adversarials: dict[str, torch.Tensor | None] = {}
-            for name, attack in attacks.items():
-                seed_everything(seed + batch_index)
+            if run.current is None:
+                run.current = _Batch(batch_index, digest, _clean_records(model, images, labels,
+                                                                     first_batch * batch_size + len(run.records)))
+            else:  # the batch the run was stopped in
+                _same_batch(store, batch_index, run.current.digest, digest)
+            current = run.current
+            todo = [name for name in attacks if name not in current.done]
+            for name in todo:
+                seed_everything(seed + first_batch + batch_index)
                 tick = time.perf_counter()
-                adversarials[name] = _attack_batch(model, attack, name, images, labels, batch_records, metrics or {},
-                                                   steps[name])
+                checkpoint = None if store is None else _checkpoints(current, name, save)
+                adversarial = _attack_batch(model, attacks[name], name, images, labels, current.records,
+                                            metrics or {}, run.steps[name], checkpoint)
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)  # time the work, not the launch
-                seconds[name] += time.perf_counter() - tick
+                run.seconds[name] += time.perf_counter() - tick
+                current.done.append(name)
+                current.adversarials[name] = adversarial if keep_examples else None  # only figures need them
+                current.partial = None
+                if name != todo[-1]:  # the batch's own save follows the last one
+                    save()
             if keep_examples:
-                _keep(images, batch_records, adversarials, keep_examples, kept)
-            records.extend(batch_records)
+                _keep(images, current.records, current.adversarials, keep_examples, run.kept)
+            run.records.extend(current.records)
+            run.batches.append(digest)
+            run.current = None
+            save()
     finally:
         owner.train(was_training)
-    if not records:
+    if not run.records:
         raise InputError("nothing to evaluate: the dataset is empty")
-    result = _result(records, attacks, metrics or {}, seconds, seed, device, time.perf_counter() - start, steps)
-    report(f"evaluate: {len(records)} examples, {len(attacks)} attack{'s' if len(attacks) != 1 else ''}, "
+    if len(run.batches) > batch_index + 1 or run.current is not None:
+        raise _data_differs(store, f"it ends after {batch_index + 1} batches, the file recorded more")
+    if not run.complete:
+        run.complete = True
+        save()
+    result = _result(run.records, attacks, metrics or {}, run.seconds, seed, device, time.perf_counter() - start,
+                     run.steps)
+    report(f"evaluate: {len(run.records)} examples, {len(attacks)} attack{'s' if len(attacks) != 1 else ''}, "
            f"clean {percent(result.clean_accuracy)}  {result.seconds:.1f} s")
     if keep_examples:
-        result.examples = _examples(kept, keep_examples, list(attacks), images.shape[1:])
+        result.examples = _examples(run.kept, keep_examples, list(attacks), images.shape[1:])
     return result
 
 
@@ -504,9 +557,14 @@ def _clean_records(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
 
 def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Tensor, labels: torch.Tensor,
                   records: list[SampleRecord], metrics: Mapping[str, ImageMetric],
-                  steps: dict[str, dict[str, Any]] | None = None) -> torch.Tensor | None:
+                  steps: dict[str, dict[str, Any]] | None = None,
+                  checkpoint: Callable[[torch.Tensor, torch.Tensor], BatchCheckpoint] | None = None,
+                  ) -> torch.Tensor | None:
     """Run ``attack`` on the clean-correct examples of one batch and fill in their outcomes (and add its
     ``extra["steps"]``, if any, to ``steps``: :func:`_add_steps`).
+
+    ``checkpoint(x, y)`` gives the :class:`BatchCheckpoint` of this attack on these inputs; it is handed to
+    an attack that can resume within a batch (see there).
 
     :returns: the adversarials of the clean-correct examples, in batch order (None if there were none).
     """
@@ -518,7 +576,9 @@ def _attack_batch(model: nn.Module, attack: Attack, name: str, images: torch.Ten
         return None
     idx = torch.tensor(todo, device=images.device)
     x, y = images[idx], labels[idx]
-    result = attack(model, x, y)
+    handed = checkpoint(x, y) if checkpoint is not None and hasattr(attack, "batch_checkpoint") else None
+    with _handing(attack, handed):
+        result = attack(model, x, y)
     if steps is not None:
         _add_steps(steps, (result.extra or {}).get("steps"))
     adv_preds = _predict(model, result.adversarial).tolist()
@@ -602,3 +662,336 @@ def _mean(values: list[float]) -> float | None:
 
 def _median(values: list[float]) -> float | None:
     return float(statistics.median(values)) if values else None
+
+
+# --- resuming a stopped evaluation: the state file ---------------------------------------------------
+
+STATE_FORMAT = "robustkit-evaluation-state"
+STATE_FORMAT_VERSION = 1
+_STATE_KEY = "robustkit"  # the safetensors header entry holding the JSON part
+_FIX = "delete the file to start afresh, or give another state file"
+
+
+@dataclass
+class _Batch:
+    """The batch in progress: its clean records with the outcomes of the attacks finished on it (``done``, in
+    order), their adversarials (kept only for figures), and the progress the running attack saved inside it
+    (``partial``: ``attack``, ``inputs`` (a digest of what it was given), ``meta`` and ``tensors``)."""
+
+    index: int
+    digest: str
+    records: list[SampleRecord]
+    done: list[str] = field(default_factory=list)
+    adversarials: dict[str, torch.Tensor | None] = field(default_factory=dict)
+    partial: dict[str, Any] | None = None
+
+
+@dataclass
+class _Run:
+    """What :func:`evaluate` has done so far, all a state file holds: the finished batches' records and
+    digests, the running totals (seconds and steps include the attacks finished on the batch in progress),
+    the kept examples, and the batch in progress. ``complete``: every batch of the data is done."""
+
+    seconds: dict[str, float]
+    steps: dict[str, dict[str, dict[str, Any]]]
+    records: list[SampleRecord] = field(default_factory=list)
+    batches: list[str] = field(default_factory=list)
+    kept: list[dict[str, Any]] = field(default_factory=list)
+    current: _Batch | None = None
+    complete: bool = False
+
+
+class BatchCheckpoint:
+    """The interface between :func:`evaluate` and an attack that can resume inside one batch.
+
+    An attack opts in by declaring the attribute ``batch_checkpoint = None`` (AutoAttack does). While
+    ``evaluate(state=...)`` runs it on a batch, the attribute holds this batch's checkpoint, and None
+    again after the call (and always without a state file):
+
+    - :meth:`load` gives back what the attack saved on exactly these inputs before the run was stopped,
+      ``(meta, tensors)``, or None: start from the beginning.
+    - :meth:`save` records ``meta`` (JSON-ready) and ``tensors`` (by name) in the state file at once.
+
+    The attack saves after each step it can restart from (AutoAttack: each sub-attack) and, given a saved
+    step, continues after it. It owes the same result as an uninterrupted call: each step must start from
+    a random state that does not depend on the steps before it (AutoAttack seeds every sub-attack alike).
+    A checkpoint never leaks into another attack or batch: evaluate makes one per attack call and drops
+    what was saved once the call returns.
+    """
+
+    def __init__(self, batch: _Batch, attack: str, inputs: str, save: Callable[[], None]):
+        self._batch, self._attack, self._inputs, self._save = batch, attack, inputs, save
+
+    def load(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | None:
+        """What the attack saved on these inputs (its meta and CPU tensors), or None."""
+        partial = self._batch.partial
+        if partial is None or partial["attack"] != self._attack:
+            return None
+        if partial["inputs"] != self._inputs:  # the clean predictions differ from the stopped run's
+            report(f"evaluate: {self._attack}'s saved progress in batch {self._batch.index + 1} was made on other "
+                   "inputs; it starts that batch afresh")
+            return None
+        return json.loads(json.dumps(partial["meta"])), {k: t.clone() for k, t in partial["tensors"].items()}
+
+    def save(self, meta: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> None:
+        """Record the attack's progress on this batch (the state file is rewritten atomically)."""
+        self._batch.partial = {"attack": self._attack, "inputs": self._inputs, "meta": jsonable(dict(meta)),
+                               "tensors": {k: t.detach().to("cpu").clone() for k, t in tensors.items()}}
+        self._save()
+
+
+def _checkpoints(batch: _Batch, attack: str, save: Callable[[], None],
+                 ) -> Callable[[torch.Tensor, torch.Tensor], BatchCheckpoint]:
+    return lambda x, y: BatchCheckpoint(batch, attack, _digest(x, y), save)
+
+
+@contextlib.contextmanager
+def _handing(attack: Attack, checkpoint: BatchCheckpoint | None) -> Iterator[None]:
+    """Hand ``checkpoint`` to ``attack`` for one call (see :class:`BatchCheckpoint`)."""
+    if checkpoint is None:
+        yield
+        return
+    attack.batch_checkpoint = checkpoint  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        attack.batch_checkpoint = None  # type: ignore[attr-defined]
+
+
+def _digest(*tensors: torch.Tensor) -> str:
+    """SHA-256 of tensors' dtypes, shapes and bytes (device-independent)."""
+    digest = hashlib.sha256()
+    for tensor in tensors:
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def model_fingerprint(model: nn.Module) -> dict[str, Any]:
+    """What identifies the computation of ``model``: its class, the SHA-256 of its state dict (names,
+    dtypes, shapes and bytes; device-independent) and, for a user's own model, its source's hashes."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}|".encode())
+        digest.update(_digest(tensor).encode())
+    out: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}",
+                           "weights_sha256": digest.hexdigest()}
+    source = getattr(getattr(model, "spec", None), "source", None)
+    if source:
+        out["source"] = {key: source.get(key) for key in ("kind", "class", "sha256", "weights_sha256")}
+    return out
+
+
+def _identity(model: nn.Module, attacks: Mapping[str, Attack], metrics: Mapping[str, ImageMetric], *,
+              n_examples: int | None, batch_size: int, seed: int, keep_examples: int, precision: str,
+              channels_last: bool, device: torch.device) -> dict[str, Any]:
+    """What a state file belongs to: everything that decides the evaluation's numbers (the model, each
+    attack's description (AutoAttack's includes its settings fingerprint), the metrics, which examples and
+    how they are batched and seeded, the numeric environment) and the examples kept for figures."""
+    identity = {
+        "model": model_fingerprint(model),
+        "attacks": {name: attack.describe() for name, attack in attacks.items()},
+        "attack_order": list(attacks),
+        "metrics": {name: {"metric": m.display_name(), "params": dict(m.config)} for name, m in metrics.items()},
+        "data": {"n_examples": n_examples, "batch_size": batch_size, "seed": seed},
+        "keep_examples": keep_examples,
+        "precision": precision,
+        "channels_last": channels_last,
+        "environment": numeric_environment(device, torch.get_num_threads()),
+    }
+    return json.loads(json.dumps(jsonable(identity)))  # as it reads back from the file
+
+
+def _same_batch(state: EvaluationState | None, index: int, recorded: str, digest: str) -> None:
+    if state is not None and recorded != digest:
+        raise _data_differs(state, f"batch {index + 1} holds other images or labels")
+
+
+def _data_differs(state: EvaluationState | None, what: str) -> RobustkitError:
+    where = state.path if state is not None else "the state file"
+    return RobustkitError(f"{where} records an evaluation of other data ({what}); evaluate the same examples in "
+                          f"the same order, or {_FIX}")
+
+
+class EvaluationState:
+    """The state file of a resumable evaluation (``evaluate(state=...)``, ``robustkit attack --state``).
+
+    One safetensors file, never a pickle: its header holds the JSON part, the tensors are plain tensors.
+    It is rewritten atomically (:func:`robustkit.files.atomic_write`: a temporary file in the same folder,
+    fsync, rename) after every finished batch, after each attack that finishes inside the batch in
+    progress, and whenever an attack saves its progress inside a batch (:class:`BatchCheckpoint`), so a
+    kill at any moment leaves the last whole state. It is refused as a symbolic link.
+
+    The JSON part:
+
+    - ``identity``: what the file belongs to (the model's fingerprint, every attack's description, the
+      metrics, ``n_examples``, ``batch_size``, ``seed``, the numeric environment, ...). A resume whose
+      identity differs is refused in one line naming the difference.
+    - ``batches``: a SHA-256 of each finished batch's images and labels; a resume on other data is refused
+      at the first batch that differs.
+    - ``records``, ``seconds``, ``steps``, ``kept``: the finished batches' per-example records and the
+      running totals, so a resumed run's summary equals an uninterrupted one's (the seconds apart).
+    - ``current``: the batch in progress: its records with the outcomes of the attacks finished on it,
+      their adversarials when examples are kept for figures (tensors), and the running attack's own
+      progress (``partial``: its meta here, its tensors as ``partial/NAME``).
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def _check_path(self) -> None:
+        if self.path.is_symlink():
+            raise RobustkitError(f"state file {self.path} is a symbolic link; robustkit never writes through one: "
+                                 "remove it or give another state file")
+        if self.path.is_dir():
+            raise RobustkitError(f"state file {self.path} is a folder; give a file name (it is created when missing)")
+
+    def read(self) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+        """The file's JSON part and tensors, unchecked against any evaluation.
+
+        :raises RobustkitError: when it is missing, a link, or not a whole state file (truncated, corrupt).
+        """
+        self._check_path()
+        if not self.path.is_file():
+            raise RobustkitError(f"state file {self.path} not found")
+        try:
+            with safetensors.safe_open(str(self.path), framework="pt") as handle:
+                header = handle.metadata() or {}
+                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+            doc = json.loads(header[_STATE_KEY])
+        except Exception as err:  # safetensors raises its own types for every kind of damage
+            raise self._damaged(one_line(err, typed=True)) from None
+        if not isinstance(doc, dict) or doc.get("format") != STATE_FORMAT:
+            raise self._damaged(f"not a {STATE_FORMAT} file")
+        if doc.get("format_version") != STATE_FORMAT_VERSION:
+            raise RobustkitError(f"state file {self.path} has format version {doc.get('format_version')}, this "
+                                 f"robustkit reads {STATE_FORMAT_VERSION}; {_FIX}")
+        return doc, tensors
+
+    def load(self, identity: Mapping[str, Any]) -> _Run | None:
+        """The run recorded for ``identity``; None when there is no file yet (the stale temporaries a killed
+        write left next to it are removed).
+
+        :raises RobustkitError: when the file belongs to another evaluation (naming what differs), or is
+            damaged.
+        """
+        self._check_path()
+        remove_stale_temporaries(self.path.parent)
+        if not self.path.exists():
+            return None
+        doc, tensors = self.read()
+        if doc.get("identity") != identity:
+            raise RobustkitError(f"state file {self.path} belongs to another evaluation "
+                                 f"({_differences(doc.get('identity'), identity)}); {_FIX}")
+        try:
+            run = _run_from(doc, tensors)
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError) as err:
+            raise self._damaged(f"{type(err).__name__} {err}") from None
+        done = len(run.batches)
+        report(f"evaluate: resuming from {self.path}: " + ("every batch done" if run.complete else
+               f"{done} batch{'es' if done != 1 else ''} done"
+               + (f", batch {done + 1} in progress" if run.current is not None else "")))
+        return run
+
+    def save(self, identity: Mapping[str, Any], run: _Run) -> None:
+        """Write ``run`` for ``identity`` atomically."""
+        self._check_path()
+        doc, tensors = _run_to(run)
+        doc = {"format": STATE_FORMAT, "format_version": STATE_FORMAT_VERSION, "identity": dict(identity), **doc}
+        header = {_STATE_KEY: json.dumps(doc, separators=(",", ":"))}
+        atomic_write(self.path, lambda tmp: safetensors.torch.save_file(tensors, str(tmp), header))
+
+    def remove(self) -> None:
+        """Delete the file (no error when it is gone)."""
+        self._check_path()
+        self.path.unlink(missing_ok=True)
+
+    def _damaged(self, detail: str) -> RobustkitError:
+        return RobustkitError(f"state file {self.path} is damaged or truncated ({detail}); {_FIX}")
+
+
+def _record_to(record: SampleRecord) -> dict[str, Any]:
+    return {"index": record.index, "label": record.label, "clean_pred": record.clean_pred,
+            "attacks": {name: asdict(o) for name, o in record.attacks.items()}}
+
+
+def _record_from(doc: Mapping[str, Any]) -> SampleRecord:
+    return SampleRecord(int(doc["index"]), int(doc["label"]), int(doc["clean_pred"]),
+                        {name: AttackOutcome(**o) for name, o in doc["attacks"].items()})
+
+
+def _run_to(run: _Run) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """``run`` as the JSON part and the tensors of a state file (every tensor its own CPU copy: safetensors
+    refuses tensors that share memory)."""
+    tensors: dict[str, torch.Tensor] = {}
+
+    def put(key: str, tensor: torch.Tensor) -> str:
+        tensors[key] = tensor.detach().to("cpu").clone()
+        return key
+
+    kept = []
+    for i, k in enumerate(run.kept):
+        kept.append({"index": k["index"], "label": k["label"], "clean_pred": k["clean_pred"],
+                     "adv_pred": k["adv_pred"], "image": put(f"kept/{i}/image", k["image"]),
+                     "adversarial": {name: put(f"kept/{i}/adv/{j}", t)
+                                     for j, (name, t) in enumerate(k["adversarial"].items())}})
+    current = None
+    if run.current is not None:
+        batch = run.current
+        partial = None
+        if batch.partial is not None:
+            partial = {**{k: v for k, v in batch.partial.items() if k != "tensors"},
+                       "tensors": {name: put(f"partial/{name}", t) for name, t in batch.partial["tensors"].items()}}
+        current = {"index": batch.index, "digest": batch.digest, "records": [_record_to(r) for r in batch.records],
+                   "done": list(batch.done),
+                   "adversarials": {name: None if t is None else put(f"current/adv/{j}", t)
+                                    for j, (name, t) in enumerate(batch.adversarials.items())},
+                   "partial": partial}
+    doc = {"complete": run.complete, "batches": list(run.batches), "seconds": dict(run.seconds),
+           "steps": run.steps, "records": [_record_to(r) for r in run.records], "kept": kept, "current": current}
+    return doc, tensors
+
+
+def _run_from(doc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> _Run:
+    """The inverse of :func:`_run_to`; a missing tensor or field raises KeyError (a damaged file)."""
+    run = _Run(seconds={k: float(v) for k, v in doc["seconds"].items()},
+               steps={k: dict(v) for k, v in doc["steps"].items()},
+               records=[_record_from(r) for r in doc["records"]], batches=[str(d) for d in doc["batches"]],
+               complete=bool(doc["complete"]))
+    for k in doc["kept"]:
+        run.kept.append({"index": int(k["index"]), "label": int(k["label"]), "clean_pred": int(k["clean_pred"]),
+                         "adv_pred": {name: int(p) for name, p in k["adv_pred"].items()},
+                         "image": tensors[k["image"]],
+                         "adversarial": {name: tensors[key] for name, key in k["adversarial"].items()}})
+    current = doc["current"]
+    if current is not None:
+        if int(current["index"]) != len(run.batches):
+            raise ValueError(f"the batch in progress is {current['index'] + 1}, after {len(run.batches)} done")
+        partial = current["partial"]
+        if partial is not None:
+            partial = {**partial, "tensors": {name: tensors[key] for name, key in partial["tensors"].items()}}
+        run.current = _Batch(int(current["index"]), str(current["digest"]),
+                             [_record_from(r) for r in current["records"]], [str(n) for n in current["done"]],
+                             {name: None if key is None else tensors[key]
+                              for name, key in current["adversarials"].items()}, partial)
+    return run
+
+
+def _differences(stored: Any, current: Any, limit: int = 3) -> str:
+    """Where two identities differ, as ``path: A there, B now`` (the first ``limit``; long values shortened)."""
+    found: list[str] = []
+
+    def shown(value: Any) -> str:
+        text = json.dumps(value)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    def walk(a: Any, b: Any, where: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in list(b) + [k for k in a if k not in b]:
+                walk(a.get(key), b.get(key), f"{where}.{key}" if where else str(key))
+        elif a != b:
+            found.append(f"{where or 'everything'}: {shown(a)} there, {shown(b)} now")
+
+    walk(stored, current, "")
+    return "; ".join(found[:limit]) + (f"; and {len(found) - limit} more" if len(found) > limit else "")

@@ -130,6 +130,31 @@ def register_metrics(register: Register) -> None:
     """
 
 
+@hookspec
+def register_recipes(register: Register) -> None:
+    """Register training recipes (``robustkit train --recipe NAME``, ``recipe = "NAME"`` in benchmark specs).
+
+    The factory takes no arguments and returns a :class:`robustkit.recipes.Recipe`: a published training setup
+    (model, dataset, defense, training settings) with its source and the figures it reported. It is checked
+    against the registered components when it is used.
+
+    :param register: the :class:`Register` callback.
+    """
+
+
+@hookspec
+def register_executors(register: Register) -> None:
+    """Register executors: what runs a benchmark's cells (``robustkit bench run SPEC --executor NAME``).
+
+    The factory takes the executor's options as keyword parameters (declare them as ``params``; ``bench run``
+    passes ``--option-name`` as ``option_name``) and returns a :class:`robustkit.executors.Executor`. It runs
+    the cells wherever it likes and hands each record back to the driver, which alone writes records. The
+    essential set registers ``local`` (processes on this machine, the default) and ``ray``.
+
+    :param register: the :class:`Register` callback.
+    """
+
+
 # --- Registration: command line -------------------------------------------------------------
 
 
@@ -148,6 +173,8 @@ HOOK_KINDS: dict[str, str] = {
     "register_defenses": "defense",
     "register_benchmarks": "benchmark",
     "register_metrics": "metric",
+    "register_executors": "executor",
+    "register_recipes": "recipe",
 }
 """Registration hooks that fill a registry, and the kind of component each one registers."""
 

@@ -36,7 +36,9 @@ if TYPE_CHECKING:
     from robustkit.attacks import Attack
     from robustkit.data import ImageDataset
     from robustkit.defenses import Defense
+    from robustkit.executors import Executor
     from robustkit.image_metrics import ImageMetric
+    from robustkit.recipes import Recipe
 
 ENTRY_POINT_GROUP = "robustkit"
 
@@ -74,7 +76,7 @@ def _env_names(var: str) -> set[str] | None:
 
 
 #: Listing commands that are not ``robustkit KINDs list``.
-LIST_COMMANDS = {"benchmark": "robustkit bench list"}
+LIST_COMMANDS = {"benchmark": "robustkit bench list", "executor": "robustkit plugins", "recipe": "robustkit recipes list"}
 
 
 class Host:
@@ -247,6 +249,14 @@ class Host:
     def metrics(self) -> Registry[ImageMetric]:
         return self.registries["metric"]
 
+    @property
+    def recipes(self) -> Registry[Recipe]:
+        return self.registries["recipe"]
+
+    @property
+    def executors(self) -> Registry[Executor]:
+        return self.registries["executor"]
+
     def plugin_versions(self) -> dict[str, str | None]:
         """``{plugin: version}`` for provenance records."""
         return {name: rec.version for name, rec in sorted(self.records.items())}
@@ -264,10 +274,13 @@ def _returns(kind: str) -> type | tuple[type, ...]:
     from robustkit.attacks import Attack
     from robustkit.data import ImageDataset
     from robustkit.defenses import Defense
+    from robustkit.executors import Executor
     from robustkit.image_metrics import ImageMetric
+    from robustkit.recipes import Recipe
 
     return {"model": nn.Module, "dataset": ImageDataset, "attack": Attack, "defense": Defense,
-            "benchmark": dict, "metric": ImageMetric}[kind]
+            "benchmark": dict, "metric": ImageMetric, "recipe": Recipe,
+            "executor": Executor}[kind]
 
 
 def _first_doc_line(obj: Any) -> str:

@@ -1,13 +1,22 @@
 """The one training loop every defense shares.
 
 A defense supplies the loss of a batch (:meth:`robustkit.defenses.Defense.batch_loss`); this module
-owns everything else: optimizer, learning-rate schedule, epochs, seeds, per-epoch validation,
-checkpoints, resuming, progress bars, ``metrics.jsonl`` and ``curves.png``.
+owns everything else: optimizer, learning-rate schedule, epochs, seeds, data augmentation
+(:mod:`robustkit.augmentation`), a moving average of the weights (:mod:`robustkit.ema`), per-epoch
+validation, the choice of the epoch to keep, checkpoints, resuming, progress bars, ``metrics.jsonl`` and
+``curves.png``.
 
-Determinism: the data order of epoch ``e`` comes from a generator seeded with ``(seed, e)``, and the
-global RNGs the defense draws from are reseeded with ``(seed, e)`` at the start of the epoch. With the
-weights, optimizer and scheduler restored from the checkpoint of epoch ``e - 1``, a resumed run is
-bit-for-bit the run that was never stopped (on CPU; CUDA kernels may add their own nondeterminism).
+Determinism: the data order of epoch ``e`` comes from a generator seeded with ``(seed, e)``, the
+augmentation's draws from another (on the training device), and the global RNGs the defense draws from are
+reseeded with ``(seed, e)`` at the start of the epoch. With the weights, their average, the optimizer and
+the scheduler restored from the checkpoint of epoch ``e - 1``, a resumed run is bit-for-bit the run that was
+never stopped (on CPU; on CUDA with deterministic kernels, :mod:`robustkit.devices`).
+
+Validation never touches the test split: it runs on a fixed slice of ``val_examples`` training images
+(:func:`validation_split`, the same for every seed), held out of training whenever the run selects its best
+epoch (robust early stopping, Rice et al. 2020) or ``val_holdout`` says so. With ``select="best"`` the epoch
+with the highest validation PGD accuracy (clean accuracy without a PGD check; ties: the earlier) is saved as
+``best.*`` beside ``last.*`` and is what training returns; ``last.json`` records the choice.
 
 Defenses that own more than a loss (a generator network, its optimizer) use :class:`Defense`'s
 ``setup(model, device)`` and ``prepare(model, dataset, device)``, called once before the first epoch of
@@ -32,13 +41,15 @@ from typing import Any, Callable, Iterator, Mapping
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from robustkit.adversarial import pgd, pgd_step_size
-from robustkit.checkpoints import (CheckpointPaths, defer_interrupts, load_training_state, load_weights, read_metadata,
-                                   save_checkpoint)
+from robustkit.augmentation import Augmentation, parse_augment, resolve_augment
+from robustkit.checkpoints import (BEST, LAST, CheckpointPaths, defer_interrupts, load_training_state, load_weights,
+                                   read_metadata, read_weights, save_checkpoint)
+from robustkit.ema import WeightAverage
 from robustkit.files import atomic_write_text, jsonable, remove_stale_temporaries
-from robustkit.data import ImageDataset, check_images, check_labels, take
+from robustkit.data import ImageDataset, check_images, check_labels
 from robustkit.defenses import Defense
 from robustkit.devices import resolve_device, seed_everything
 from robustkit.errors import ParameterError, RobustkitError
@@ -50,7 +61,14 @@ from robustkit.threat import ThreatModel
 
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("constant", "cosine", "step")
-CHECKPOINT_STEM = "last"
+#: Which epoch a run keeps: ``auto`` (:func:`resolve_select`), its ``best`` by validation, or its ``last``.
+SELECTS = ("auto", "best", "last")
+#: Which weights a run that keeps a moving average validates, selects by and returns.
+SERVED_WEIGHTS = ("ema", "raw")
+CHECKPOINT_STEM = LAST
+#: Seeds the choice of the validation slice: a fact of the training split, the same for every run's seed, so
+#: every defense and seed of a benchmark validates on (and holds out) the same images.
+VAL_SLICE_SEED = 20200226
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
 CURVES_EVERY_S = 60.0  # refresh curves.png at most this often during a run
@@ -74,7 +92,8 @@ class TrainConfig:
     :param gamma: the ``step`` decay factor.
     :param seed: seeds data order and the defense's randomness, per epoch.
     :param device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    :param val_examples: the first N test images to validate on after each epoch; 0 switches validation off.
+    :param val_examples: training images to validate on after each epoch (a fixed slice of the training split,
+        :func:`validation_split`; never test images); 0 switches validation off.
     :param val_eps: linf budget of the per-epoch PGD accuracy; ``None`` switches it off.
     :param val_steps: PGD iterations of that check.
     :param val_step_size: its step size; ``None`` means 2.5 * val_eps / val_steps.
@@ -89,6 +108,18 @@ class TrainConfig:
         trains at ``eps * e / (W + 1)``; from epoch W + 1 on, the full eps). 0, the default, is off. The
         usual remedy when adversarial training from scratch stays at chance; only for defenses with an
         ``eps`` parameter and no state of their own.
+    :param augment: training augmentation (:mod:`robustkit.augmentation`): ``default`` (the dataset's own, e.g.
+        crops and flips for CIFAR, none for MNIST and digits), ``none`` or a list such as ``crop:4:zero,flip``;
+        applied to each batch on the training device before the defense crafts its adversarial examples.
+    :param ema_decay: keep an exponential moving average of the weights with this decay (e.g. 0.999;
+        :mod:`robustkit.ema`); ``None`` keeps none.
+    :param weights_kind: with an EMA, which weights are validated, selected by and returned: ``ema`` or
+        ``raw`` (both are saved either way).
+    :param select: the epoch to keep: ``last``, ``best`` (highest validation PGD accuracy; needs validation) or
+        ``auto`` (:func:`resolve_select`: best for adversarial defenses when the PGD check is on, else last).
+    :param val_holdout: hold the validation slice out of training; ``None`` means exactly when the run selects
+        its best epoch (a benchmark sets it for all its cells, so every defense trains on the same images).
+    :param recipe: the recipe the settings came from (:mod:`robustkit.recipes`), recorded only.
     """
 
     epochs: int = 10
@@ -111,8 +142,14 @@ class TrainConfig:
     precision: str = "fp32"
     channels_last: bool = False
     eps_warmup: int = 0
+    augment: str = "default"
+    ema_decay: float | None = None
+    weights_kind: str = "ema"
+    select: str = "last"
+    val_holdout: bool | None = None
+    recipe: str | None = None
 
-    NOT_IDENTITY = ("device", "out_dir", "num_workers")  # may change between a run and its resume
+    NOT_IDENTITY = ("device", "out_dir", "num_workers", "recipe")  # may change between a run and its resume
 
     def check(self) -> None:
         """Raise :class:`ParameterError` for values that cannot work, before any work starts."""
@@ -140,13 +177,30 @@ class TrainConfig:
         need(self.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         need(isinstance(self.eps_warmup, int) and 0 <= self.eps_warmup < self.epochs,
              f"eps_warmup must be a whole number of epochs from 0 to epochs - 1, got {self.eps_warmup}")
+        if not (isinstance(self.augment, str) and self.augment.strip().lower() == "default"):
+            parse_augment(self.augment)  # raises a ParameterError naming the bad operation
+        need(self.ema_decay is None or (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1),
+             f"ema_decay must be in [0, 1) (e.g. 0.999) or None, got {self.ema_decay}")
+        need(self.weights_kind in SERVED_WEIGHTS,
+             f"weights_kind must be one of {', '.join(SERVED_WEIGHTS)}, got {self.weights_kind!r}")
+        need(self.select in SELECTS, f"select must be one of {', '.join(SELECTS)}, got {self.select!r}")
+        need(self.select != "best" or self.val_examples > 0,
+             "select best needs validation to choose by: set val_examples > 0, or select last")
+        need(self.val_holdout is None or isinstance(self.val_holdout, bool),
+             f"val_holdout must be true, false or None, got {self.val_holdout!r}")
 
     def identity(self) -> dict[str, Any]:
-        """The settings that decide the trained weights and the recorded metrics (the precision options and
-        the warm-up only when not at their defaults, so runs saved before they existed still resume)."""
-        defaults = {"precision": "fp32", "channels_last": False, "eps_warmup": 0}
-        return jsonable({k: v for k, v in dataclasses.asdict(self).items()
-                         if k not in self.NOT_IDENTITY and not (k in defaults and v == defaults[k])})
+        """The settings that decide the trained weights and the recorded metrics (settings added later only
+        when not at their old behaviour, so runs saved before they existed still resume where nothing changed).
+        Validation from the training split (``val_split``) is always named: runs that validated on test
+        images are other runs."""
+        defaults = {"precision": "fp32", "channels_last": False, "eps_warmup": 0, "augment": "none",
+                    "ema_decay": None, "weights_kind": "ema", "select": "last", "val_holdout": False}
+        out = {k: v for k, v in dataclasses.asdict(self).items()
+               if k not in self.NOT_IDENTITY and not (k in defaults and v == defaults[k])}
+        if self.val_examples > 0:
+            out["val_split"] = "train"
+        return jsonable(out)
 
 
 @dataclass
@@ -156,13 +210,18 @@ class TrainResult:
     :param model: the trained model (on the training device, in eval mode).
     :param history: one metrics dict per completed epoch, from the first (including resumed ones).
     :param resumed_from: completed epochs found in ``out_dir`` before this call (0 for a fresh run).
-    :param checkpoint: the checkpoint's metadata file, or ``None`` without ``out_dir``.
+    :param checkpoint: the metadata file of the checkpoint the run kept (``best.json`` when it selects its
+        best epoch, else ``last.json``), or ``None`` without ``out_dir``.
+    :param selected_epoch: the epoch whose weights ``model`` holds.
+    :param weights: which of them: ``ema`` (the moving average) or ``raw``.
     """
 
     model: nn.Module
     history: list[dict[str, Any]] = field(default_factory=list)
     resumed_from: int = 0
     checkpoint: Path | None = None
+    selected_epoch: int | None = None
+    weights: str = "raw"
 
     @property
     def metrics(self) -> dict[str, Any]:
@@ -200,21 +259,90 @@ def run_identity(model: nn.Module, dataset: ImageDataset, defense: Defense, conf
     })
 
 
+def resolve_select(defense: Defense, config: TrainConfig) -> str:
+    """The epoch a run keeps, ``best`` or ``last``: ``config.select`` unless it is ``auto``, which means best for
+    an adversarial defense (one that declares a trade-off knob, as every robustness defense does and natural
+    training does not) when validation measures PGD accuracy (``val_examples`` and ``val_eps`` set), else last.
+    Robust overfitting (Rice et al., ICML 2020) is why: adversarial training's robust accuracy falls when
+    training goes on past its best epoch, while natural training's clean accuracy does not."""
+    if config.select != "auto":
+        return config.select
+    adversarial = getattr(defense, "knob", None) is not None
+    return "best" if adversarial and config.val_examples > 0 and config.val_eps is not None else "last"
+
+
+def resolved(config: TrainConfig, defense: Defense, dataset: ImageDataset, host: Any = None) -> TrainConfig:
+    """``config`` with every ``auto``/``default`` made explicit for this run: the dataset's augmentation, the
+    epoch it keeps and whether the validation slice is held out. What a run records and resumes by."""
+    augment = config.augment
+    if host is None and isinstance(augment, str) and augment.strip().lower() == "default":
+        from robustkit.host import get_host  # the dataset's default is a fact of its registration
+
+        host = get_host()
+    augment = resolve_augment(augment, dataset.info.name, host)
+    select = resolve_select(defense, config)
+    holdout = config.val_holdout if config.val_holdout is not None else select == "best"
+    return dataclasses.replace(config, augment=augment, select=select, val_holdout=holdout)
+
+
+def validation_split(train_set: Dataset, n: int, held_out: bool) -> tuple[Dataset, Dataset | None]:
+    """The images to train on and the validation slice: ``n`` training images chosen by a fixed seed
+    (:data:`VAL_SLICE_SEED`), taken out of the training images when ``held_out``. Never the test split: the
+    test images are what a trained model is finally evaluated on, so choosing by them would flatter it.
+
+    :raises RobustkitError: when holding out ``n`` images would leave none to train on.
+    """
+    total = len(train_set)  # type: ignore[arg-type]
+    if n <= 0:
+        return train_set, None
+    if held_out and n >= total:
+        raise RobustkitError(f"val_examples {n} would hold out the whole training split ({total} images); lower it "
+                             f"(e.g. --val-examples {max(1, total // 10)}) or keep the last epoch (--select last)")
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(VAL_SLICE_SEED))
+    val_indices = sorted(order[:n].tolist())
+    if not held_out:
+        return train_set, Subset(train_set, val_indices)
+    return Subset(train_set, sorted(order[n:].tolist())), Subset(train_set, val_indices)
+
+
+def chosen_epoch(history: list[Mapping[str, Any]], select: str) -> int | None:
+    """The epoch a run keeps: the last one, or (``best``) the one with the highest validation PGD accuracy, then
+    clean accuracy; of equals, the earliest (more training did not make it better)."""
+    if not history:
+        return None
+    if select != "best":
+        return int(history[-1]["epoch"])
+
+    def score(row: Mapping[str, Any]) -> tuple[float, float]:
+        return tuple(-1.0 if row.get(k) is None else float(row[k]) for k in ("val_pgd_acc", "val_clean_acc"))
+
+    best = history[0]
+    for row in history[1:]:
+        if score(row) > score(best):
+            best = row
+    return int(best["epoch"])
+
+
 def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: TrainConfig, *,
           resume: bool = True, host: Any = None) -> TrainResult:
     """Train ``model`` on ``dataset.train`` with ``defense``'s batch loss.
 
-    The model is trained as given: seed before building it for a repeatable start.
+    The model is trained as given: seed before building it for a repeatable start. It is returned holding the
+    weights of the epoch the run keeps (``config.select``), their moving average when one is kept and served.
 
     :param resume: continue from ``config.out_dir``'s checkpoint when it belongs to the same run
         (same model, dataset, defense and settings); ``False`` starts over and overwrites it.
-    :param host: the plugin host, for recording plugin versions (optional).
+    :param host: the plugin host, for recording plugin versions and finding the dataset's default
+        augmentation (optional: the process-wide one is used when needed).
     :raises RobustkitError: when ``out_dir`` holds a different run, the loss becomes NaN or infinite,
         or the run is interrupted (Ctrl-C); the last good checkpoint is kept in every case.
     """
     config.check()
     if config.eps_warmup:
         warmed_up(defense, 1, config.eps_warmup)  # refuses a defense without an eps to warm up, before any work
+    config = resolved(config, defense, dataset, host)
+    augmentation = parse_augment(config.augment)
+    train_set, val_set = validation_split(dataset.train, config.val_examples, bool(config.val_holdout))
     device = resolve_device(config.device)
     model.to(device)
     identity = run_identity(model, dataset, defense, config)
@@ -226,20 +354,27 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(config))
     defense.setup(model, device)
     defense.prepare(model, dataset, device)
+    ema = None
+    if config.ema_decay is not None:
+        if defense.published_weights(model) is not None:
+            raise RobustkitError(f"{defense.display_name()} keeps a moving average of its own weights; drop the "
+                                 "ema decay (--ema-decay) for it")
+        ema = WeightAverage(model, config.ema_decay)
+    run = _Run(paths, identity, config, defense, ema, host, dataset, model)
 
     history: list[dict[str, Any]] = []
     if out_dir is not None:
         remove_stale_temporaries(out_dir)  # a save cut short by SIGKILL leaves its temporary behind
     if paths is not None and resume and paths.meta.exists():
-        history = _resume(paths, identity, model, optimizer, scheduler, defense, scaler)
+        history = _resume(paths, identity, model, optimizer, scheduler, defense, scaler, ema)
+        run.sync_best(model, history)
         if len(history) >= config.epochs:  # finished before: nothing to do
-            _publish(model, defense)
-            model.eval()
-            return TrainResult(model, history, len(history), paths.meta)
+            return run.finish(model, history, len(history))
+    elif paths is not None:
+        run.forget_best()  # a best checkpoint of an earlier run in this folder is not this run's
     start = len(history)
 
-    loader_args = _loader_args(dataset.train, config, device)
-    val_set = take(dataset.test, config.val_examples) if config.val_examples > 0 else None
+    loader_args = _loader_args(train_set, config, device)
     completed = start
     curves_at = time.monotonic()
     warned_chance = False
@@ -250,26 +385,29 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
         for epoch in epochs:
             epoch_started = time.perf_counter()
             this_epoch = warmed_up(defense, epoch, config.eps_warmup)
-            row = _train_epoch(model, this_epoch, optimizer, dataset, loader_args, config, epoch, device, paths,
-                               completed, scaler)
+            row = _train_epoch(model, this_epoch, optimizer, train_set, dataset.info, loader_args, config, epoch,
+                               device, paths, completed, scaler, augmentation, ema)
             if this_epoch is not defense:
                 row["warmup_eps"] = this_epoch.config["eps"]
             scheduler.step()
-            with _published(model, defense):
+            with _served(model, defense, ema, config):
                 row.update(_validate(model, val_set, config, epoch, device))
             history.append(row)
             if not warned_chance:
                 warned_chance = _warn_if_at_chance(row, dataset.info.num_classes, defense)
+            new_best = config.select == "best" and chosen_epoch(history, "best") == epoch
             with defer_interrupts():  # a Ctrl-C while saving lands after the save, so `completed` is true
                 if paths is not None:
-                    _save(paths, model, defense, optimizer, scheduler, config, identity, history, host, scaler)
+                    _save(paths, model, defense, optimizer, scheduler, config, identity, history, host, scaler, ema)
+                run.keep_if_best(model, history, new_best)  # after last.*: its JSON commits the choice
                 completed = epoch
             epochs.set_postfix(_postfix(row))
             now = time.perf_counter()
             report(_epoch_line(defense.display_name(), row, config.epochs, now - epoch_started,
-                               (now - run_started) / (epoch - start) * (config.epochs - epoch)))
+                               (now - run_started) / (epoch - start) * (config.epochs - epoch))
+                   + (" (best so far)" if new_best and epoch > 1 else ""))
             if paths is not None and time.monotonic() - curves_at > CURVES_EVERY_S:
-                save_training_curves(paths.meta.parent / CURVES_FILE, history)
+                run.draw_curves(history)
                 curves_at = time.monotonic()
     except KeyboardInterrupt:
         raise RobustkitError(_interrupted_message(completed, paths)) from None
@@ -277,10 +415,125 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
         # Drawing costs about a second, so mid-run refreshes are rate-limited; the end of a call
         # (finished, stopped by NaN or interrupted) always leaves the curves of every saved epoch.
         if paths is not None and completed > start:
-            save_training_curves(paths.meta.parent / CURVES_FILE, [row for row in history if row["epoch"] <= completed])
-    _publish(model, defense)
-    model.eval()
-    return TrainResult(model, history, start, paths.meta if paths is not None else None)
+            run.draw_curves([row for row in history if row["epoch"] <= completed])
+    return run.finish(model, history, start)
+
+
+class _Run:
+    """What one call of :func:`train` keeps beside the loop: the best epoch's weights, and the end of the run."""
+
+    def __init__(self, paths: CheckpointPaths | None, identity: dict[str, Any], config: TrainConfig,
+                 defense: Defense, ema: WeightAverage | None, host: Any, dataset: ImageDataset, model: nn.Module):
+        self.paths = paths
+        self.identity = identity
+        self.config = config
+        self.defense = defense
+        self.ema = ema
+        self.host = host
+        self.best = CheckpointPaths.of(paths.meta.with_name(BEST)) if paths is not None else None
+        self.best_in_memory: dict[str, torch.Tensor] | None = None  # served weights of the best epoch, without files
+        self.kind = "ema" if ema is not None and config.weights_kind == "ema" else "raw"
+        spec = getattr(model, "spec", None)
+        facts = [f"{defense.display_name()}", spec.name if spec is not None else type(model).__name__,
+                 dataset.info.name] + ([f"recipe {config.recipe}"] if config.recipe else [])
+        details = []
+        if config.val_examples:
+            details.append(f"validation: {config.val_examples} training images"
+                           + (", held out" if config.val_holdout else ", also trained on"))
+        if ema is not None:
+            details.append(f"EMA decay {config.ema_decay:g}" + (" (validated and kept)" if self.kind == "ema" else ""))
+        if config.augment != "none":
+            details.append(f"augment {config.augment}")
+        self.title = " \u00b7 ".join(facts) + ("\n" + "; ".join(details) if details else "")
+
+    def keep_if_best(self, model: nn.Module, history: list[dict[str, Any]], new_best: bool) -> None:
+        """Keep the epoch just trained as the best one: ``best.*`` beside ``last.*``, or in memory without files."""
+        if not new_best:
+            return
+        if self.best is None:
+            with _served(model, self.defense, self.ema, self.config):
+                self.best_in_memory = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+            return
+        row = history[-1]
+        with _published(model, self.defense):
+            save_checkpoint(
+                self.best.meta, model, defense=self.defense, epoch=row["epoch"], seed=self.config.seed, metrics=row,
+                ema=self.ema.state_dict() if self.ema is not None else None,
+                ema_decay=self.config.ema_decay, default_weights=self.config.weights_kind,
+                extra={"run": self.identity, "training": jsonable(dataclasses.asdict(self.config)),
+                       "selection": _selection(self.config, history), "validation": _validation_facts(self.config),
+                       "defense_cost": self.defense.cost() if hasattr(self.defense, "cost") else None,
+                       "plugins": self.host.plugin_versions() if self.host is not None else None})
+
+    def sync_best(self, model: nn.Module, history: list[dict[str, Any]]) -> None:
+        """After a resume: ``best.*`` must hold the best epoch of the history resumed. It can lag only when the
+        run stopped between saving ``last.*`` and ``best.*`` of a new best epoch, the epoch ``model`` now holds."""
+        if self.best is None or self.config.select != "best" or not history:
+            return
+        wanted = chosen_epoch(history, "best")
+        have = read_metadata(self.best.meta).get("epoch") if self.best.meta.is_file() else None
+        if have == wanted:
+            return
+        if wanted != history[-1]["epoch"]:
+            raise RobustkitError(f"{self.best.meta} holds epoch {have}, but this run's best epoch is {wanted}; its "
+                                 f"weights are lost: rerun with --no-resume, or use the last epoch (--select last)")
+        self.keep_if_best(model, history, True)
+
+    def forget_best(self) -> None:
+        """Remove a ``best.*`` left by an earlier run in this folder (a fresh start writes its own)."""
+        if self.best is not None:
+            for path in (self.best.meta, self.best.weights, self.best.ema, self.best.state):
+                path.unlink(missing_ok=True)
+
+    def draw_curves(self, history: list[dict[str, Any]]) -> None:
+        assert self.paths is not None
+        config = self.config
+        val_label = None
+        if config.val_eps is not None:
+            val_label = f"val PGD (linf eps {_eps_text(config.val_eps)}, {config.val_steps} steps)"
+        chosen = chosen_epoch(history, config.select)
+        save_training_curves(self.paths.meta.parent / CURVES_FILE, history, title=self.title, val_pgd_label=val_label,
+                             chosen_epoch=chosen,
+                             chosen_label=(f"best epoch ({'val PGD' if config.val_eps is not None else 'val clean'})"
+                                           if config.select == "best" else "last epoch (kept)"))
+
+    def finish(self, model: nn.Module, history: list[dict[str, Any]], resumed_from: int) -> TrainResult:
+        """Leave the kept epoch's served weights in ``model`` (eval mode) and say what was kept."""
+        chosen = chosen_epoch(history, self.config.select)
+        checkpoint = self.paths.meta if self.paths is not None else None
+        if self.config.select == "best" and chosen is not None:
+            if self.best is not None:
+                load_weights(model, self.best.meta, self.kind)
+                checkpoint = self.best.meta
+            elif self.best_in_memory is not None:
+                model.load_state_dict(self.best_in_memory)
+        elif self.ema is not None and self.kind == "ema":
+            model.load_state_dict(self.ema.state_dict())
+        else:
+            _publish(model, self.defense)
+        model.eval()
+        return TrainResult(model, history, resumed_from, checkpoint, chosen, self.kind)
+
+
+def _selection(config: TrainConfig, history: list[Mapping[str, Any]]) -> dict[str, Any]:
+    """What a checkpoint records about the choice of epoch."""
+    by = ("val_pgd_acc" if config.val_eps is not None else "val_clean_acc") if config.select == "best" else "last epoch"
+    return {"select": config.select, "checkpoint": BEST if config.select == "best" else LAST,
+            "epoch": chosen_epoch(list(history), config.select), "by": by}
+
+
+def _eps_text(eps: float) -> str:
+    """An eps as papers write it: ``0.3`` when three decimals say it, else ``8/255`` when it is a whole number of
+    255ths, else its decimals."""
+    k = round(eps * 255)
+    if round(eps, 3) != eps and 1 <= k < 255 and abs(eps * 255 - k) <= 1e-9:
+        return f"{k}/255"
+    return f"{eps:g}"
+
+
+def _validation_facts(config: TrainConfig) -> dict[str, Any]:
+    return {"split": "train", "examples": config.val_examples, "held_out": bool(config.val_holdout),
+            "slice_seed": VAL_SLICE_SEED, "eps": config.val_eps, "steps": config.val_steps}
 
 
 def warmed_up(defense: Defense, epoch: int, warmup: int) -> Defense:
@@ -345,7 +598,8 @@ def _loader_args(train_set: Dataset, config: TrainConfig, device: torch.device) 
 
 
 def _resume(paths: CheckpointPaths, identity: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer,
-            scheduler: Any, defense: Defense, scaler: Any = None) -> list[dict[str, Any]]:
+            scheduler: Any, defense: Defense, scaler: Any = None,
+            ema: WeightAverage | None = None) -> list[dict[str, Any]]:
     """Check ``paths`` is this run, load its state, and return the history of its completed epochs."""
     meta = read_metadata(paths.meta)
     stored = meta.get("run")
@@ -357,7 +611,9 @@ def _resume(paths: CheckpointPaths, identity: dict[str, Any], model: nn.Module, 
             f"{paths.meta.parent} holds a different run ({_differences(stored, identity)}); use a new --out, "
             "or --no-resume to overwrite it"
         )
-    load_weights(model, paths.meta)
+    load_weights(model, paths.meta, "raw")
+    if ema is not None:
+        ema.load_state_dict(read_weights(paths.meta, "ema")[0])
     state = load_training_state(paths.meta, optimizer, scheduler)
     if state is not None and LIVE_WEIGHTS_KEY in state:  # the saved model weights were the published ones
         state = dict(state)
@@ -393,13 +649,19 @@ def _differences(stored: Any, current: Any, prefix: str = "", limit: int = 3) ->
 # --- one epoch ---------------------------------------------------------------------------------
 
 
-def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, dataset: ImageDataset,
-                 loader_args: dict[str, Any], config: TrainConfig, epoch: int, device: torch.device,
-                 paths: CheckpointPaths | None, completed: int, scaler: Any = None) -> dict[str, Any]:
+def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer, train_set: Dataset,
+                 info: Any, loader_args: dict[str, Any], config: TrainConfig, epoch: int, device: torch.device,
+                 paths: CheckpointPaths | None, completed: int, scaler: Any = None,
+                 augmentation: Augmentation | None = None, ema: WeightAverage | None = None) -> dict[str, Any]:
     data_order = torch.Generator()
     data_order.manual_seed(epoch_seed(config.seed, epoch, "data"))
-    loader = DataLoader(dataset.train, shuffle=True, generator=data_order, **loader_args)
+    loader = DataLoader(train_set, shuffle=True, generator=data_order, **loader_args)
     seed_everything(epoch_seed(config.seed, epoch, "defense"))  # the defense's draws (random starts, ...)
+    # The augmentation's own generator, on the training device: the global stream the defense draws from is
+    # left as it was, so switching augmentation on or off changes nothing else about a run.
+    augment_draws = torch.Generator(device=device) if augmentation else None
+    if augment_draws is not None:
+        augment_draws.manual_seed(epoch_seed(config.seed, epoch, "augment"))
     lr = float(optimizer.param_groups[0]["lr"])
     total_loss, correct, seen, counted = 0.0, 0, 0, 0
     extra: dict[str, float] = {}
@@ -410,8 +672,10 @@ def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Opti
         images = images.to(device, non_blocking=True)
         labels = torch.as_tensor(labels).to(device, non_blocking=True)
         if epoch == 1 and batch == 1:
-            check_images(images, labels, what="training images", shape=dataset.info.input_shape)
-        check_labels(labels, dataset.info)  # every batch: one bad label anywhere would index out of range
+            check_images(images, labels, what="training images", shape=info.input_shape)
+        check_labels(labels, info)  # every batch: one bad label anywhere would index out of range
+        if augment_draws is not None:
+            images = augmentation(images, augment_draws)  # before the defense crafts its adversarial examples
         net.train()
         optimizer.zero_grad(set_to_none=True)
         out = defense.batch_loss(net, images, labels)
@@ -426,6 +690,8 @@ def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Opti
             scaler.step(optimizer)
             scaler.update()
         defense.after_step(model)
+        if ema is not None:
+            ema.update(model)
         n = labels.shape[0]
         total_loss += loss_value * n
         seen += n
@@ -449,7 +715,7 @@ def _train_epoch(model: nn.Module, defense: Defense, optimizer: torch.optim.Opti
 
 def _validate(model: nn.Module, val_set: Dataset | None, config: TrainConfig, epoch: int,
               device: torch.device) -> dict[str, Any]:
-    """Clean and (optionally) PGD-linf accuracy on the fixed validation subset."""
+    """Clean and (optionally) PGD-linf accuracy on the validation slice (:func:`validation_split`)."""
     row: dict[str, Any] = {"val_clean_acc": None, "val_pgd_acc": None, "val_time": 0.0}
     if val_set is None or len(val_set) == 0:  # type: ignore[arg-type]
         return row
@@ -492,7 +758,7 @@ def _validate(model: nn.Module, val_set: Dataset | None, config: TrainConfig, ep
 
 def _save(paths: CheckpointPaths, model: nn.Module, defense: Defense, optimizer: torch.optim.Optimizer,
           scheduler: Any, config: TrainConfig, identity: dict[str, Any], history: list[dict[str, Any]],
-          host: Any, scaler: Any = None) -> None:
+          host: Any, scaler: Any = None, ema: WeightAverage | None = None) -> None:
     epoch = history[-1]["epoch"]
     defense_state = defense.state_dict()
     with _published(model, defense) as live:
@@ -501,6 +767,8 @@ def _save(paths: CheckpointPaths, model: nn.Module, defense: Defense, optimizer:
         save_checkpoint(
             paths.meta, model, defense=defense, epoch=epoch, seed=config.seed, metrics=history[-1],
             optimizer=optimizer, scheduler=scheduler, defense_state=defense_state,
+            ema=ema.state_dict() if ema is not None else None, ema_decay=config.ema_decay,
+            default_weights=config.weights_kind,
             extra={
                 "run": identity,
                 "finished": epoch >= config.epochs,
@@ -509,10 +777,15 @@ def _save(paths: CheckpointPaths, model: nn.Module, defense: Defense, optimizer:
                 "history": jsonable(history),
                 "plugins": host.plugin_versions() if host is not None else None,
                 "grad_scaler": scaler.state_dict() if scaler is not None else None,
+                "selection": _selection(config, history),
+                "validation": _validation_facts(config),
             },
         )
-    # A derived view of the history in the checkpoint (the checkpoint is the source of truth on resume).
-    lines = "".join(json.dumps(jsonable(row), allow_nan=False) + "\n" for row in history)
+    # A derived view of the history in the checkpoint (the checkpoint is the source of truth on resume); each
+    # row says whether it is the epoch the run keeps so far.
+    chosen = chosen_epoch(history, config.select)
+    lines = "".join(json.dumps(jsonable({**row, "chosen": row["epoch"] == chosen}), allow_nan=False) + "\n"
+                    for row in history)
     atomic_write_text(paths.meta.parent / METRICS_FILE, lines)
 
 
@@ -529,6 +802,18 @@ def _published(model: nn.Module, defense: Defense) -> Iterator[dict[str, torch.T
         yield live
     finally:
         model.load_state_dict(live)
+
+
+@contextlib.contextmanager
+def _served(model: nn.Module, defense: Defense, ema: WeightAverage | None, config: TrainConfig) -> Iterator[None]:
+    """The weights the run validates and keeps, in ``model`` for the block: the moving average when one is kept
+    and served, else the defense's published weights (if any), else the live ones."""
+    if ema is not None and config.weights_kind == "ema":
+        with ema.applied(model):
+            yield
+    else:
+        with _published(model, defense):
+            yield
 
 
 def _publish(model: nn.Module, defense: Defense) -> None:

@@ -253,3 +253,17 @@ def test_bench_spec_derives_the_same_labels_for_repeated_unlabelled_attacks():
                       {"name": "deepfool", "label": "df"}]
     spec = parse_spec(doc, "test", host)
     assert [a.label for a in spec.attacks] == ["pgd steps=5", "pgd steps=20", "df"]
+
+
+def test_benchmark_with_a_state_file_repeats_from_it(net, tensors, tmp_path):
+    x, y = tensors
+    state = tmp_path / "eval.state"
+    first = robustkit.benchmark(net, (x[:40], y[:40]), eps=EPS, attacks={"mine": _pgd(steps=2)}, batch_size=16,
+                                state=state)
+    assert state.is_file()
+    again = robustkit.benchmark(net, (x[:40], y[:40]), eps=EPS, attacks={"mine": _pgd(steps=2)}, batch_size=16,
+                                state=state)  # every batch is recorded there: read back, not attacked again
+    assert again.robust_accuracy == first.robust_accuracy and again.clean_accuracy == first.clean_accuracy
+    with pytest.raises(RobustkitError, match="batch"):  # other settings: refused in one line, naming what differs
+        robustkit.benchmark(net, (x[:40], y[:40]), eps=EPS, attacks={"mine": _pgd(steps=2)}, batch_size=8,
+                            state=state)

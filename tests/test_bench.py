@@ -699,9 +699,9 @@ def test_report_command_prints_the_table(e2e, host):
     block = text.split("target natural")[1].split("target 0.5")[0]
     rows = {line.split()[1]: line for line in block.splitlines()[3:] if line.strip()}
     assert set(rows) == {"natural", "pgd-at"}
-    assert rows["natural"].split()[2] == f"{100 * natural['worst_case_accuracy']:.1f}"
+    assert rows["natural"].split()[2] == f"{100 * natural['worst_case_accuracy']:.1f}%"
     assert "1/1" in rows["natural"]  # seeds in range
-    for name in ("report.md", "robustness_curves.png", "accuracy_vs_eps.png"):
+    for name in ("report.md", "report.html", "robustness_curves.png", "accuracy_vs_eps.png"):
         assert f"wrote {out / name}" in text
     assert "benchmark tiny: 3 of 3 cells recorded" in output  # bench run printed the same table
 

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from robustkit.adversarial import input_gradient
-from robustkit.bench.audit import FLAGS, audit_model, pgd_examples, robust_accuracy
+from robustkit.bench.audit import (AT_LEAST, AT_MOST, BOUNDS, FLAGS, audit_model, completed, judged, pgd_examples,
+                                   robust_accuracy)
 from robustkit.host import make_host
 from robustkit.threat import ThreatModel
 
@@ -181,3 +182,44 @@ def test_pgd_examples_are_seeded_and_inside_the_threat():
     assert torch.equal(first, pgd_examples(Linear(), images, labels, threat, steps=3, seed=7, batch_size=4))
     assert (first - images).abs().max() <= 0.1 + 1e-6
     assert first.min() >= 0 and first.max() <= 1
+
+
+def test_each_check_records_what_it_measured(square):
+    """Every check keeps its accuracy, the bound it had to respect, and for a comparison the reference, where
+    that reference comes from and the gap: a report shows why it passed or failed."""
+    images, labels = toy_data()
+    report = audit_model(Quantized(), images, labels, threat=THREAT, settings=SETTINGS, white_box_accuracy=0.9,
+                         white_box_label="pgd", black_box=square, surrogate=Linear(), seed=0)
+    checks, tol = report["checks"], SETTINGS["tolerance"]
+    assert {name: check["bound"] for name, check in checks.items()} == BOUNDS
+    assert checks["unbounded"]["limit"] == SETTINGS["unbounded_max_accuracy"] and "gap" not in checks["unbounded"]
+    assert checks["more_steps"]["reference_detail"] == "PGD-5" and checks["more_steps"]["detail"] == "PGD-20"
+    assert checks["more_steps"]["limit"] == pytest.approx(checks["more_steps"]["reference"] + tol)
+    # PGD cannot move on the quantized model, so the suite's 0.9 is the best white-box result, and named.
+    for name in ("black_box", "transfer"):
+        check = checks[name]
+        assert (check["reference"], check["reference_detail"]) == (0.9, "the suite's pgd")
+        assert check["limit"] == pytest.approx(0.9 - tol)
+        assert check["gap"] == pytest.approx(check["accuracy"] - 0.9)
+    for name, check in checks.items():
+        assert check["passed"] == (check["accuracy"] <= check["limit"] if check["bound"] == AT_MOST
+                                   else check["accuracy"] >= check["limit"])
+        assert check["passed"] == (name not in report["flags"])
+    # When the audit's own PGD does better than the suite, it is the reference, named as such.
+    honest = audit_model(Linear(), images, labels, threat=THREAT, settings=SETTINGS, white_box_accuracy=0.9,
+                         white_box_label="pgd", surrogate=Linear(), seed=0)
+    transfer = honest["checks"]["transfer"]
+    assert transfer["reference"] < 0.9 and transfer["reference_detail"] in ("PGD-5", "PGD-20")
+
+
+def test_completed_fills_in_the_numbers_older_records_lack():
+    old = {"accuracy": 0.6, "reference": 0.7, "passed": True, "detail": "square vs the best white-box"}
+    filled = completed("black_box", old, 0.05)
+    assert filled["gap"] == pytest.approx(-0.1) and filled["limit"] == pytest.approx(0.65)
+    assert filled["bound"] == AT_LEAST and "reference_detail" not in filled
+    assert set(old) == {"accuracy", "reference", "passed", "detail"}  # the record itself is left as it was
+    unbounded = completed("unbounded", {"accuracy": 0.0, "limit": 0.05, "passed": True}, 0.05)
+    assert (unbounded["bound"], unbounded["limit"]) == (AT_MOST, 0.05) and "gap" not in unbounded
+    # Recorded numbers are kept as they are.
+    recorded = judged("more_steps", 0.5, "PGD-20", reference=0.4, reference_detail="PGD-5", tolerance=0.05)
+    assert completed("more_steps", recorded, 0.2) == recorded and not recorded["passed"]

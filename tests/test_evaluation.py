@@ -12,7 +12,7 @@ from torch import nn
 from robustkit.attacks import Attack, AttackResult
 from robustkit.data import DatasetInfo, ImageDataset
 from robustkit.errors import InputError, RobustkitError
-from robustkit.evaluation import evaluate
+from robustkit.evaluation import EvaluationState, evaluate
 from robustkit.host import make_host
 from robustkit.image_metrics import ImageMetric
 from robustkit.models import Classifier, ModelSpec, Normalize
@@ -242,3 +242,135 @@ def test_image_metrics_are_measured_on_successful_adversarials_when_asked():
     summary = result.attacks["to-zero"].metrics["mac"]
     assert summary["mean"] == pytest.approx(sum(fooled) / len(fooled))
     assert result.summary()["attacks"]["to-zero"]["metrics"]["mac"]["mean"] == pytest.approx(summary["mean"])
+
+# --- resuming with a state file -----------------------------------------------------------------------------
+
+
+class TwoSteps(Attack):
+    """Two noise steps from torch's global RNG, resumable between them (``batch_checkpoint``), with
+    ``extra["steps"]``; ``stop_in`` raises KeyboardInterrupt in the second step of that batch (a kill)."""
+
+    batch_checkpoint = None
+
+    def __init__(self, stop_in: int | None = None, **params):
+        super().__init__(**params)
+        self.stop_in, self.batches, self.first_steps = stop_in, 0, 0
+
+    def perturb(self, model, images, labels, target_labels=None):
+        self.batches += 1
+        saved = self.batch_checkpoint.load() if self.batch_checkpoint is not None else None
+        if saved is None:
+            self.first_steps += 1
+            torch.manual_seed(1)
+            adv = (images + 0.3 * torch.rand_like(images)).clamp(0, 1)
+            fooled = int((model(adv).argmax(1) != labels).sum())
+            if self.batch_checkpoint is not None:
+                self.batch_checkpoint.save({"fooled": fooled}, {"adv": adv})
+        else:
+            adv, fooled = saved[1]["adv"], saved[0]["fooled"]
+        if self.stop_in == self.batches:
+            raise KeyboardInterrupt
+        torch.manual_seed(2)
+        adv = (adv - 0.3 * torch.rand_like(adv)).clamp(0, 1)
+        n = len(images)
+        robust = int((model(adv).argmax(1) == labels).sum())
+        steps = [{"attack": "up", "attacked": n, "fooled": fooled, "robust": n - fooled, "seconds": 0.0},
+                 {"attack": "down", "attacked": n - fooled, "fooled": n - fooled - robust, "robust": robust,
+                  "seconds": 0.0}]
+        return AttackResult(adv, extra={"steps": steps})
+
+
+def _numbers(result) -> dict:
+    summary = json.loads(json.dumps(result.summary()))
+    summary.pop("seconds")
+    for attack in summary["attacks"].values():
+        attack.pop("seconds")
+    return summary
+
+
+def test_a_stopped_evaluation_resumes_inside_a_batch_with_the_same_result(tmp_path):
+    data = grey_images(LABELS)
+
+    def run(attacks, **kw):
+        return evaluate(Brightness(), data, attacks, batch_size=8, seed=3, device="cpu", keep_examples=3, **kw)
+
+    reference = run({"noise": GlobalNoise(), "two": TwoSteps()})
+    state = tmp_path / "eval.state"
+    with pytest.raises(KeyboardInterrupt):  # stopped in the second batch, between the two steps
+        run({"noise": GlobalNoise(), "two": TwoSteps(stop_in=2)}, state=state)
+    doc, tensors = EvaluationState(state).read()
+    assert doc["format"] == "robustkit-evaluation-state" and len(doc["batches"]) == 1
+    assert len(doc["records"]) == 8 and doc["current"]["index"] == 1 and doc["current"]["done"] == ["noise"]
+    assert doc["current"]["partial"]["attack"] == "two" and doc["current"]["partial"]["meta"]["fooled"] >= 0
+    assert "partial/adv" in tensors and any(key.startswith("kept/") for key in tensors)
+
+    calls: list[int] = []
+    noise, two = GlobalNoise(), TwoSteps()
+    real = noise.perturb
+    noise.perturb = lambda *args, **kwargs: calls.append(1) or real(*args, **kwargs)
+    resumed = run({"noise": noise, "two": two}, state=state)
+    # Batch 1 is not attacked again, batch 2 runs only the second step of "two", batch 3 everything.
+    assert len(calls) == 1 and two.batches == 2 and two.first_steps == 1
+    assert not hasattr(noise, "batch_checkpoint") and two.batch_checkpoint is None  # handed over only to "two"
+    assert _numbers(resumed) == _numbers(reference)
+    assert [r.to_dict() for r in resumed.records] == [r.to_dict() for r in reference.records]
+    assert resumed.attacks["two"].steps == reference.attacks["two"].steps and resumed.attacks["two"].steps
+    for name in ("noise", "two"):
+        assert torch.equal(resumed.examples.adversarial[name], reference.examples.adversarial[name])
+    assert EvaluationState(state).read()[0]["complete"] is True and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_a_finished_state_gives_the_result_without_attacking(tmp_path):
+    state = tmp_path / "eval.state"
+    data = grey_images(LABELS)
+    first = evaluate(Brightness(), data, {"to-zero": FixedImage(target=0)}, batch_size=8, device="cpu", state=state)
+    attack = FixedImage(target=0)
+    again = evaluate(Brightness(), data, {"to-zero": attack}, batch_size=8, device="cpu", state=state)
+    assert attack.seen == 0 and _numbers(again) == _numbers(first)
+
+
+def test_a_state_of_other_settings_other_data_or_a_damaged_one_is_refused(tmp_path):
+    state = tmp_path / "eval.state"
+    data = grey_images(LABELS)
+
+    def attacks(target=0):
+        return {"to-zero": FixedImage(target=target)}
+
+    evaluate(Brightness(), data, attacks(), batch_size=8, device="cpu", state=state)
+    fix = "delete the file to start afresh, or give another state file"
+
+    with pytest.raises(RobustkitError, match="belongs to another evaluation") as err:
+        evaluate(Brightness(), data, attacks(9), batch_size=8, device="cpu", state=state)
+    assert "attacks.to-zero.params.target: 0 there, 9 now" in str(err.value) and fix in str(err.value)
+    with pytest.raises(RobustkitError, match="data.batch_size: 8 there, 4 now"):
+        evaluate(Brightness(), data, attacks(), batch_size=4, device="cpu", state=state)
+    with pytest.raises(RobustkitError, match="model.class"):
+        evaluate(nn.Sequential(Brightness()), data, attacks(), batch_size=8, device="cpu", state=state)
+    shuffled = grey_images(LABELS[8:16] + LABELS[:8] + LABELS[16:])
+    with pytest.raises(RobustkitError, match="other data \\(batch 1 holds other images or labels\\)"):
+        evaluate(Brightness(), shuffled, attacks(), batch_size=8, device="cpu", state=state)
+    longer = tmp_path / "longer.state"  # n_examples=None: all there are, so a longer dataset is other data
+    evaluate(Brightness(), data, attacks(), batch_size=4, device="cpu", state=longer)
+    with pytest.raises(RobustkitError, match="it goes on after the 5 batches recorded"):
+        evaluate(Brightness(), grey_images(LABELS + [1, 2, 3, 4]), attacks(), batch_size=4, device="cpu", state=longer)
+
+    whole = state.read_bytes()
+    for damage in (whole[: len(whole) // 2], b"not a state file", b""):
+        state.write_bytes(damage)
+        with pytest.raises(RobustkitError, match="is damaged or truncated") as err:
+            evaluate(Brightness(), data, attacks(), batch_size=8, device="cpu", state=state)
+        assert len(str(err.value).splitlines()) == 1 and fix in str(err.value)
+
+    import safetensors.torch
+
+    other = tmp_path / "weights.safetensors"
+    safetensors.torch.save_file({"w": torch.zeros(1)}, str(other))
+    with pytest.raises(RobustkitError, match="damaged or truncated"):
+        evaluate(Brightness(), data, attacks(), batch_size=8, device="cpu", state=other)
+    link = tmp_path / "link.state"
+    link.symlink_to(tmp_path / "elsewhere.state")
+    with pytest.raises(RobustkitError, match="is a symbolic link"):
+        evaluate(Brightness(), data, attacks(), batch_size=8, device="cpu", state=link)
+    assert not (tmp_path / "elsewhere.state").exists()
+    with pytest.raises(RobustkitError, match="is a folder"):
+        evaluate(Brightness(), data, attacks(), batch_size=8, device="cpu", state=tmp_path)

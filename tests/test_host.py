@@ -27,7 +27,7 @@ class Dummy(Attack):
         return images
 
 
-ESSENTIALS = {"datasets", "paper-models", "baseline-defenses", "native-attacks", "presets"}
+ESSENTIALS = {"datasets", "paper-models", "baseline-defenses", "native-attacks", "presets", "recipes", "executors"}
 
 
 def test_the_essential_set_is_robustkits_own_and_the_rest_comes_through_entry_points():

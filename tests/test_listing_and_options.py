@@ -211,3 +211,14 @@ def test_quickstart_sets_threads(host, calls, monkeypatch, tmp_path):
 def test_threads_must_be_positive(host):
     result = invoke(host, ["train", "--threads", "0"])
     assert result.exit_code == 2 and "--threads" in result.output
+
+
+def test_recipes_list_like_every_registry_and_json_carries_what_each_recipe_fixes(host):
+    table = invoke(host, ["recipes", "list"])
+    assert table.exit_code == 0, table.output
+    assert "cifar10-pgd-at-rice2020" in table.output and "mnist-madry" in table.output
+    only = invoke(host, ["recipes", "list", "cifar10-*"])
+    assert "cifar10-pgd-at-rice2020" in only.output and "mnist-madry" not in only.output
+    listed = json.loads(invoke(host, ["recipes", "list", "--json"]).output)
+    rice = next(entry for entry in listed if entry["name"] == "cifar10-pgd-at-rice2020")
+    assert rice["recipe"]["model"]["name"] == "preact-resnet18" and rice["recipe"]["published"]

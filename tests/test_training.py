@@ -134,6 +134,7 @@ def test_validation_metrics_and_outputs(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "curves.png", "last.json", "last.optim.safetensors", "last.safetensors", "metrics.jsonl"]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row.pop("chosen") for row in rows] == [False, True]  # the run keeps its last epoch
     assert rows == json.loads(json.dumps(result.history))
     for row in rows:
         assert {"epoch", "train_loss", "train_acc", "val_clean_acc", "val_pgd_acc", "lr", "epoch_time",
@@ -219,6 +220,7 @@ class _Delegating(Defense):
     def __init__(self, inner: Defense, trigger: Sabotaged):
         self.inner, self.trigger = inner, trigger
         self.config = inner.config
+        self.knob = inner.knob  # an adversarial defense's: the run selects its epoch like inner's
 
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
@@ -363,3 +365,322 @@ def test_the_cli_and_specs_take_their_training_defaults_from_train_config():
         assert TRAINING_DEFAULTS[name] == getattr(defaults, name), name
     assert tuple(options["optimizer"].type.choices) == OPTIMIZERS
     assert tuple(options["schedule"].type.choices) == SCHEDULES
+
+
+# --- augmentation, weight averaging, the kept epoch --------------------------------------------------
+
+
+class Recording(Defense):
+    """Natural training that checks what reaches the defense: images whose every pixel is label / 10 stay so
+    under reflect crops and flips, so each batch proves the labels still belong to their (augmented) images."""
+
+    name = "recording"
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.batches: list[torch.Tensor] = []
+
+    def batch_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> BatchLoss:
+        assert torch.equal(images, (labels.float() / 10).view(-1, 1, 1, 1).expand_as(images))
+        self.batches.append(images)
+        logits = model(images)
+        return BatchLoss(F.cross_entropy(logits, labels), logits)
+
+
+def test_augmentation_reaches_the_defense_with_each_image_keeping_its_label(tmp_path: Path) -> None:
+    labels = torch.arange(48) % 2
+    flat = (labels.float() / 10).view(-1, 1, 1, 1).expand(48, 1, 8, 8).clone()
+    data = ImageDataset(INFO, TensorDataset(flat, labels), TensorDataset(flat[:8], labels[:8]))
+    recording = Recording()
+    train(make_model(), data, recording, config(None, epochs=1, augment="crop:3:reflect,flip", val_examples=0))
+    assert sum(len(b) for b in recording.batches) == 48
+
+    # On images with structure the same setting really changes what the defense sees, and its draws repeat.
+    seen = []
+    for _ in range(2):
+        looking = _Looking()
+        train(make_model(), make_data(), looking, config(None, epochs=1, augment="crop:2:zero,flip", val_examples=0))
+        seen.append(torch.cat(looking.images))
+    plain = _Looking()
+    train(make_model(), make_data(), plain, config(None, epochs=1, augment="none", val_examples=0))
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], torch.cat(plain.images))
+    assert seen[0].shape == torch.cat(plain.images).shape
+
+
+class _Looking(Natural):
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.images: list[torch.Tensor] = []
+
+    def batch_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> BatchLoss:
+        self.images.append(images.clone())
+        return super().batch_loss(model, images, labels)
+
+
+class _Steps(Natural):
+    """Natural training that records the model's state after every optimizer step."""
+
+    def __init__(self, **params: Any):
+        super().__init__(**params)
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def after_step(self, model: nn.Module) -> None:
+        self.states.append(weights(model))
+
+
+def test_the_ema_is_the_hand_computed_average_and_is_saved_beside_the_raw_weights(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    start = weights(make_model())
+    steps = _Steps()
+    result = train(make_model(), make_data(), steps, config(tmp_path, epochs=2, ema_decay=0.75, val_examples=0))
+    assert len(steps.states) == 8  # 64 images / 16, two epochs
+    expected = {k: v.clone() for k, v in start.items()}
+    for state in steps.states:
+        for key, value in state.items():  # float entries (weights and batch-norm statistics) average, ints copy
+            expected[key] = 0.75 * expected[key] + 0.25 * value if value.is_floating_point() else value.clone()
+    from robustkit.checkpoints import read_weights
+
+    saved_ema, meta, _ = read_weights(tmp_path, "ema")
+    saved_raw, _, _ = read_weights(tmp_path, "raw")
+    for key in expected:
+        torch.testing.assert_close(saved_ema[key], expected[key], rtol=1e-5, atol=1e-6)
+        assert torch.equal(saved_raw[key], steps.states[-1][key])  # the raw weights are the last step's
+    assert meta["weights"] == {"raw": "last.safetensors", "ema": "last.ema.safetensors", "ema_decay": 0.75,
+                               "default": "ema", "loaded": "ema"}
+    assert result.weights == "ema"
+    assert_same_weights(weights(result.model), {k: saved_ema[k] for k in saved_ema})
+    assert_same_weights(weights(load_model(tmp_path, HOST)), saved_ema)  # loading serves the EMA by default
+    assert_same_weights(weights(load_model(tmp_path, HOST, kind="raw")), saved_raw)
+
+
+def test_the_ema_can_be_kept_but_the_raw_weights_served(tmp_path: Path) -> None:
+    result = train(make_model(), make_data(), Natural(), config(tmp_path, epochs=1, ema_decay=0.9, weights_kind="raw"))
+    meta = read_metadata(tmp_path)
+    assert meta["weights"]["default"] == "raw" and meta["files"]["ema"] == "last.ema.safetensors"
+    assert result.weights == "raw"
+    assert_same_weights(weights(result.model), weights(load_model(tmp_path, HOST)))
+
+
+class _Unlearning(Natural):
+    """Natural training for ``good`` batches, then gradient ascent: later epochs get worse."""
+
+    def __init__(self, good: int, **params: Any):
+        super().__init__(**params)
+        self.good, self.calls = good, 0
+
+    def batch_loss(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> BatchLoss:
+        self.calls += 1
+        out = super().batch_loss(model, images, labels)
+        return out if self.calls <= self.good else BatchLoss(-3 * out.loss, out.logits)
+
+
+def test_the_best_checkpoint_is_the_epoch_with_the_highest_validation_robust_accuracy(tmp_path: Path) -> None:
+    from robustkit.checkpoints import chosen_checkpoint
+    from robustkit.training import _validate, resolved, validation_split
+
+    data = make_data(256)
+    settings = config(tmp_path, epochs=5, lr=0.05, val_examples=64, val_eps=0.02, select="best")
+    result = train(make_model(), data, _Unlearning(good=3 * 12), settings)  # 192 training images: 12 batches/epoch
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    scores = [(row["val_pgd_acc"], row["val_clean_acc"]) for row in rows]
+    best = rows[scores.index(max(scores))]["epoch"]  # index() finds the earliest of equals
+    assert best < 5 and scores[best - 1] > scores[-1]  # ascent made the last epochs worse
+    assert [row["chosen"] for row in rows] == [row["epoch"] == best for row in rows]
+    assert result.selected_epoch == best and result.checkpoint == tmp_path / "best.json"
+    meta = read_metadata(tmp_path)
+    assert meta["epoch"] == 5 and meta["selection"] == {"select": "best", "checkpoint": "best", "epoch": best,
+                                                        "by": "val_pgd_acc"}
+    assert read_metadata(tmp_path / "best.json")["epoch"] == best
+    assert chosen_checkpoint(tmp_path) == tmp_path / "best.json"
+    assert chosen_checkpoint(tmp_path / "last.json") == tmp_path / "last.json"
+    assert chosen_checkpoint(tmp_path / "last.json", "best") == tmp_path / "best.json"
+    kept = load_model(tmp_path, HOST)  # the run's folder: the epoch it kept
+    assert_same_weights(weights(kept), weights(result.model))
+    assert not all(torch.equal(a, b) for a, b in zip(weights(kept).values(),
+                                                     weights(load_model(tmp_path / "last.json", HOST)).values()))
+    # The saved best weights measure what the history says they measured.
+    run = resolved(settings, Natural(), data)
+    _, val_set = validation_split(data.train, run.val_examples, bool(run.val_holdout))
+    again = _validate(kept, val_set, run, best, torch.device("cpu"))
+    assert (again["val_pgd_acc"], again["val_clean_acc"]) == scores[best - 1]
+
+
+def test_the_chosen_epoch_rule() -> None:
+    from robustkit.training import chosen_epoch
+
+    rows = [{"epoch": 1, "val_pgd_acc": 0.2, "val_clean_acc": 0.9}, {"epoch": 2, "val_pgd_acc": 0.5, "val_clean_acc": 0.7},
+            {"epoch": 3, "val_pgd_acc": 0.5, "val_clean_acc": 0.8}, {"epoch": 4, "val_pgd_acc": 0.5, "val_clean_acc": 0.8}]
+    assert chosen_epoch(rows, "best") == 3  # robust first, then clean; of equals the earliest
+    assert chosen_epoch(rows, "last") == 4
+    clean_only = [{"epoch": 1, "val_pgd_acc": None, "val_clean_acc": 0.6}, {"epoch": 2, "val_pgd_acc": None,
+                                                                          "val_clean_acc": 0.7}]
+    assert chosen_epoch(clean_only, "best") == 2 and chosen_epoch([], "best") is None
+
+
+def test_auto_selects_the_best_epoch_for_adversarial_defenses_only() -> None:
+    from robustkit.training import resolve_select
+
+    checked = config(None, val_eps=0.05, select="auto")
+    assert resolve_select(PGDAT(eps=0.05), checked) == "best"
+    assert resolve_select(Natural(), checked) == "last"
+    assert resolve_select(PGDAT(eps=0.05), config(None, val_eps=None, select="auto")) == "last"  # nothing robust
+    assert resolve_select(PGDAT(eps=0.05), config(None, val_eps=0.05, val_examples=0, select="auto")) == "last"
+    assert resolve_select(Natural(), config(None, select="best")) == "best"
+
+
+class _Forbidden(torch.utils.data.Dataset):
+    """A test split training must never read."""
+
+    def __len__(self) -> int:
+        raise AssertionError("training read the test split")
+
+    def __getitem__(self, index: int) -> Any:
+        raise AssertionError("training read the test split")
+
+
+@pytest.mark.parametrize("select", ["best", "last"])
+def test_the_validation_slice_comes_from_the_training_split_never_the_test_split(tmp_path: Path,
+                                                                                  select: str) -> None:
+    from robustkit.training import validation_split
+
+    full = make_data(64)
+    data = ImageDataset(INFO, full.train, _Forbidden())
+    result = train(make_model(), data, PGDAT(eps=0.05, steps=1),
+                   config(tmp_path, epochs=1, val_examples=16, val_eps=0.05, select=select))
+    assert result.metrics["val_clean_acc"] is not None
+    held_out = select == "best"
+    assert read_metadata(tmp_path)["validation"]["held_out"] is held_out
+    trained_on, val = validation_split(full.train, 16, held_out)
+    assert len(val) == 16 and set(val.indices) <= set(range(64))
+    if held_out:
+        assert len(trained_on) == 48 and not set(trained_on.indices) & set(val.indices)
+    else:
+        assert trained_on is full.train
+    # The slice is a fact of the training split: the same for every seed and run.
+    assert validation_split(full.train, 16, True)[1].indices == val.indices
+    with pytest.raises(RobustkitError, match="would hold out the whole training split"):
+        validation_split(full.train, 64, True)
+
+
+@pytest.mark.parametrize("stop_at", [4, 5])  # the second epoch's first and middle batch (48 images / 16)
+def test_a_run_killed_mid_epoch_resumes_to_the_uninterrupted_run_with_augmentation_ema_and_best(
+        tmp_path: Path, stop_at: int) -> None:
+    def defense() -> PGDAT:
+        return PGDAT(eps=0.05, steps=1)  # random starts: the defense's stream must be reproduced too
+
+    settings = dict(epochs=3, val_eps=0.05, select="auto", augment="crop:2:reflect,flip", ema_decay=0.8)
+    straight = train(make_model(), make_data(), defense(), config(tmp_path / "straight", **settings), host=HOST)
+
+    stopped = _Delegating(defense(), Sabotaged(interrupt_at=stop_at))
+    with pytest.raises(RobustkitError, match="interrupted at epoch 2"):
+        train(make_model(), make_data(), stopped, config(tmp_path / "split", **settings), host=HOST)
+    torch.manual_seed(999)  # another initial model and global RNG state must not matter
+    resumed = train(make_model(seed=42), make_data(), defense(), config(tmp_path / "split", **settings), host=HOST)
+    assert resumed.resumed_from == 1 and resumed.selected_epoch == straight.selected_epoch
+    assert_same_weights(weights(resumed.model), weights(straight.model))
+    strip = [{k: v for k, v in row.items() if "time" not in k} for row in resumed.history]
+    assert strip == [{k: v for k, v in row.items() if "time" not in k} for row in straight.history]
+    names = sorted(p.name for p in (tmp_path / "straight").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "split").iterdir())
+    assert {"best.json", "best.safetensors", "best.ema.safetensors", "last.ema.safetensors"} <= set(names)
+    for name in ("last.safetensors", "last.ema.safetensors", "best.safetensors", "best.ema.safetensors"):
+        assert (tmp_path / "split" / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+
+
+def test_a_stop_between_last_and_best_is_repaired_on_resume(tmp_path: Path) -> None:
+    # Killed after last.* of a new best epoch was saved, before best.*: best.* is rebuilt from last.*.
+    settings = dict(epochs=1, val_eps=0.05, select="best")
+    done = train(make_model(), make_data(), PGDAT(eps=0.05, steps=1), config(tmp_path / "a", **settings))
+    for suffix in (".json", ".safetensors"):
+        (tmp_path / "a" / f"best{suffix}").unlink()
+    again = train(make_model(), make_data(), PGDAT(eps=0.05, steps=1), config(tmp_path / "a", **settings))
+    assert read_metadata(tmp_path / "a" / "best.json")["epoch"] == 1 and again.selected_epoch == 1
+    assert_same_weights(weights(again.model), weights(done.model))
+
+    # An older best epoch cannot be rebuilt: said in one line, never replaced by another epoch's weights.
+    data = make_data(256)
+    settings = dict(epochs=3, lr=0.05, val_examples=64, val_eps=0.02, select="best")
+    result = train(make_model(), data, _Unlearning(good=12), config(tmp_path / "b", **settings))
+    assert result.selected_epoch < 3
+    (tmp_path / "b" / "best.json").unlink()
+    with pytest.raises(RobustkitError, match="its weights are lost: rerun with --no-resume") as err:
+        train(make_model(), data, _Unlearning(good=12), config(tmp_path / "b", **settings))
+    assert "\n" not in str(err.value)
+
+
+def test_a_fresh_run_removes_an_earlier_runs_best_checkpoint(tmp_path: Path) -> None:
+    train(make_model(), make_data(), PGDAT(eps=0.05, steps=1), config(tmp_path, epochs=1, val_eps=0.05, select="best"))
+    assert (tmp_path / "best.json").exists()
+    train(make_model(), make_data(), Natural(), config(tmp_path, epochs=1), resume=False)
+    assert not (tmp_path / "best.json").exists() and not (tmp_path / "best.safetensors").exists()
+
+
+def test_the_new_settings_are_part_of_the_run(tmp_path: Path) -> None:
+    train(make_model(), make_data(), Natural(), config(tmp_path, epochs=1))
+    for change, fragment in (({"augment": "flip"}, "config.augment"), ({"ema_decay": 0.9}, "config.ema_decay"),
+                             ({"select": "best"}, "config.select")):
+        with pytest.raises(RobustkitError, match=fragment):
+            train(make_model(), make_data(), Natural(), config(tmp_path, epochs=1, **change))
+    identity = TrainConfig().identity()
+    assert "ema_decay" not in identity and identity["val_split"] == "train"
+
+
+@pytest.mark.parametrize("overrides, fragment", [
+    ({"augment": "rotate"}, "'rotate' is not an operation"), ({"ema_decay": 1.0}, "ema_decay must be in"),
+    ({"select": "first"}, "select must be one of auto, best, last"),
+    ({"select": "best", "val_examples": 0}, "select best needs validation"),
+    ({"weights_kind": "mean"}, "weights_kind must be one of ema, raw"),
+])
+def test_bad_new_settings_fail_before_training(overrides: dict, fragment: str) -> None:
+    with pytest.raises(ParameterError, match=fragment):
+        train(make_model(), make_data(), Natural(), config(None, **overrides))
+
+
+def test_a_defense_with_its_own_moving_average_refuses_another() -> None:
+    class Publishing(Natural):
+        def published_weights(self, model: nn.Module) -> dict[str, torch.Tensor]:
+            return model.state_dict()
+
+    with pytest.raises(RobustkitError, match="keeps a moving average of its own weights"):
+        train(make_model(), make_data(), Publishing(), config(None, ema_decay=0.9))
+
+
+def test_the_curves_name_the_run_and_mark_the_kept_epoch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import robustkit.training as training
+
+    drawn: dict[str, Any] = {}
+    monkeypatch.setattr(training, "save_training_curves", lambda path, history, **kw: drawn.update(kw, path=path))
+    result = train(make_model(), make_data(), PGDAT(eps=8 / 255, steps=1),
+                   config(tmp_path, epochs=2, val_eps=8 / 255, val_steps=3, select="best"))
+    assert drawn["path"] == tmp_path / "curves.png"
+    assert drawn["title"].startswith("pgd-at \u00b7 small \u00b7 toy")
+    assert drawn["val_pgd_label"] == "val PGD (linf eps 8/255, 3 steps)"
+    assert drawn["chosen_epoch"] == result.selected_epoch and drawn["chosen_label"] == "best epoch (val PGD)"
+
+
+def test_the_curves_png_shows_the_title_the_attack_and_the_kept_epoch(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from robustkit import plots
+
+    history = [{"epoch": e, "train_loss": 1.0 / e, "train_acc": 0.1 * e, "val_clean_acc": 0.2 * e,
+                "val_pgd_acc": [0.1, 0.3, 0.2][e - 1]} for e in (1, 2, 3)]
+    figures: list[Any] = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig) or Path(path))
+    plots.save_training_curves(tmp_path / "c.png", history, title="pgd-at \u00b7 small \u00b7 toy",
+                               val_pgd_label="val PGD (linf eps 8/255, 10 steps)", chosen_epoch=2,
+                               chosen_label="best epoch (val PGD)")
+    fig = figures[0]
+    assert fig._suptitle.get_text() == "pgd-at \u00b7 small \u00b7 toy"
+    loss_ax, acc_ax = fig.axes
+    legend = [t.get_text() for t in acc_ax.get_legend().get_texts()]
+    assert "val PGD (linf eps 8/255, 10 steps)" in legend and "best epoch (val PGD): 2" in legend
+    assert acc_ax.get_ylabel() == "accuracy %"
+    for ax in (loss_ax, acc_ax):  # a dashed line at the kept epoch on both panels
+        assert any(list(line.get_xdata()) == [2, 2] and line.get_linestyle() == "--" for line in ax.get_lines())
+    rings = [line for line in acc_ax.get_lines() if line.get_markerfacecolor() == "none"]
+    assert sorted(float(line.get_ydata()[0]) for line in rings) == pytest.approx([30.0, 40.0])  # its val points, %
+    # Without a kept epoch nothing is marked, and the real writer produces a PNG.
+    figures.clear()
+    monkeypatch.undo()
+    out = plots.save_training_curves(tmp_path / "plain.png", history)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

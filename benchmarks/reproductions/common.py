@@ -140,7 +140,8 @@ def load_cell_model(run: Any, record: Mapping[str, Any], device: Any = "cpu") ->
     """The trained model of ``record`` (its published weights), in eval mode on ``device``."""
     from robustkit.checkpoints import load_model
 
-    return load_model(run.root / "train" / record["training"]["train_key"] / "last.json", device=device)
+    # The training folder: load_model picks the epoch the run kept (best or last) and its EMA weights if any.
+    return load_model(run.root / "train" / record["training"]["train_key"], device=device)
 
 
 def test_data(run: Any, n: int | None, *, data_root: Path | None = None, device: Any = "cpu",

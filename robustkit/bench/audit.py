@@ -11,6 +11,11 @@ evaluation subset of every trained model:
 
 A check that fails sets a flag; flags travel with the results into reports and the leaderboard.
 Differences below ``tolerance`` are treated as noise (small evaluation subsets move by a few points).
+
+Every check records what it measured, so a report can show why it passed or failed: ``accuracy`` (the
+robust accuracy under the check's attack), ``limit`` and ``bound`` (the accuracy had to be at most, or
+at least, ``limit``) and, for the three comparisons, the ``reference`` it was compared to with
+``reference_detail`` (which attack gave it) and the ``gap`` (accuracy minus reference).
 """
 
 from __future__ import annotations
@@ -31,6 +36,46 @@ FLAGS = {
     "black_box": "a black-box attack beats the white-box attacks",
     "transfer": "transfer from a natural model beats the white-box attacks",
 }
+
+AT_MOST, AT_LEAST = "at most", "at least"
+#: Which way each check bounds the accuracy it measures: an unbounded attack and a longer PGD must leave the
+#: model no more accurate than the limit; a black box or a transfer must not break it more than the white box.
+BOUNDS = {"unbounded": AT_MOST, "more_steps": AT_MOST, "black_box": AT_LEAST, "transfer": AT_LEAST}
+
+
+def comparison_limit(name: str, reference: float, tolerance: float) -> float:
+    """The accuracy bound of the comparison ``name``: its reference plus the tolerance for an upper bound,
+    minus it for a lower one."""
+    return reference + tolerance if BOUNDS[name] == AT_MOST else reference - tolerance
+
+
+def judged(name: str, accuracy: float, detail: str, *, limit: float | None = None, reference: float | None = None,
+           reference_detail: str | None = None, tolerance: float = 0.0) -> dict[str, Any]:
+    """The record of check ``name``: what it measured, the bound it had to respect (``limit``, or the
+    reference shifted by the tolerance), the gap to its reference, and whether it passed."""
+    if limit is None:
+        if reference is None:
+            raise ValueError(f"the audit check {name} needs a limit or a reference")
+        limit = comparison_limit(name, reference, tolerance)
+    check: dict[str, Any] = {"accuracy": accuracy, "limit": limit, "bound": BOUNDS[name],
+                             "passed": accuracy <= limit if BOUNDS[name] == AT_MOST else accuracy >= limit,
+                             "detail": detail}
+    if reference is not None:
+        check.update(reference=reference, reference_detail=reference_detail, gap=accuracy - reference)
+    return check
+
+
+def completed(name: str, check: Mapping[str, Any], tolerance: float | None) -> dict[str, Any]:
+    """A recorded check with ``bound``, ``limit`` and ``gap`` filled in where a record written before they were
+    recorded lacks them (derived from its accuracy, reference and the audit's tolerance, as the check did)."""
+    out = dict(check)
+    out.setdefault("bound", BOUNDS.get(name))
+    reference = out.get("reference")
+    if reference is not None:
+        out.setdefault("gap", out["accuracy"] - reference)
+        if "limit" not in out and tolerance is not None and name in BOUNDS:
+            out["limit"] = comparison_limit(name, reference, tolerance)
+    return out
 
 
 def robust_accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, adversarial: torch.Tensor,
@@ -60,47 +105,52 @@ def pgd_examples(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, t
 
 def audit_model(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, *, threat: Mapping[str, Any],
                 settings: Mapping[str, Any], white_box_accuracy: float | None, black_box: Any = None,
-                surrogate: nn.Module | None = None, seed: int = 0) -> dict[str, Any]:
-    """Run the checks on ``images`` (already on the model's device); return values, verdicts and flags.
+                surrogate: nn.Module | None = None, seed: int = 0, white_box_label: str | None = None,
+                ) -> dict[str, Any]:
+    """Run the checks on ``images`` (already on the model's device); return what each measured, its verdict,
+    and the flags.
 
     :param white_box_accuracy: the lowest accuracy of the suite's white-box fixed-budget attacks
-        (``None`` if the suite has none; the audit's own many-step PGD is used then).
+        (``None`` if the suite has none; the audit's own PGD is used then).
+    :param white_box_label: the suite's attack that gave ``white_box_accuracy``, named in the record.
     :param black_box: an :class:`robustkit.attacks.Attack` (score-based), or ``None`` to skip that check.
     :param surrogate: a naturally trained model of the same architecture, or ``None`` to skip transfer.
     """
     was_training = model.training
     model.eval()
     tol = float(settings["tolerance"])
+    steps, more = settings["steps"], settings["more_steps"]
     checks: dict[str, dict[str, Any]] = {}
     try:
         at_eps = ThreatModel(threat["norm"], float(threat["eps"]))
         unbounded = ThreatModel("linf", float(settings["unbounded_eps"]))
-        value = robust_accuracy(model, images, labels,
-                                pgd_examples(model, images, labels, unbounded, settings["more_steps"], seed))
-        limit = float(settings["unbounded_max_accuracy"])
-        checks["unbounded"] = {"accuracy": value, "limit": limit, "passed": value <= limit,
-                               "detail": f"linf PGD-{settings['more_steps']} at eps {unbounded.eps:g}"}
+        value = robust_accuracy(model, images, labels, pgd_examples(model, images, labels, unbounded, more, seed))
+        checks["unbounded"] = judged("unbounded", value, f"linf PGD-{more} at eps {unbounded.eps:g}",
+                                     limit=float(settings["unbounded_max_accuracy"]))
 
-        few = robust_accuracy(model, images, labels, pgd_examples(model, images, labels, at_eps, settings["steps"], seed))
-        many = robust_accuracy(model, images, labels,
-                               pgd_examples(model, images, labels, at_eps, settings["more_steps"], seed))
-        checks["more_steps"] = {"accuracy": many, "reference": few, "passed": many <= few + tol,
-                                "detail": f"PGD-{settings['more_steps']} vs PGD-{settings['steps']}"}
-        white = min(v for v in (white_box_accuracy, few, many) if v is not None)
+        few = robust_accuracy(model, images, labels, pgd_examples(model, images, labels, at_eps, steps, seed))
+        many = robust_accuracy(model, images, labels, pgd_examples(model, images, labels, at_eps, more, seed))
+        checks["more_steps"] = judged("more_steps", many, f"PGD-{more}", reference=few,
+                                      reference_detail=f"PGD-{steps}", tolerance=tol)
+        # The best white-box result: the suite's own (named first, so it is the one named on a tie) or the audit's PGD.
+        suite = f"the suite's {white_box_label}" if white_box_label else "the suite's white-box attacks"
+        white, white_detail = min(((v, d) for v, d in ((white_box_accuracy, suite), (few, f"PGD-{steps}"),
+                                                        (many, f"PGD-{more}")) if v is not None),
+                                  key=lambda candidate: candidate[0])
 
         if black_box is not None:
             seed_everything(seed)
             adversarial = torch.cat([black_box(model, images[i:i + 256], labels[i:i + 256]).adversarial
                                      for i in range(0, len(labels), 256)])
             value = robust_accuracy(model, images, labels, adversarial)
-            checks["black_box"] = {"accuracy": value, "reference": white, "passed": value >= white - tol,
-                                   "detail": f"{black_box.describe().get('name', 'black-box')} vs the best white-box"}
+            checks["black_box"] = judged("black_box", value, str(black_box.describe().get("name", "black-box")),
+                                         reference=white, reference_detail=white_detail, tolerance=tol)
         if surrogate is not None:
             surrogate.eval()
-            adversarial = pgd_examples(surrogate, images, labels, at_eps, settings["more_steps"], seed)
+            adversarial = pgd_examples(surrogate, images, labels, at_eps, more, seed)
             value = robust_accuracy(model, images, labels, adversarial)
-            checks["transfer"] = {"accuracy": value, "reference": white, "passed": value >= white - tol,
-                                  "detail": f"PGD-{settings['more_steps']} crafted on a naturally trained model"}
+            checks["transfer"] = judged("transfer", value, f"PGD-{more} crafted on a naturally trained model",
+                                        reference=white, reference_detail=white_detail, tolerance=tol)
     finally:
         model.train(was_training)
     flags = [name for name, check in checks.items() if not check["passed"]]

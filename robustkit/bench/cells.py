@@ -29,7 +29,7 @@ from robustkit.data import stack, take
 from robustkit.devices import numeric_environment, resolve_device, seed_everything, torch_threads
 from robustkit.errors import RobustkitError
 from robustkit.files import sha256_file
-from robustkit.evaluation import evaluate
+from robustkit.evaluation import EvaluationState, evaluate
 from robustkit.models import build_model, normalization_of
 from robustkit.outcomes import AttackOutcomes, Outcomes
 from robustkit.store import cell_key
@@ -100,6 +100,9 @@ def train_cell_model(host: Any, dataset: Any, train_settings: Mapping[str, Any],
         "seconds_per_epoch": round(sum(epoch_times) / len(epoch_times), 4) if epoch_times else None,
         "cost_passes_per_batch": defense.cost(),
         "final": {k: v for k, v in history[-1].items() if k != "epoch"} if history else {},
+        # The epoch whose weights the cell evaluates (its best by validation, or its last) and which weights.
+        "selected_epoch": result.selected_epoch, "weights": result.weights,
+        "selected": next((dict(row) for row in history if row["epoch"] == result.selected_epoch), {}),
     }
     return result.model, facts
 
@@ -167,8 +170,9 @@ def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_roo
     normalization = normalization_of(model)  # what the model does to [0, 1] images first, for the record
     evaluation = settings["evaluation"]
     attacks = {a["label"]: host.attacks.create(a["name"], a["params"]) for a in settings["attacks"]}
+    state = EvaluationState(evaluation_state_path(work_dir, train_settings, settings))
     result = evaluate(model, dataset, attacks, n_examples=evaluation["n_examples"],
-                      batch_size=evaluation["batch_size"], device=resolved, seed=seed)
+                      batch_size=evaluation["batch_size"], device=resolved, seed=seed, state=state)
     outcomes, per_attack = within_threat(result, attacks, settings["threat"])
     outside = {label: a["n_outside_threat"] for label, a in per_attack.items() if a["n_outside_threat"]}
     images, labels = stack(take(dataset.test, evaluation["n_examples"]))
@@ -176,6 +180,7 @@ def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_roo
     eps_curve = _eps_curve(host, model, images, labels, settings, resolved, seed)
     audit = _audit(host, model, images, labels, settings, per_attack, train_settings, dataset, work_dir,
                    str(resolved), seed, model_files)
+    state.remove()  # the record below holds all it kept; a kill from here on re-evaluates this cell
     return {
         "defense": settings["defense"]["label"], "defense_name": settings["defense"]["name"],
         "knob": settings["defense"]["knob"], "knob_value": settings["defense"]["value"], "seed": seed,
@@ -196,6 +201,13 @@ def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_roo
     }
 
 
+def evaluation_state_path(work_dir: Path, train_settings: Mapping[str, Any], settings: Mapping[str, Any]) -> Path:
+    """Where a cell keeps the state of its main evaluation (:class:`robustkit.evaluation.EvaluationState`): next
+    to its training, keyed by the whole cell, so a cell killed during a long evaluation (AutoAttack) continues
+    at its next batch or sub-attack, and cells that share a training never share a state."""
+    return work_dir / TRAIN_DIR / cell_key(train_settings) / f"evaluation-{cell_key(settings)}.state"
+
+
 def within_threat(result: Any, attacks: Mapping[str, Any], threat: Mapping[str, Any],
                   ) -> tuple[Outcomes, dict[str, dict[str, Any]]]:
     """Per-example outcomes counting only adversarials inside the threat model, and per-attack facts.
@@ -204,7 +216,9 @@ def within_threat(result: Any, attacks: Mapping[str, Any], threat: Mapping[str, 
     threat norm is within eps (:func:`robustkit.threat.within_budget`), whatever the attack promised:
     a minimal-distortion attack (DeepFool, CW-L2) breaks only the examples it fooled within eps, and a
     fixed-budget attack that returned successful adversarials outside the threat is flagged
-    (``n_outside_threat``) and those examples count as not broken.
+    (``n_outside_threat``) and those examples count as not broken. An attack made of steps (AutoAttack)
+    also gets ``steps``, its summary's per-sub-attack counts (:class:`robustkit.evaluation.AttackSummary`):
+    the attack's own view, within its own budget, not recounted against the threat.
     """
     norm, eps = threat["norm"], float(threat["eps"])
     records = result.records
@@ -230,6 +244,8 @@ def within_threat(result: Any, attacks: Mapping[str, Any], threat: Mapping[str, 
             "mean_queries": summary.mean_queries, "seconds": round(summary.seconds, 3), "goal": goal,
             "knowledge": getattr(attack, "knowledge", "white-box"),
         }
+        if summary.steps:  # an attack made of steps (AutoAttack): each sub-attack's counts, as the summary has them
+            facts["steps"] = [{**step, "seconds": round(step["seconds"], 3)} for step in summary.steps]
         if goal == "minimal-distortion":
             for kind in metrics.RHO_KINDS:
                 rho = float(metrics.value(outcomes, f"{label}:{kind}", metrics.ones(outcomes.n))[0])
@@ -260,8 +276,9 @@ def _audit(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torc
     audit = settings["audit"]
     if not audit["enabled"]:
         return None
-    white = [a["robust_accuracy"] for a in per_attack.values()
-             if a["knowledge"] == "white-box" and a["goal"] == "fixed-budget"]
+    white = {label: a["robust_accuracy"] for label, a in per_attack.items()
+             if a["knowledge"] == "white-box" and a["goal"] == "fixed-budget"}
+    strongest = min(white, key=white.__getitem__) if white else None  # the audit record names it
     black_box = None
     if audit.get("black_box"):
         black_box = host.attacks.create(audit["black_box"]["name"], audit["black_box"]["params"])
@@ -270,8 +287,8 @@ def _audit(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torc
     if audit["transfer"] and cell_key(natural) != cell_key(train_settings):
         surrogate, _ = train_cell_model(host, dataset, natural, work_dir, device, model_files)
     return audit_model(model, images, labels, threat=settings["threat"], settings=audit,
-                       white_box_accuracy=min(white) if white else None, black_box=black_box,
-                       surrogate=surrogate, seed=seed)
+                       white_box_accuracy=white[strongest] if strongest is not None else None, black_box=black_box,
+                       surrogate=surrogate, seed=seed, white_box_label=strongest)
 
 
 def _device_name(device: torch.device) -> str:

@@ -1,4 +1,4 @@
-"""Run every cell of a benchmark, resumably, in one process or several.
+"""Run every cell of a benchmark, resumably, in one process, several, or on a cluster.
 
 Results go to ``OUT/cells/<key>.json`` (:class:`robustkit.store.ResultStore`: one record per finished
 cell, written atomically, never overwritten), trained weights to ``OUT/train/``, and the validated spec
@@ -6,28 +6,30 @@ to ``OUT/benchmark.json`` (what ``bench report`` and ``leaderboard export`` read
 at most the unfinished part of the cells in progress (their training resumes from the last epoch);
 running the same command again skips every recorded cell.
 
-Natural cells run first: they are the default accuracy target and the audit's transfer surrogate.
+What runs the cells is an executor (:mod:`robustkit.executors`: local processes by default, Ray with
+``robustkit[ray]``); whichever it is, this process writes every record, so workers anywhere only compute.
+Natural cells come first: they are the default accuracy target and the audit's transfer surrogate.
 The overall bar weighs each cell by its training cost (epochs x forward/backward passes per batch),
 so its time estimate does not assume a PGD-AT cell is as quick as a natural one.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
-import os
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
-from robustkit.bench.cells import build_spec_model, run_cell
+from robustkit.bench.cells import build_spec_model, natural_settings, run_cell
 from robustkit.bench.spec import NATURAL_MODEL, BenchmarkSpec, Cell, model_files, model_settings
 from robustkit.devices import environment_difference, numeric_environment, resolve_device
 from robustkit.errors import RobustkitError
+from robustkit.executors import DEFAULT_EXECUTOR, CellWork, Executor
 from robustkit.files import atomic_write_text, jsonable, remove_stale_temporaries
-from robustkit.progress import lines_muted, mute_lines, progress
-from robustkit.store import ResultStore
+from robustkit.progress import progress
+from robustkit.store import ResultStore, cell_key
 
 BENCHMARK_FILE = "benchmark.json"
 
@@ -71,56 +73,66 @@ def _cost(host: Any, d: Any) -> float:
 
 
 def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: int = 1, device: str = "auto",
-                  threads: int | None = None, say: Callable[[str], None] = print) -> RunSummary:
+                  threads: int | None = None, say: Callable[[str], None] = print,
+                  executor: Executor | None = None) -> RunSummary:
     """Run the cells of ``spec`` that ``out_dir`` has no record of; return what happened.
 
-    :param jobs: worker processes (1 runs in this process, with per-cell progress bars).
+    :param jobs: local worker processes (1 runs in this process, with per-cell progress bars); for the
+        default executor only.
     :param threads: torch CPU threads of every cell, however many run at once (default: this process's
         setting, normally one per core). CPU numbers depend on it, so it is part of the numeric
         environment that ``benchmark.json`` and every record state, and a folder keeps one environment.
+    :param executor: what runs the cells (:mod:`robustkit.executors`; ``host.executors.create("ray", ...)``);
+        default: the local one with ``jobs`` processes. Whatever runs them, this process writes every record.
     :raises RobustkitError: on Ctrl-C, after keeping every finished record (rerun to continue); when
         ``out_dir`` holds results of another numeric environment.
     """
     import torch
 
+    if executor is None:
+        executor = host.executors.create(DEFAULT_EXECUTOR, {"jobs": jobs})
+    elif jobs != 1:
+        raise ValueError("give jobs to the local executor, not beside another executor")
     out_dir = Path(out_dir)
     threads = threads or torch.get_num_threads()
-    environment = numeric_environment(resolve_device(device), threads)
-    _check_environment(out_dir, environment)
+    work = CellWork(out_dir, device, threads, spec.data_root, model_files(spec.model), run_cell)
+    environment = executor.known_environment(work)
+    if environment is not None:
+        _check_environment(out_dir, environment)
     # Missing or damaged dataset files would fail every cell alike: say it once, before anything runs.
     dataset = host.datasets.create(spec.dataset["name"], spec.dataset.get("params") or {},
                                    root=Path(spec.data_root) if spec.data_root else None)
     _check_model(spec, host, dataset.info)
     out_dir.mkdir(parents=True, exist_ok=True)
-    described = {**describe_benchmark(spec, host), "environment": environment}
-    atomic_write_text(out_dir / BENCHMARK_FILE, json.dumps(described, indent=2, sort_keys=True) + "\n")
+    described = describe_benchmark(spec, host)
     store = ResultStore(out_dir)
     for folder in (out_dir, store.cells):  # a write cut short by SIGKILL leaves its temporary behind
         remove_stale_temporaries(folder)
     cells = sorted(spec.cells(), key=lambda c: c.settings["defense"]["name"] != "natural")  # stable
     todo = [c for c in cells if not store.has(c.key)]
+    work = dataclasses.replace(work, waits_for=natural_dependencies(todo))
     summary = RunSummary(total=len(cells), reused=len(cells) - len(todo))
     costs = {d["label"]: d["cost"] for d in described["defenses"]}
     weight = {c.key: spec.training["epochs"] * costs.get(c.defense, 1.0) for c in todo}
     say(f"benchmark {spec.name}: {len(cells)} cells, {summary.reused} already recorded in {out_dir}, "
-        f"{len(todo)} to run" + (f" on {jobs} processes" if jobs > 1 and todo else "")
+        f"{len(todo)} to run" + (executor.describe() if todo else "")
         + f" with {threads} torch thread(s) each")
     if not todo:
+        _write_benchmark(out_dir, described, environment or _recorded_environment(out_dir)
+                         or numeric_environment(resolve_device(device), threads))
         return summary
-    cores = os.cpu_count() or 1
-    if jobs > 1 and jobs * threads > cores:
-        say(f"  note: {jobs} processes x {threads} threads on {cores} cores; --threads {max(1, cores // jobs)} "
-            "runs faster, in a new --out folder (the thread count changes the numbers)")
     started = time.perf_counter()
-    bar = progress(total=round(sum(weight.values()), 3), desc=f"{spec.name} (cost-weighted)", unit="pass",
-                   leave=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]")
 
     def finished(cell: Cell, record: dict[str, Any] | None, error: str | None) -> None:
         bar.update(weight[cell.key])
-        name = f"{cell.defense}" + (f" {cell.knob}={cell.value}" if cell.knob else "") + f" seed {cell.seed}"
-        if error is not None:
-            summary.failed[name] = error
-            say(f"  failed: {name}: {error}")
+        name = cell_name(cell)
+        if record is None:
+            summary.failed[name] = error or "no record came back"
+            say(f"  failed: {name}: {summary.failed[name]}")
+            return
+        if store.has(cell.key):  # another run recorded it meanwhile: records are never overwritten
+            summary.reused += 1
+            say(f"  already recorded by another run: {name}")
             return
         store.put(cell.key, cell.settings, record)
         summary.finished.append(cell.key)
@@ -129,28 +141,36 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
         say(f"  done {len(summary.finished) + summary.reused}/{summary.total}: {name}: clean "
             f"{100 * record['clean_accuracy']:.1f}%, {attacks}" + (f" [audit: {', '.join(flags)}]" if flags else ""))
 
+    bar: Any = None
     try:
-        if jobs <= 1:
-            for cell in todo:
-                try:
-                    with lines_muted():  # one "done" line per cell, not one per epoch and evaluation inside it
-                        record = run_cell(cell.settings, out_dir, device=device, data_root=spec.data_root,
-                                          host=host, threads=threads, model_files=model_files(spec.model))
-                except RobustkitError as err:
-                    if _interrupted(err):  # the training loop turns Ctrl-C into a RobustkitError: stop, don't skip
-                        raise KeyboardInterrupt from None
-                    finished(cell, None, str(err))
-                    continue
-                finished(cell, record, None)
-        else:
-            _run_parallel(todo, out_dir, jobs, device, threads, spec.data_root, finished, model_files(spec.model))
+        with executor.session(work, say) as environment:
+            _check_environment(out_dir, environment)
+            _write_benchmark(out_dir, described, environment)
+            bar = progress(total=round(sum(weight.values()), 3), desc=f"{spec.name} (cost-weighted)", unit="pass",
+                           leave=True, bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} [{elapsed}<{remaining}]")
+            executor.run_cells(todo, work, finished, host)
     except KeyboardInterrupt:
-        bar.close()
+        if bar is not None:
+            bar.close()
         raise RobustkitError(f"benchmark interrupted: {len(summary.finished) + summary.reused} of {summary.total} "
                              f"cells are recorded in {out_dir}; rerun the same command to continue") from None
     bar.close()
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _write_benchmark(out_dir: Path, described: dict[str, Any], environment: dict[str, Any]) -> None:
+    atomic_write_text(out_dir / BENCHMARK_FILE,
+                      json.dumps({**described, "environment": environment}, indent=2, sort_keys=True) + "\n")
+
+
+def _recorded_environment(out_dir: Path) -> dict[str, Any] | None:
+    """The numeric environment ``out_dir/benchmark.json`` states, if it is readable."""
+    try:
+        recorded = json.loads((out_dir / BENCHMARK_FILE).read_text(encoding="utf-8")).get("environment")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def _check_model(spec: BenchmarkSpec, host: Any, info: Any) -> None:
@@ -168,27 +188,11 @@ def _check_model(spec: BenchmarkSpec, host: Any, info: Any) -> None:
         raise RobustkitError(f"{spec.source}: $.model: {err}") from None
 
 
-def _interrupted(err: BaseException) -> bool:
-    """Whether ``err`` was raised while handling a KeyboardInterrupt."""
-    context = err.__context__
-    while context is not None:
-        if isinstance(context, KeyboardInterrupt):
-            return True
-        context = context.__context__
-    return False
-
-
 def _check_environment(out_dir: Path, environment: dict[str, Any]) -> None:
     """Refuse to add records of another numeric environment to a folder (their numbers would differ)."""
-    path = out_dir / BENCHMARK_FILE
-    if not path.exists():
-        return
-    try:
-        recorded = json.loads(path.read_text(encoding="utf-8")).get("environment")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return  # rewritten below; the records' own environments still say how each was made
-    if not isinstance(recorded, dict):
-        return
+    recorded = _recorded_environment(out_dir)
+    if recorded is None:
+        return  # rewritten by the run; the records' own environments still say how each was made
     difference = environment_difference(recorded, environment)
     if difference is not None:
         hint = f"pass --threads {recorded['threads']}" if difference.startswith("threads") else "run as before"
@@ -196,41 +200,27 @@ def _check_environment(out_dir: Path, environment: dict[str, Any]) -> None:
                              f"recorded vs now); {hint}, or use another --out folder")
 
 
-def _worker_init() -> None:
-    os.environ["ROBUSTKIT_PROGRESS"] = "0"  # bars of several processes would garble the terminal
-    mute_lines()  # the driver writes one line per cell; a worker writes none of its own
+def natural_dependencies(cells: Sequence[Cell]) -> dict[str, str]:
+    """``{cell key: key of the natural cell it waits for}``: a cell that reuses naturally trained weights
+    (:func:`uses_natural_model`) waits for the natural cell of ``cells`` that trains them (same data, model,
+    training and seed), rather than training them too."""
+    naturals = {c.train_key: c.key for c in cells if c.settings["defense"]["name"] == "natural"}
+    out = {}
+    for c in cells:
+        natural = naturals.get(cell_key(natural_settings(c.train_settings)))
+        if natural is not None and natural != c.key and uses_natural_model(c.settings):
+            out[c.key] = natural
+    return out
 
 
-def _worker(settings: dict[str, Any], out_dir: str, device: str, threads: int,
-            data_root: str | None, files: dict[str, str] | None = None) -> tuple[Any, str | None]:
-    try:
-        return run_cell(settings, out_dir, device=device, data_root=data_root, threads=threads, model_files=files), None
-    except RobustkitError as err:
-        return None, str(err)
+def uses_natural_model(settings: Mapping[str, Any]) -> bool:
+    """Whether a cell uses the naturally trained model of its settings: as the audit's transfer surrogate,
+    or as a defense parameter (``@natural``, e.g. hard positives' base model)."""
+    audit = settings.get("audit") or {}
+    params = settings["defense"].get("params") or {}
+    return bool(audit.get("enabled") and audit.get("transfer")) or NATURAL_MODEL in params.values()
 
 
-def _run_parallel(todo: list[Cell], out_dir: Path, jobs: int, device: str, threads: int, data_root: str | None,
-                  finished: Callable[[Cell, Any, str | None], None], files: dict[str, str] | None = None) -> None:
-    import multiprocessing
-
-    context = multiprocessing.get_context("spawn")  # fork after torch has started threads can deadlock
-    naturals = [c for c in todo if c.settings["defense"]["name"] == "natural"]
-    rest = [c for c in todo if c.settings["defense"]["name"] != "natural"]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context, initializer=_worker_init) as pool:
-        try:
-            # Natural cells first and to the end: the others' audits reuse their weights as transfer surrogates.
-            for batch in (naturals, rest):
-                pending: dict[Future[Any], Cell] = {
-                    pool.submit(_worker, c.settings, str(out_dir), device, threads, data_root, files): c for c in batch}
-                while pending:
-                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
-                    for future in done:
-                        cell = pending.pop(future)
-                        try:
-                            record, error = future.result()
-                        except Exception as err:  # a worker that died (out of memory, killed)
-                            record, error = None, f"worker failed: {type(err).__name__}: {err}"
-                        finished(cell, record, error)
-        except KeyboardInterrupt:
-            pool.shutdown(wait=False, cancel_futures=True)
-            raise
+def cell_name(cell: Cell) -> str:
+    """A cell as people name it: ``pgd-at eps=0.1 seed 0``."""
+    return f"{cell.defense}" + (f" {cell.knob}={cell.value}" if cell.knob else "") + f" seed {cell.seed}"

@@ -39,6 +39,18 @@ file's folder, and ``normalize`` (``none``, the default here, ``dataset`` or ``M
 model does to images first. Cells name such a model by its class, arguments and the SHA-256 of its files; where the files lie is
 passed beside the settings (like the data root), so a moved folder keeps its results.
 
+Training follows the field's defaults: ``training.augment`` (``default``: the dataset's own augmentation,
+:mod:`robustkit.augmentation`) is resolved into its explicit list when the spec is read; ``training.select``
+(``auto``, the default: the best epoch by validation PGD accuracy for adversarial defenses, the last for
+natural training, :func:`robustkit.training.resolve_select`) decides per cell, and when any cell keeps its best
+epoch every cell holds the validation slice out of training (``val_holdout``), so all defenses train on the
+same images. ``training.ema_decay`` keeps a moving average of the weights, which cells then evaluate
+(``training.weights_kind = "raw"``: the trained weights instead).
+
+``recipe = "NAME"`` (``robustkit train --list-recipes``) starts from a published setup: the recipe's model and
+dataset when the spec gives none, its training settings under the spec's own ``training`` entries, and its
+defense parameters under the spec's for a defense of the same name (never the swept knob).
+
 Numbers may be written as fractions, as on the command line: ``eps = "8/255"`` (a string, since TOML, YAML
 and JSON have no fractions) in ``threat.eps``, ``training`` numbers, ``evaluation.eps_curve``,
 ``audit.unbounded_eps``, attack and defense ``params`` values and ``sweep`` values. They are read with
@@ -60,13 +72,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from robustkit.attacks import attack_budget
+from robustkit.augmentation import resolve_augment
 from robustkit.compat import tomllib
 from robustkit.errors import RobustkitError, UnknownNameError
 from robustkit.files import jsonable
 from robustkit.params import eval_fraction
 from robustkit.store import cell_key
 from robustkit.threat import TOLERANCE
-from robustkit.training import TrainConfig
+from robustkit.training import TrainConfig, resolve_select
 
 SCHEMA_FILE = "schemas/benchmark.schema.json"
 SUFFIXES = (".toml", ".yaml", ".yml", ".json")
@@ -80,6 +93,9 @@ NATURAL_MODEL = "@natural"
 #: for every attack, frontier readings). Part of every cell key but not of the training key, so a new
 #: version re-evaluates the trained models without retraining them.
 PROTOCOL_VERSION = 2
+#: Version of how cells train (2: validation on a slice of the training split, augmentation, best-epoch
+#: selection). Part of every cell key and training key: trainings of another version are other trainings.
+SETTINGS_FORMAT = 2
 
 #: Training settings a spec may leave out, and what they default to: :class:`robustkit.training.TrainConfig`'s
 #: own defaults (the one home of them), for the settings that decide a cell's training.
@@ -177,7 +193,7 @@ class BenchmarkSpec:
     def common_settings(self) -> dict[str, Any]:
         """What every cell shares: the protocol without the defenses and seeds."""
         return {
-            "format": 1, "protocol": PROTOCOL_VERSION,
+            "format": SETTINGS_FORMAT, "protocol": PROTOCOL_VERSION,
             "dataset": {"name": self.dataset["name"], "params": jsonable(self.dataset.get("params", {}))},
             "model": model_settings(self.model),
             "training": jsonable(self.training),
@@ -203,7 +219,7 @@ class BenchmarkSpec:
         for seed in self.seeds:
             for defense in self.defenses:
                 for value in defense.sweep:
-                    train_settings = {"format": 1, "dataset": common["dataset"], "model": common["model"],
+                    train_settings = {"format": SETTINGS_FORMAT, "dataset": common["dataset"], "model": common["model"],
                                       "training": common["training"], "seed": seed,
                                       "defense": {"name": defense.name, "params": jsonable(defense.params_at(value))}}
                     settings = {**common, "seed": seed,
@@ -321,7 +337,7 @@ def check_schema(doc: Mapping[str, Any], source: str) -> None:
 #: A number written as a fraction, ``8/255`` or ``1e-3 / 2`` (strings elsewhere, e.g. ``"@natural"``, stay strings).
 _FRACTION = re.compile(r"^\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*/\s*[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?\s*$")
 #: Training settings that are numbers (a string there is read as a number, fraction or not).
-_TRAINING_NUMBERS = ("lr", "momentum", "weight_decay", "gamma", "val_eps")
+_TRAINING_NUMBERS = ("lr", "momentum", "weight_decay", "gamma", "val_eps", "val_step_size", "ema_decay")
 
 
 def read_fractions(doc: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -389,6 +405,7 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
     :param base: the folder relative model file paths are read from (the spec file's; default: the current).
     """
     doc = read_fractions(doc, source)
+    doc = with_recipe(doc, source, host)
     check_schema(doc, source)
 
     def fail(where: str, message: str) -> SpecError:
@@ -415,11 +432,15 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
     threat = {"norm": doc["threat"]["norm"], "eps": float(doc["threat"]["eps"])}
     if threat["norm"] == "linf" and threat["eps"] > 1:
         raise fail("$.threat.eps", f"a linf eps of {threat['eps']} exceeds the data range [0, 1]; write 8/255 as 0.0314")
-    training = {**TRAINING_DEFAULTS, **doc["training"]}
+    training = {**TRAINING_DEFAULTS, "select": "auto", **doc["training"]}
     if "val_eps" not in doc["training"] and threat["norm"] == "linf":
         training["val_eps"] = threat["eps"]  # the loop's per-epoch check is linf PGD
     if training["val_examples"] == 0:
         training["val_eps"] = None  # no validation: the threat must not change the training key
+    try:
+        training["augment"] = resolve_augment(training.get("augment", "default"), doc["dataset"]["name"], host)
+    except RobustkitError as err:
+        raise fail("$.training.augment", str(err)) from None
     try:
         TrainConfig(**{**training, "milestones": tuple(training["milestones"])}).check()
     except RobustkitError as err:
@@ -455,6 +476,7 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
 
     defenses = tuple(_defense(host, d, f"$.defenses[{i}]", fail) for i, d in enumerate(doc["defenses"]))
     _unique([d.label for d in defenses], "$.defenses", "defense label (add label = \"...\" to tell them apart)", fail)
+    training["val_holdout"] = _holds_out(host, defenses, training)
     protocol = doc.get("protocol", {})
     targets = tuple(protocol.get("targets", ["natural"] if any(d.label == "natural" for d in defenses) else []))
     for i, target in enumerate(targets):
@@ -486,6 +508,47 @@ def parse_spec(doc: dict[str, Any], source: str, host: Any, *, data_root: str | 
         defenses=defenses, targets=targets, rank_by=rank_by, paper=doc.get("paper", ""),
         document=jsonable({k: v for k, v in doc.items() if k != "description"}),
     )
+
+
+def with_recipe(doc: dict[str, Any], source: str, host: Any) -> dict[str, Any]:
+    """``doc`` with its ``recipe``'s settings filled in under its own (see the module's docstring); ``doc``
+    itself is not changed. A spec without a recipe is returned as it is."""
+    name = doc.get("recipe")
+    if name is None:
+        return doc
+    from robustkit.recipe_config import get_recipe
+
+    if not isinstance(name, str):
+        raise SpecError(f"{source}: $.recipe: a recipe is named by a string (robustkit train --list-recipes)")
+    try:
+        recipe = get_recipe(host, name)
+    except RobustkitError as err:
+        raise SpecError(f"{source}: $.recipe: {err}") from None
+    out = dict(doc)
+    out.setdefault("dataset", {"name": recipe.dataset, "params": dict(recipe.dataset_params)})
+    out.setdefault("model", {"name": recipe.model, "params": dict(recipe.model_params)})
+    spec_training = doc.get("training") if isinstance(doc.get("training"), Mapping) else {}
+    out["training"] = {**jsonable(dict(recipe.training)), **spec_training}
+    if isinstance(doc.get("defenses"), list):
+        defenses = []
+        for d in doc["defenses"]:
+            if isinstance(d, Mapping) and d.get("name") == recipe.defense:
+                knob = d.get("knob") or getattr(host.defenses.get(recipe.defense).factory, "knob", None)
+                inherited = {k: v for k, v in recipe.defense_params.items()
+                             if not (d.get("sweep") is not None and k == knob)}
+                d = {**d, "params": {**inherited, **dict(d.get("params") or {})}}
+            defenses.append(d)
+        out["defenses"] = defenses
+    return out
+
+
+def _holds_out(host: Any, defenses: tuple[DefenseSpec, ...], training: Mapping[str, Any]) -> bool:
+    """Whether the cells hold the validation slice out of training: when any of them keeps its best epoch, all
+    do, so every defense trains on the same images (:func:`robustkit.training.resolve_select`)."""
+    config = TrainConfig(**{**training, "milestones": tuple(training["milestones"])})
+    return any(resolve_select(host.defenses.create(d.name, {k: (None if v == NATURAL_MODEL else v)
+                                                             for k, v in d.params_at(value).items()}), config) == "best"
+               for d in defenses for value in d.sweep[:1])
 
 
 def _model(doc: Mapping[str, Any], base: Path | None, fail: Any) -> dict[str, Any]:

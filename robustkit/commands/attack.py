@@ -8,7 +8,9 @@ from typing import Any
 
 import click
 
-from robustkit.checkpoints import load_model, model_metadata, read_metadata
+from robustkit.checkpoints import (SELECTIONS, WEIGHT_KINDS, chosen_checkpoint, load_model, model_metadata,
+                                   read_metadata, weights_kind as loaded_kind)
+from robustkit.commands.distributed import check_sharding, eval_shards_option, evaluate_in_shards, executor_options
 from robustkit.commands.group import cli, echo_table
 from robustkit.commands.common import (build_components, choose_model, data_options, device_option, load_dataset,
                                       output_folder, precision_options, say_normalization, seed_option,
@@ -58,6 +60,12 @@ def print_evaluation(result: EvaluationResult) -> None:
 
 @cli.command(name="attack")
 @click.argument("checkpoint", required=False, type=click.Path(path_type=Path))
+@click.option("--select", type=click.Choice(SELECTIONS), default=None,
+              help="Which epoch of a training run: best (best.json) or last (last.json); default: the one the run "
+                   "kept when CHECKPOINT is its folder, else the file given.")
+@click.option("--weights-kind", type=click.Choice(WEIGHT_KINDS), default=None,
+              help="Which weights of the checkpoint: ema (the moving average, when trained with --ema-decay), raw, "
+                   "or auto (default: the EMA when there is one).")
 @click.option("--attack", "attack_specs", multiple=True, required=True, metavar="'NAME K=V ...'",
               help="Attack and its parameters in one quoted argument (repeatable).")
 @click.option("--model", "model_name", default=None, help="Attack a freshly built registered model instead.")
@@ -78,13 +86,20 @@ def print_evaluation(result: EvaluationResult) -> None:
                    "`robustkit metrics list`, e.g. 'pass' from the hotcold plugin).")
 @click.option("--grid-examples", type=click.IntRange(0), default=8, show_default=True,
               help="Images in the example grid: the first clean-correct ones (0: no grid).")
+@click.option("--state", "state_path", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              metavar="FILE", help="Make the run resumable: record finished batches (and AutoAttack's finished "
+                                   "sub-attacks) in FILE; rerunning the same command continues from it. Kept "
+                                   "when the run ends.")
 @seed_option
 @device_option
 @precision_options
 @threads_option
-def attack(checkpoint, attack_specs, model_name, model_params, model_file, model_args, weights, normalize,
+@eval_shards_option
+@executor_options("shard", jobs=False)
+def attack(checkpoint, select, weights_kind, attack_specs, model_name, model_params, model_file, model_args, weights, normalize,
            dataset_name, data_root, dataset_params, n_examples, batch_size, out_dir, grid_path, metric_specs,
-           grid_examples, seed, device, precision, channels_last, threads) -> None:
+           grid_examples, state_path, seed, device, precision, channels_last, threads, eval_shards, executor_name,
+           address, gpus_per_cell, cpus_per_cell, max_retries) -> None:
     """Attack a model with one or more attacks: clean, robust and worst-case accuracy.
 
     CHECKPOINT is a last.json / last.safetensors written by `robustkit train`; or --model NAME (a
@@ -102,9 +117,16 @@ def attack(checkpoint, attack_specs, model_name, model_params, model_file, model
       robustkit attack --model lenet --attack autoattack --attack 'torchattacks:FGSM eps=0.1' --grid grid.png
       robustkit attack --model-file mynet.py:Net --model-arg width=2 --weights mynet.pt \\
           --dataset cifar10 --data-root ~/data --attack 'autoattack eps=8/255'
+      robustkit attack runs/cifar/last.json --attack autoattack --out runs/aa --executor ray --eval-shards 16
 
     The example grid shows the first clean-correct images, each attack's adversarials and their
     perturbations amplified so the largest change is black or white (grey: unchanged).
+
+    --state FILE makes a long run resumable: the file records every finished batch and, for
+    AutoAttack, every finished sub-attack of the batch in progress. Kill the run at any moment and
+    rerun the same command: it continues where it stopped and reports the numbers an uninterrupted
+    run reports. A file made with other settings (model, attacks, examples, batch size, seed) is
+    refused; delete it or give another path.
     """
     set_threads(threads)
     host = get_host()
@@ -113,14 +135,17 @@ def attack(checkpoint, attack_specs, model_name, model_params, model_file, model
                           takes_checkpoint=True)
     attacks = build_components(host.attacks, attack_specs)
     metrics = build_components(host.metrics, metric_specs)
+    loaded = None
     if checkpoint is not None:
+        checkpoint = chosen_checkpoint(checkpoint, select)  # a run's folder: the epoch it kept; --select: that one
         meta = read_metadata(checkpoint)
+        loaded = loaded_kind(meta, weights_kind, checkpoint)
         stored = meta.get("dataset") or {}
         name = dataset_name or stored.get("name")
         params = dict(stored.get("params") or {}) if dataset_name is None else {}
         params.update(parse_assignments(dataset_params, "--dataset-param"))
         dataset = load_dataset(host, name, params, data_root)
-        model = load_model(checkpoint, host)
+        model = load_model(checkpoint, host, kind=loaded)
         trained_on = model.spec.dataset.input_shape if getattr(model, "spec", None) is not None else None
         if trained_on is not None and tuple(dataset.info.input_shape) != tuple(trained_on):
             raise RobustkitError(
@@ -128,6 +153,9 @@ def attack(checkpoint, attack_specs, model_name, model_params, model_file, model
                 f"{_shape(dataset.info.input_shape)}; attack it on data of its own size (drop --dataset-param "
                 "resize, or pass the resize it was trained with)")
     else:
+        if select is not None or weights_kind is not None:
+            raise RobustkitError("--select and --weights-kind choose among a CHECKPOINT's weights; give the checkpoint "
+                                 "(a training run's folder or its .json)")
         dataset = load_dataset(host, dataset_name or "digits", dataset_params, data_root)
         seed_everything(seed)
         model = choice.build(host, dataset.info)
@@ -137,26 +165,41 @@ def attack(checkpoint, attack_specs, model_name, model_params, model_file, model
         raise RobustkitError(f"--grid {grid_path}: give a .png file name")
     if out_dir is not None:
         output_folder(out_dir)
-    keep = grid_examples if grid_path is not None else 0
-    result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed,
-                      keep_examples=keep, metrics=metrics, precision=precision, channels_last=channels_last)
+    if state_path is not None:
+        output_folder(state_path.parent, "--state")
+    keep = grid_examples if grid_path is not None and eval_shards is None else 0  # shards bring back no images
+    check_sharding(executor_name, eval_shards, out_dir, state_path)
+    shards = None
+    if eval_shards is not None:
+        result, shards = evaluate_in_shards(
+            host, executor_name, {"address": address, "gpus_per_cell": gpus_per_cell, "cpus_per_cell": cpus_per_cell,
+                                  "max_retries": max_retries}, model, dataset, attacks, shards=eval_shards,
+            out_dir=out_dir, n_examples=n_examples, batch_size=batch_size, device=device, seed=seed, threads=threads,
+            metrics=metrics, precision=precision, channels_last=channels_last)
+    else:
+        result = evaluate(model, dataset, attacks, n_examples=n_examples, batch_size=batch_size, device=device,
+                          seed=seed, keep_examples=keep, metrics=metrics, precision=precision,
+                          channels_last=channels_last, state=state_path)
     say_normalization(model)  # after the work: an error before it stays the only line on stderr
     print_evaluation(result)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
         # The evaluation's summary plus the model's provenance (its normalization included).
         normalization = normalization_of(model)
-        summary = {**result.summary(), "model": jsonable(_provenance(model, checkpoint)),
+        summary = {**result.summary(), **({"shards": shards} if shards else {}),
+                   "model": jsonable(_provenance(model, checkpoint, loaded)),
                    "normalization": normalization.to_json() if normalization is not None else None}
         atomic_write_text(out_dir / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
         result.save_records(out_dir / "records.jsonl")
         click.echo(f"wrote {out_dir / 'summary.json'} and {out_dir / 'records.jsonl'}")
     if keep:
-        write_grid(result, grid_path, class_names=dataset.info.class_names)
+        write_grid(result, grid_path, class_names=dataset.info.class_names, model=_grid_model(model, checkpoint),
+                   dataset=dataset.info.name)
 
 
-def _provenance(model: Any, checkpoint: Path | None) -> dict[str, Any] | None:
-    """The summary's ``model`` entry: name, parameters, the user's source, the dataset, the checkpoint."""
+def _provenance(model: Any, checkpoint: Path | None, weights: str | None = None) -> dict[str, Any] | None:
+    """The summary's ``model`` entry: name, parameters, the user's source, the dataset, the checkpoint (its file,
+    epoch and which ``weights``: raw or ema)."""
     spec = getattr(model, "spec", None)
     if spec is None:
         return None
@@ -165,6 +208,8 @@ def _provenance(model: Any, checkpoint: Path | None) -> dict[str, Any] | None:
         out["dataset"] = spec.dataset.name
     if checkpoint is not None:
         out["checkpoint"] = str(Path(checkpoint).resolve())
+        out["epoch"] = read_metadata(checkpoint).get("epoch")
+        out["weights"] = weights
     return out
 
 
@@ -173,20 +218,32 @@ def _shape(shape: tuple[int, ...]) -> str:
     return f"{height}x{width} {'grey' if channels == 1 else f'{channels}-channel'}"
 
 
-def write_grid(result: EvaluationResult, path: Path, class_names: tuple[str, ...] = ()) -> None:
-    """The kept examples as one PNG: the clean row, then adversarial and perturbation rows per attack.
+def write_grid(result: EvaluationResult, path: Path, class_names: tuple[str, ...] = (), model: str = "model",
+               dataset: str = "") -> None:
+    """The kept examples as one PNG: the clean row, then adversarial and perturbation rows per attack,
+    under a title naming the model, the dataset and each attack with its threat model.
 
     The examples are the first clean-correct ones; misclassified ones (not attacked) fill in when
     fewer were correct.
     """
-    from robustkit.plots import save_example_grid
+    from robustkit.plots import save_example_grid, threat_label
 
     examples = result.examples
     if examples is None or len(examples) == 0:
         return
     wrong = int((examples.clean_pred != examples.labels).sum())
+    budgets = {name: result.budgets.get(name) for name in examples.adversarial}
+    threats = {name: "no budget" if b is None else threat_label(b.norm, b.eps) for name, b in budgets.items()}
+    title = f"{model}{f' on {dataset}' if dataset else ''}: " + "; ".join(f"{n} ({t})" for n, t in threats.items())
     save_example_grid(path, examples.images, examples.adversarial, labels=examples.labels,
                       clean_pred=examples.clean_pred, adv_pred=examples.adv_pred, max_images=len(examples),
-                      class_names=class_names)
+                      class_names=class_names, title=title, notes=threats)
     note = f"; {wrong} of them misclassified before any attack, so not attacked" if wrong else ""
     click.echo(f"wrote example grid {path} ({len(examples)} images x {len(examples.adversarial)} attack(s){note})")
+
+
+def _grid_model(model: Any, checkpoint: Path | None) -> str:
+    """The model as the grid's title names it: its name and, for a checkpoint, its folder and file."""
+    spec = getattr(model, "spec", None)
+    name = spec.name if spec is not None else type(model).__name__
+    return name if checkpoint is None else f"{name} ({Path(checkpoint).parent.name}/{Path(checkpoint).name})"

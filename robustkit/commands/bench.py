@@ -9,6 +9,7 @@ import click
 
 from robustkit.commands.group import cli, echo_json, echo_table
 from robustkit.commands.common import data_root_option, device_option, output_folder, threads_option
+from robustkit.commands.distributed import chosen_executor, executor_options
 from robustkit.errors import RobustkitError
 from robustkit.host import get_host
 
@@ -86,20 +87,21 @@ def show(spec: str, data_root: Path | None, dataset: str | None) -> None:
 @click.argument("spec")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Results folder; default runs/bench-NAME. Rerunning into it skips finished cells.")
-@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Cells to run in parallel processes (the numbers do not depend on it).")
+@executor_options("cell")
 @threads_option(default_help="one per core", note=" Every cell uses it; CPU numbers depend on it, so a results "
                                                   "folder keeps one value.")
 @spec_data_options
 @device_option
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report when done.")
-def run(spec: str, out_dir: Path | None, jobs: int, threads: int | None, data_root: Path | None,
-        dataset: str | None, device: str, report: bool) -> None:
+def run(spec: str, out_dir: Path | None, executor_name: str, jobs: int | None, address: str | None,
+        gpus_per_cell: float | None, cpus_per_cell: float | None, max_retries: int | None, threads: int | None,
+        data_root: Path | None, dataset: str | None, device: str, report: bool) -> None:
     """Train and evaluate every cell of SPEC (a preset name or a .toml/.yaml file), resumably.
 
     Each finished cell (defense x knob value x seed) is recorded atomically under --out; killing the
     run and running the same command again recomputes nothing that finished. Cells whose settings a
-    changed spec leaves untouched are reused.
+    changed spec leaves untouched are reused. With --executor ray the cells are Ray tasks: on Ray
+    embedded here, or on a cluster (`ray start` on every node, --out on a folder they all share).
 
     \b
     Examples:
@@ -107,14 +109,19 @@ def run(spec: str, out_dir: Path | None, jobs: int, threads: int | None, data_ro
       robustkit bench run quick --out runs/quick --jobs 2 --threads 1
       robustkit bench run my-spec.yaml --data-root ~/data --device cuda
       robustkit bench run localized-at --dataset mnist --data-root ~/data --out runs/lat-mnist
+      robustkit bench run quick --executor ray --threads 1
+      robustkit bench run my-spec.yaml --executor ray --address auto --gpus-per-cell 1 --out /shared/runs/mine
     """
     from robustkit.bench.runner import run_benchmark
 
     host = get_host()
+    executor = chosen_executor(host, executor_name, jobs=jobs, address=address, gpus_per_cell=gpus_per_cell,
+                               cpus_per_cell=cpus_per_cell, max_retries=max_retries)
     loaded = _load(spec, data_root, dataset)
     out_dir = out_dir or Path("runs") / (f"bench-{loaded.name}" + (f"-{dataset}" if dataset else ""))
     output_folder(out_dir, create=False)  # created once the data are found
-    summary = run_benchmark(loaded, out_dir, host, jobs=jobs, device=device, threads=threads, say=lambda line: click.echo(line, err=True))
+    summary = run_benchmark(loaded, out_dir, host, device=device, threads=threads, executor=executor,
+                            say=lambda line: click.echo(line, err=True))
     if report and summary.total - len(summary.failed) > 0:
         _report(out_dir)
     if summary.failed:
@@ -126,11 +133,13 @@ def run(spec: str, out_dir: Path | None, jobs: int, threads: int | None, data_ro
 @bench.command(name="report")
 @click.argument("out_dir", type=click.Path(path_type=Path))
 def report_command(out_dir: Path) -> None:
-    """Print the accuracy-matched comparison of a benchmark folder; write report.md and PNG plots into it.
+    """Print the accuracy-matched comparison of a benchmark folder; write report.md, report.html (one
+    self-contained page: sortable tables, audit numbers, provenance, plots embedded) and PNG plots into it.
 
     \b
     Examples:
       robustkit bench report runs/quick
+      chromium runs/quick/report.html
     """
     _report(out_dir)
 

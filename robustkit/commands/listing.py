@@ -1,4 +1,4 @@
-"""``robustkit models|datasets|attacks|defenses|metrics list [PATTERN]``: one group per registry."""
+"""``robustkit models|datasets|attacks|defenses|metrics|recipes list [PATTERN]``: one group per registry."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ _EXAMPLES = {
     "attack": "robustkit attacks list 'torchattacks:*'",
     "defense": "robustkit defenses list --params",
     "metric": "robustkit metrics list",
+    "recipe": "robustkit recipes list 'cifar10-*'   (details: robustkit train --list-recipes)",
 }
 
 
@@ -69,7 +70,8 @@ def _make_group(kind: str) -> None:
                 {"name": e.name, "plugin": e.plugin, "distribution": e.distribution, "description": e.description,
                  "available": available(e), "reason": _reason(e), "info": dict(e.info),
                  "params": [{"name": p.name, "type": p.type.__name__, "default": p.default, "help": p.help}
-                            for p in _safe_params(e)]}
+                            for p in _safe_params(e)],
+                 **({"recipe": _recipe_summary(e.name)} if kind == "recipe" else {})}
                 for e in entries
             ])
             return
@@ -106,5 +108,12 @@ def _safe_params(entry):
         return ()
 
 
-for _kind in ("model", "dataset", "attack", "defense", "metric"):
+def _recipe_summary(name: str) -> dict:
+    """What a registered recipe fixes and cites (:meth:`robustkit.recipes.Recipe.summary`)."""
+    from robustkit.recipe_config import get_recipe
+
+    return get_recipe(get_host(), name).summary()
+
+
+for _kind in ("model", "dataset", "attack", "defense", "metric", "recipe"):
     _make_group(_kind)

@@ -1129,26 +1129,40 @@ CIFAR10C_PARAMS = (
 
 # --- registration --------------------------------------------------------------------------
 
+#: Default training augmentations (robustkit.augmentation's text), stated per dataset at registration.
+NO_AUGMENTATION = "none"
+CROP_AND_FLIP = "crop:4:zero,flip"
+
 
 @hookimpl
 def register_datasets(register: Callable[..., None]) -> None:
     """Register digits (embedded), the torchvision datasets and CIFAR-10-C read from ``--data-root``, and the
-    user's own data (imagefolder, tensors)."""
+    user's own data (imagefolder, tensors).
+
+    ``augment`` states each dataset's default training augmentation (:mod:`robustkit.augmentation`): random
+    crops with 4 pixels of zero padding and horizontal flips for the natural-image datasets, as every published
+    CIFAR adversarial-training recipe uses; none for handwritten digits, where a flip changes the digit.
+    Datasets that state nothing (the user's own) get none."""
     register("digits", load_digits_dataset, params=DIGITS_PARAMS,
              description="scikit-learn's 1,797 real 8x8 handwritten digits, embedded (no download)",
-             num_classes=10, channels=1, image_size=(8, 8), needs_root=False, source="scikit-learn")
+             num_classes=10, channels=1, image_size=(8, 8), needs_root=False, source="scikit-learn",
+             augment=NO_AUGMENTATION)
     register("mnist", load_mnist, params=ROOT_PARAMS,
              description="MNIST handwritten digits from --data-root (ROOT/MNIST/raw/*-ubyte)",
-             num_classes=10, channels=1, image_size=(28, 28), needs_root=True, source="torchvision")
+             num_classes=10, channels=1, image_size=(28, 28), needs_root=True, source="torchvision",
+             augment=NO_AUGMENTATION)
     register("cifar10", load_cifar10, params=ROOT_PARAMS,
              description="CIFAR-10 from --data-root (ROOT/cifar-10-batches-py)",
-             num_classes=10, channels=3, image_size=(32, 32), needs_root=True, source="torchvision")
+             num_classes=10, channels=3, image_size=(32, 32), needs_root=True, source="torchvision",
+             augment=CROP_AND_FLIP)
     register("cifar100", load_cifar100, params=ROOT_PARAMS,
              description="CIFAR-100 (fine labels) from --data-root (ROOT/cifar-100-python)",
-             num_classes=100, channels=3, image_size=(32, 32), needs_root=True, source="torchvision")
+             num_classes=100, channels=3, image_size=(32, 32), needs_root=True, source="torchvision",
+             augment=CROP_AND_FLIP)
     register("stl10", load_stl10, params=ROOT_PARAMS,
              description="STL-10 labelled train/test splits from --data-root (ROOT/stl10_binary)",
-             num_classes=10, channels=3, image_size=(96, 96), needs_root=True, source="torchvision")
+             num_classes=10, channels=3, image_size=(96, 96), needs_root=True, source="torchvision",
+             augment=CROP_AND_FLIP)
     register("imagefolder", load_imagefolder, params=IMAGEFOLDER_PARAMS,
              description="your own images from --data-root: one sub-folder per class (or train/ and test/ of them)",
              needs_root=True, source="local files")
@@ -1157,4 +1171,5 @@ def register_datasets(register: Callable[..., None]) -> None:
              needs_root=True, source="local files")
     register("cifar10-c", load_cifar10c, params=CIFAR10C_PARAMS,
              description="CIFAR-10-C corrupted test images from --data-root (ROOT/labels.npy, ROOT/<corruption>.npy)",
-             num_classes=10, channels=3, image_size=(32, 32), needs_root=True, source="CIFAR-10-C")
+             num_classes=10, channels=3, image_size=(32, 32), needs_root=True, source="CIFAR-10-C",
+             augment=CROP_AND_FLIP)  # its training split is clean CIFAR-10

@@ -1,0 +1,272 @@
+"""The executor interface without a cluster: the registry and its hook, a plugin's executor running a benchmark
+through the CLI, option and device checks (one line, exit code 2), the ray executor without Ray installed, which
+cells wait for which, the preflight comparison of nodes, and the resources a Ray cell asks for.
+
+Ray itself is exercised in tests/test_ray.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import robustkit.host as host_module
+from robustkit import hookimpl
+from robustkit.bench.runner import run_benchmark
+from robustkit.bench.spec import load_spec
+from robustkit.cli import cli
+from robustkit.errors import RobustkitError
+from robustkit.bench.runner import natural_dependencies
+from robustkit.executors import CellWork, Executor
+from robustkit.executors.preflight import check_nodes, path_fingerprint
+from robustkit.executors.ray_executor import RayExecutor
+from robustkit.host import make_host
+from robustkit.store import ResultStore
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+# Natural plus PGD-AT at two eps, the audit's transfer check on (the PGD-AT cells reuse the natural weights).
+SPEC = """\
+name = "tiny-executors"
+seeds = [0]
+dataset = {name = "digits"}
+model = {name = "lenet", params = {width = 0.25}}
+training = {epochs = 1, batch_size = 64, lr = 5e-3, val_examples = 0}
+threat = {norm = "linf", eps = 0.1}
+evaluation = {n_examples = 24}
+protocol = {targets = ["natural"]}
+audit = {steps = 2, more_steps = 3}
+
+[[attacks]]
+name = "pgd"
+label = "pgd"
+params = {step_size = 0.04, steps = 2}
+
+[[defenses]]
+name = "natural"
+
+[[defenses]]
+name = "pgd-at"
+params = {steps = 2}
+sweep = [0.05, 0.1]
+"""
+
+
+@pytest.fixture(scope="module")
+def host():
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROBUSTKIT_LOAD_PLUGINS", "")  # the essential set is all these tests use
+        return make_host()
+
+
+@pytest.fixture
+def spec_file(tmp_path) -> Path:
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC, encoding="utf-8")
+    return path
+
+
+def invoke(host, args: list[str]):
+    host_module._HOST = host  # the test environment fixture resets it after the test
+    return CliRunner().invoke(cli, args)
+
+
+def error_lines(result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.startswith("Error:")]
+
+
+def test_the_essential_set_registers_local_and_ray(host):
+    assert host.executors.names() == ["local", "ray"]
+    assert {host.executors.get(n).plugin for n in ("local", "ray")} == {"executors"}
+    assert host.records["executors"].registered == {"executor": ["local", "ray"]}
+    assert [p.name for p in host.executors.get("ray").declared_params()] == ["address", "gpus_per_cell",
+                                                                           "cpus_per_cell", "max_retries"]
+
+
+class Reversed(Executor):
+    """Runs the cells in this process in reverse order, after the natural cells they wait for."""
+
+    name = "reversed"
+    ran: list[str] = []
+
+    def run_cells(self, cells, work, finished, host=None):
+        waits = work.waits_for  # what the runner says each cell waits for
+        order = sorted(reversed(cells), key=lambda c: c.key in waits)
+        for cell in order:
+            Reversed.ran.append(cell.key)
+            finished(cell, work.run(cell.settings, host), None)
+
+
+def test_a_plugins_executor_runs_the_benchmark_and_the_driver_writes_the_records(tmp_path, spec_file):
+    plugin = types.SimpleNamespace(__name__="reversed-plugin",
+                                   register_executors=hookimpl(lambda register: register("reversed", Reversed)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("ROBUSTKIT_LOAD_PLUGINS", "")
+        host = make_host(plugins=[("reversed-plugin", plugin)])
+    assert host.executors.get("reversed").plugin == "reversed-plugin"
+    Reversed.ran = []
+    out = tmp_path / "out"
+    result = invoke(host, ["bench", "run", str(spec_file), "--out", str(out), "--executor", "reversed",
+                           "--threads", "1", "--no-report"])
+    assert result.exit_code == 0, result.output
+    spec = load_spec(str(spec_file), host)
+    keys = [c.key for c in spec.cells()]
+    assert Reversed.ran == [keys[0], keys[2], keys[1]]  # natural first (both PGD-AT cells wait for it), then reversed
+    assert {r["key"] for r in ResultStore(out)} == set(keys)
+    assert "done 3/3" in result.output
+
+    # The same numbers as the default executor, which runs them in spec order.
+    local = tmp_path / "local"
+    assert not run_benchmark(spec, local, host, threads=1, say=lambda line: None).failed
+    ours = {r["key"]: json.dumps(r["result"]["outcomes"]) for r in ResultStore(out)}
+    theirs = {r["key"]: json.dumps(r["result"]["outcomes"]) for r in ResultStore(local)}
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--address", "auto"], "Error: --address does not apply to --executor local (it takes --jobs)"),
+    (["--executor", "ray", "--jobs", "2"], "Error: --jobs does not apply to --executor ray (it takes --address, "
+                                           "--cpus-per-cell, --gpus-per-cell, --max-retries)"),
+    (["--executor", "rya"], "Error: unknown executor 'rya'; did you mean ray? run `robustkit plugins` to see them all"),
+    (["--executor", "ray", "--device", "cuda:1"], "Error: --device cuda:1 with --executor ray: a cell sees only the "
+                                                  "GPUs Ray gives it, as cuda; use --device cuda or auto (and "
+                                                  "--gpus-per-cell)"),
+    (["--executor", "ray", "--gpus-per-cell", "-1"], "Error: Invalid value for '--gpus-per-cell': -1.0 is not in the "
+                                                     "range x>=0."),
+])
+def test_executor_options_are_checked_in_one_line(host, tmp_path, spec_file, args, message):
+    pytest.importorskip("ray")  # without Ray, every ray case says that instead (below)
+    result = invoke(host, ["bench", "run", str(spec_file), "--out", str(tmp_path / "out"), *args])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    (line,) = error_lines(result)
+    assert line.startswith(message)
+    assert not (tmp_path / "out" / "cells").exists()
+
+
+def test_without_ray_the_ray_executor_names_the_extra(host, tmp_path, spec_file, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError, as when it is not installed
+    result = invoke(host, ["bench", "run", str(spec_file), "--out", str(tmp_path / "out"), "--executor", "ray"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    assert error_lines(result) == ["Error: --executor ray needs Ray, which is not installed here: "
+                                   "pip install 'robustkit[ray]'"]
+
+
+def test_cells_wait_for_the_natural_cell_only_when_they_use_its_weights(host, tmp_path):
+    spec = load_spec(str(_write(tmp_path, SPEC)), host)
+    natural, low, high = spec.cells()
+    assert natural_dependencies(spec.cells()) == {low.key: natural.key, high.key: natural.key}
+    assert natural_dependencies([low, high]) == {}  # the natural cell is recorded already: nothing to wait for
+    no_audit = load_spec(str(_write(tmp_path, SPEC.replace("audit = {steps = 2, more_steps = 3}",
+                                                             "audit = {enabled = false}"))), host)
+    assert natural_dependencies(no_audit.cells()) == {}
+    no_transfer = load_spec(str(_write(tmp_path, SPEC.replace("more_steps = 3}", "more_steps = 3, transfer = false}"))),
+                            host)
+    assert natural_dependencies(no_transfer.cells()) == {}
+
+
+def _write(folder: Path, text: str) -> Path:
+    path = folder / "variant.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# --- the preflight comparison of nodes ----------------------------------------------------------------
+
+ENV = {"device": "cpu", "threads": 1, "dtype": "float32", "torch": "2.4.1"}
+
+
+def facts(**changes):
+    base = {"node": "a", "versions": {"robustkit": "0.1.0", "python": "3.11.7", "torch": "2.4.1",
+                                      "plugin hotcold": "0.1.0"},
+            "data_root": "3 files, names and sizes 0123", "model_files": {"weights": "file sha256 ab"},
+            "environment": dict(ENV),
+            "output_folder": "seen", "where": "10.0.0.2 (gpu-2)"}
+    return {**base, **changes}
+
+
+def test_check_nodes_returns_the_common_environment():
+    driver = {k: v for k, v in facts().items() if k not in ("output_folder", "where", "environment")}
+    assert check_nodes(driver, [facts(), facts(where="10.0.0.3", environment=None)], Path("/out"), "/data") == ENV
+
+
+@pytest.mark.parametrize("node, message", [
+    (facts(versions={"robustkit": "0.1.0", "python": "3.11.7", "torch": "2.3.0", "plugin hotcold": "0.1.0"}),
+     "node 10.0.0.2 (gpu-2) differs from this machine in torch: 2.3.0 there, 2.4.1 here; install the same "
+     "robustkit, plugins, torch and Python on every node"),
+    (facts(versions={"robustkit": "0.1.0", "python": "3.11.7", "torch": "2.4.1"}),
+     "node 10.0.0.2 (gpu-2) differs from this machine in plugin hotcold: not installed there, 0.1.0 here"),
+    (facts(output_folder="missing"), "node 10.0.0.2 (gpu-2) cannot read the output folder /out: a run on several "
+                                     "machines needs an --out folder every node mounts at the same path"),
+    (facts(output_folder="another folder"), "node 10.0.0.2 (gpu-2) sees another folder at the output folder /out"),
+    (facts(data_root="missing"), "node 10.0.0.2 (gpu-2) has no data root /data; every node needs the same dataset"),
+    (facts(data_root="2 files, names and sizes 9999"), "node 10.0.0.2 (gpu-2) holds other files in the data root "
+                                                       "/data (2 files, names and sizes 9999 vs 3 files"),
+    (facts(model_files={"weights": "missing"}), "node 10.0.0.2 (gpu-2): the model's weights is missing there"),
+])
+def test_check_nodes_names_the_node_that_differs(node, message):
+    driver = {k: v for k, v in facts().items() if k not in ("output_folder", "where")}
+    with pytest.raises(RobustkitError) as caught:
+        check_nodes(driver, [facts(where="10.0.0.1"), node], Path("/out"), "/data")
+    assert message in str(caught.value)
+
+
+def test_check_nodes_refuses_nodes_that_would_compute_differently():
+    driver = {k: v for k, v in facts().items() if k not in ("output_folder", "where")}
+    gpu = facts(where="10.0.0.3", environment={**ENV, "device": "cuda", "cudnn_deterministic": True})
+    with pytest.raises(RobustkitError, match=r"^node 10.0.0.3 would compute with another numeric environment than "
+                                             r"node 10.0.0.2 \(gpu-2\) \(cudnn_deterministic None vs True\)"):
+        check_nodes(driver, [facts(), gpu], Path("/out"), None)
+
+
+def test_path_fingerprint_sees_names_and_sizes(tmp_path):
+    assert path_fingerprint(str(tmp_path / "nowhere")) == "missing"
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "x.bin").write_bytes(b"12345")
+    (tmp_path / "data" / "y.bin").write_bytes(b"1")
+    first = path_fingerprint(str(tmp_path / "data"))
+    assert first.startswith("2 files, names and sizes ")
+    assert path_fingerprint(str(tmp_path / "data")) == first
+    (tmp_path / "data" / "y.bin").write_bytes(b"12")
+    assert path_fingerprint(str(tmp_path / "data")) != first
+    assert path_fingerprint(str(tmp_path / "data" / "y.bin")).startswith("file sha256 ")
+
+
+# --- what a Ray cell asks for (checked before any task starts) --------------------------------------
+
+
+def node(cpus: float, gpus: float = 0) -> dict:
+    return {"Resources": {"CPU": cpus, **({"GPU": gpus} if gpus else {})}}
+
+
+def work(device: str = "auto", threads: int = 1) -> CellWork:
+    return CellWork(Path("out"), device, threads, None, None, lambda *a, **k: {})
+
+
+@pytest.mark.parametrize("options, nodes, device, expected", [
+    ({}, [node(4)], "auto", (1.0, 0.0)),  # no GPU anywhere: CPU cells
+    ({}, [node(4), node(8, 2)], "auto", (1.0, 1.0)),  # GPUs somewhere: one each by default
+    ({}, [node(8, 2)], "cpu", (1.0, 0.0)),
+    ({"gpus_per_cell": 0.5, "cpus_per_cell": 3}, [node(4, 1)], "cuda", (3.0, 0.5)),
+])
+def test_ray_cell_resources(options, nodes, device, expected):
+    assert RayExecutor(**options)._cell_resources(nodes, work(device)) == expected
+
+
+@pytest.mark.parametrize("options, nodes, device, threads, message", [
+    ({"gpus_per_cell": 3}, [node(8, 2), node(8, 1)], "auto", 1,
+     "--gpus-per-cell 3: the Ray cluster has at most 2 GPU(s) on one node; lower --gpus-per-cell or add GPUs"),
+    ({"gpus_per_cell": 1}, [node(8)], "auto", 1, "--gpus-per-cell 1: the Ray cluster has no GPU"),
+    ({"gpus_per_cell": 1}, [node(8, 1)], "cpu", 1, "--gpus-per-cell 1 with --device cpu: the cells would hold GPUs"),
+    ({}, [node(8)], "cuda", 1, "--device cuda: the cells hold no GPU"),
+    ({}, [node(2), node(4)], "auto", 8, "--cpus-per-cell 8: no node of the Ray cluster has 8 CPUs (at most 4); "
+                                        "lower --cpus-per-cell, or --threads, which it defaults to"),
+])
+def test_ray_cells_that_no_node_can_hold_fail_fast(options, nodes, device, threads, message):
+    with pytest.raises(RobustkitError) as caught:
+        RayExecutor(**options)._cell_resources(nodes, work(device, threads))
+    assert str(caught.value).startswith(message)
