@@ -174,8 +174,8 @@ def test_named_versions_follow_the_reference():
 
 @pytest.fixture
 def spy(monkeypatch):
-    """Replace the torchattacks classes with subclasses that record the images each call receives."""
-    import torchattacks
+    """Replace the classes the default backend builds with subclasses that record the images each call receives."""
+    from robustkit_autoattack import parts
 
     seen: list[tuple[str, torch.Tensor]] = []
 
@@ -190,7 +190,7 @@ def spy(monkeypatch):
         return Spy
 
     for name in ("APGD", "APGDT", "FAB", "Square"):
-        monkeypatch.setattr(torchattacks, name, spying(getattr(torchattacks, name)))
+        monkeypatch.setattr(parts, name, spying(getattr(parts, name)))
     return seen
 
 
@@ -334,3 +334,25 @@ def test_steps_in_extra_match_the_counts():
     assert [s["fooled"] for s in steps] == [result.extra["n_fooled"][n] for n in ("apgd-ce", "square")]
     assert steps[-1]["robust"] == round(robust_accuracy(model, result.adversarial, y) * len(x))
     assert steps[0]["robust"] == steps[0]["attacked"] - steps[0]["fooled"]
+
+
+@pytest.mark.parametrize("norm, eps", [("linf", 0.1), ("l2", 0.5)])
+def test_a_candidate_inside_the_threat_is_checked_as_returned_and_one_outside_is_projected(norm, eps):
+    """Projecting moves an in-budget point by rounding (x + (adv - x) is not adv in floats), so only candidates
+    outside the ball or outside [0, 1] are projected; the reference checks its candidates as they are."""
+    from robustkit.threat import ThreatModel, distances
+
+    threat = ThreatModel(norm, eps)
+    x = torch.rand(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 0.4 + 0.3
+    step = torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    step = step / step.flatten(1).norm(p=float("inf") if norm == "linf" else 2, dim=1).view(-1, 1, 1, 1)
+    # Rows 0-2 and 5 within the budget (row 2 on its edge), row 3 three times beyond it, row 4 outside [0, 1].
+    candidate = x + step * eps * torch.tensor([0.5, 0.999, 1.0, 3.0, 0.1, 0.5]).view(-1, 1, 1, 1)
+    candidate[4, 0, 0, 0] = 1.5
+    kept = aa.within_threat(threat, candidate, x)
+    projected = threat.project(candidate, x)
+    for i in (0, 1, 2, 5):
+        assert torch.equal(kept[i], candidate[i]), i
+    for i in (3, 4):
+        assert torch.equal(kept[i], projected[i]) and not torch.equal(kept[i], candidate[i]), i
+    assert float(distances(kept, x)[norm].max()) <= eps + 1e-6 and 0 <= float(kept.min()) <= float(kept.max()) <= 1

@@ -1,4 +1,4 @@
-"""AutoAttack (Croce & Hein, ICML 2020) with its original settings, assembled from torchattacks parts.
+"""AutoAttack (Croce & Hein, ICML 2020) with its original settings, from torchattacks parts or the authors' package.
 
 Registered as the attack ``autoattack``. The ``standard`` version runs, on the images still
 classified correctly after the previous attack (pointwise, like the reference
@@ -12,8 +12,27 @@ classified correctly after the previous attack (pointwise, like the reference
 
 All sub-attacks share one ``seed``, as in the reference. Each image's adversarial is the first
 successful one; an image no sub-attack fools (or one misclassified from the start) is returned
-unchanged, as the reference does. Every candidate is projected onto the threat model's ball and
-into [0, 1] before its prediction is checked, so a returned adversarial always satisfies the budget.
+unchanged, as the reference does. A candidate outside the threat model's ball (beyond the float
+tolerance :data:`robustkit.threat.TOLERANCE`) or outside [0, 1] is projected before its prediction is
+checked, so a returned adversarial always satisfies the budget; one inside is checked as the sub-attack
+returned it, as the reference checks it (projecting moves it by rounding, which could flip a borderline
+prediction).
+
+Backends (``backend=``), both running the plan below with this module's chaining, bookkeeping and resuming:
+
+- ``torchattacks`` (default): torchattacks' classes built by :mod:`robustkit_autoattack.parts`, where APGD,
+  APGD-T and Square run the authors' arithmetic (torchattacks 3.5.1's port differs from it: APGD-T's
+  targeted DLR loss and L2 step, Square's L2 windows on colour images) and FAB and Square skip work that
+  changes no number, which makes them faster than the authors' code on a CPU;
+- ``original``: the authors' own package (PyPI ``pyautoattack``, what RobustBench runs), one sub-attack per
+  call of its ``run_standard_evaluation`` (:mod:`robustkit_autoattack.original`); its checks' warnings
+  become progress lines and ``extra["warnings"]``. Needs ``pip install pyautoattack``.
+
+On the same images as one batch, with the same seed, the two give the same robust images and the same
+adversarial images, bit for bit (``tests/test_original.py`` checks every sub-attack, both norms, 10 and 4
+classes, one and three channels, and the standard version, against the package called directly). With
+several batches the reference cuts the still-robust images of the whole set into batches, robustkit
+attacks each evaluation batch: the random starts fall on other images (same distribution, other draws).
 
 Why not ``torchattacks.AutoAttack``: in torchattacks 3.5.1 it builds APGD, APGD-T and FAB with
 their class defaults of **10 steps** (the paper and the reference use 100); it derives the number
@@ -36,14 +55,15 @@ Versions:
 - ``plus``: APGD-CE and APGD-DLR with 5 restarts, FAB with 5 restarts, Square, APGD-T, FAB-T.
 - ``rand``: APGD-CE and APGD-DLR with EOT over 20 draws, for randomized defenses.
 - ``custom``: ``attacks=`` picks sub-attacks and their order, and ``steps=``, ``n_queries=``,
-  ``n_target_classes=``, ``n_restarts=`` override the reference values. These overrides are
-  refused for the named versions, so "standard" always means the original settings.
+  ``n_target_classes=``, ``n_restarts=`` override the reference values (``n_restarts`` all but FAB-T's,
+  which the reference's loop always runs once). These overrides are refused for the named versions, so
+  "standard" always means the original settings.
 
 Provenance: :meth:`AutoAttack.describe` (and so every evaluation summary and leaderboard entry)
-carries ``settings``, the plan as read back from the torchattacks objects it constructs (steps,
+carries ``settings``, the plan as read back from the backend's objects it constructs (steps,
 restarts, rho, target classes, queries, schedule: what would run, not what was meant to), with the
-torchattacks version, and ``fingerprint``, the SHA-256 of its canonical JSON; describing therefore
-needs torchattacks, constructing does not. Each :class:`AttackResult` carries the same in ``extra``,
+backend and its library's version, and ``fingerprint``, the SHA-256 of its canonical JSON; describing
+therefore needs the backend's library, constructing does not. Each :class:`AttackResult` carries the same in ``extra``,
 plus ``ran``, the settings read from the objects that actually ran on that batch,
 plus which sub-attack fooled each image (``fooled_by``: name, None if none did, "clean" if it was
 wrong to begin with; ``fooled_by_index`` the same as plan indices, -1, -2), how many images each
@@ -53,7 +73,16 @@ sub-attack received and fooled (``n_attacked``, ``n_fooled``) and its wall time 
 the batch), and ``seconds``; :func:`robustkit.evaluation.evaluate` sums them over batches into the
 attack's summary. After each sub-attack one progress line goes to :func:`robustkit.progress.report`.
 
-torchattacks is imported only when an attack runs, so registering this plugin costs nothing.
+Resuming (``robustkit attack --state FILE``, and inside every benchmark cell): the attack declares
+``batch_checkpoint`` (:class:`robustkit.evaluation.BatchCheckpoint`), so ``evaluate(state=...)`` hands it
+one per batch. After each sub-attack but the last it saves the chain's state: which plan item comes next,
+the still-robust mask, the adversarials so far, ``fooled_by`` and the counts, seconds and settings read so
+far. A run killed inside a batch restarts at the next sub-attack of that batch. Every sub-attack starts
+from ``seed_everything(seed)`` whatever ran before it, so the resumed chain computes what the uninterrupted
+one does.
+
+torchattacks (and pyautoattack) are imported only when an attack runs or is described, so registering this
+plugin costs nothing.
 """
 
 from __future__ import annotations
@@ -73,11 +102,12 @@ from torch import nn
 from robustkit import hookimpl
 from robustkit.attacks import Attack, AttackResult
 from robustkit.devices import seed_everything
-from robustkit.errors import ParameterError
+from robustkit.errors import ParameterError, RobustkitError
 from robustkit.models import logits
 from robustkit.params import Param
 from robustkit.progress import report
-from robustkit.threat import threat_of
+from robustkit.threat import ThreatModel, distances, threat_of, within_budget
+from robustkit_autoattack import original
 
 NAME = "autoattack"
 
@@ -117,6 +147,7 @@ _ATTRIBUTES = {"rho": "thr_decr", "resc_schedule": "rescale_schedule"}
 # Overrides only version=custom accepts: parameter -> the sub-attack argument it sets.
 _OVERRIDES = ("attacks", "steps", "n_queries", "n_target_classes", "n_restarts")
 _NORMS = {"linf": "Linf", "l2": "L2"}
+BACKENDS = ("torchattacks", "original")
 
 
 def library_version() -> str:
@@ -157,9 +188,15 @@ class AutoAttack(Attack):
         Param("n_queries", int, None, "custom only: Square's query budget (reference 5000)", low=1, optional=True),
         Param("n_target_classes", int, None, "custom only: target classes of APGD-T and FAB-T (reference 9)",
               low=1, optional=True),
-        Param("n_restarts", int, None, "custom only: restarts of every sub-attack (reference 1)", low=1,
-              optional=True),
+        Param("n_restarts", int, None, "custom only: restarts of every sub-attack but FAB-T, which the reference "
+              "always runs once (reference 1)", low=1, optional=True),
+        Param("backend", str, "torchattacks", "torchattacks (robustkit's assembly of torchattacks parts) or "
+              "original (the authors' package, pip install pyautoattack)", choices=BACKENDS),
     )
+
+    #: Set by :func:`robustkit.evaluation.evaluate` while it runs a batch with a state file: where the chain saves
+    #: its progress after each sub-attack and finds it again after a kill (see the module notes).
+    batch_checkpoint: Any = None
 
     def __init__(self, **params: Any):
         super().__init__(**params)
@@ -170,6 +207,8 @@ class AutoAttack(Attack):
             raise ParameterError(
                 f"{NAME}: {', '.join(given)} can only be changed with version=custom; version="
                 f"{self.config['version']} always runs the reference settings")
+        if self.config["backend"] == "original":
+            original.require(NAME)
         self.plan = self._plan()
         self._settings: dict[str, Any] | None = None
 
@@ -198,7 +237,7 @@ class AutoAttack(Attack):
                 item["params"]["steps"] = self.config["steps"]
             if self.config["n_queries"] is not None and "n_queries" in item["params"]:
                 item["params"]["n_queries"] = self.config["n_queries"]
-            if self.config["n_restarts"] is not None:
+            if self.config["n_restarts"] is not None and sub != "fab-t":  # the authors' loop runs FAB-T once
                 item["params"]["n_restarts"] = self.config["n_restarts"]
             if self.config["n_target_classes"] is not None and "n_target_classes" in item:
                 item["n_target_classes"] = self.config["n_target_classes"]
@@ -209,8 +248,9 @@ class AutoAttack(Attack):
     def settings(self) -> dict[str, Any]:
         """Everything that decides what this attack computes, JSON-ready (the fingerprint's input).
 
-        The plan is read back from torchattacks objects built on a stand-in model (with ``n_classes``, or 10
-        classes when it is read from the model), so a setting lost on the way shows here.
+        The plan is read back from the backend's objects (torchattacks', or the authors' package's) built on a
+        stand-in model (with ``n_classes``, or 10 classes when it is read from the model), so a setting lost on
+        the way shows here.
         """
         if self._settings is None:
             n_classes = int(self.config["n_classes"] or 10)
@@ -224,25 +264,36 @@ class AutoAttack(Attack):
                 "n_classes": self.config["n_classes"] if self.config["n_classes"] is not None else "from model logits",
                 "plan": [observed(self.build(item, stand_in, n_classes, torch.device("cpu")), item)
                          for item in self.plan],
-                "library": f"torchattacks {library_version()}",
+                "backend": self.config["backend"],
+                "library": self.library(),
             }
         return copy.deepcopy(self._settings)
+
+    def library(self) -> str:
+        """The package that runs the sub-attacks, with its version."""
+        if self.config["backend"] == "original":
+            return f"{original.DISTRIBUTION} {original.library_version()}"
+        return f"torchattacks {library_version()}"
 
     @property
     def fingerprint(self) -> str:
         return fingerprint_of(self.settings())
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "library": f"torchattacks {library_version()}", "norm": self.config["norm"],
+        return {**super().describe(), "library": self.library(), "norm": self.config["norm"],
                 "fingerprint": self.fingerprint, "settings": self.settings()}
 
     # -- running -------------------------------------------------------------------------------
 
     def build(self, item: dict[str, Any], model: nn.Module, n_classes: int, device: torch.device) -> Any:
-        """The torchattacks object for one plan item."""
-        import torchattacks
+        """The object that runs one plan item: a torchattacks attack, or with ``backend=original`` the authors'
+        package set up for it (:class:`robustkit_autoattack.original.SubAttack`); either is called as
+        ``attack(images, labels)`` and returns the adversarials."""
+        if self.config["backend"] == "original":
+            return original.build(item, self.config, model, n_classes, device)
+        from robustkit_autoattack import parts
 
-        cls = getattr(torchattacks, item["torchattacks"])
+        cls = getattr(parts, item["torchattacks"])
         kwargs = dict(item["params"], norm=_NORMS[self.config["norm"]], eps=float(self.config["eps"]),
                       seed=int(self.config["seed"]), verbose=False)
         if "n_target_classes" in item:
@@ -268,14 +319,23 @@ class AutoAttack(Attack):
         # Index into the plan of the sub-attack that fooled each image; -1: none; -2: wrong before any attack.
         fooled_by = torch.full((len(x),), -1, dtype=torch.long)
         fooled_by[~robust.cpu()] = -2
-        n_attacked: dict[str, int] = {}
-        n_fooled: dict[str, int] = {}
-        seconds: dict[str, float] = {}
-        skipped: dict[str, str] = {}
-        targets: dict[str, int] = {}
-        ran: list[dict[str, Any]] = []
-        steps: list[dict[str, Any]] = []
+        # The chain's bookkeeping, all of it JSON-ready: what a checkpoint saves besides the three tensors.
+        chain: dict[str, Any] = {"next": 0, "n_attacked": {}, "n_fooled": {}, "seconds": {}, "skipped": {},
+                                 "targets": {}, "ran": [], "steps": [], "warnings": []}
+        checkpoint = self.batch_checkpoint
+        saved = checkpoint.load() if checkpoint is not None else None
+        if saved is not None:
+            chain, (adv, robust, fooled_by) = self._restore(saved, x)
+        n_attacked, n_fooled, seconds = chain["n_attacked"], chain["n_fooled"], chain["seconds"]
+        skipped, targets, ran, steps = chain["skipped"], chain["targets"], chain["ran"], chain["steps"]
+        warnings = chain["warnings"]
+        start = chain["next"]
         for index, item in enumerate(self.plan):
+            if index < start:  # done before the run was stopped
+                continue
+            if checkpoint is not None and index > start:  # after each sub-attack but the last
+                checkpoint.save({**chain, "next": index, "fingerprint": self.fingerprint},
+                                {"adversarial": adv, "robust": robust, "fooled_by": fooled_by})
             name = item["name"]
             if n_classes < item["min_classes"]:
                 skipped[name] = f"needs at least {item['min_classes']} classes, the model has {n_classes}"
@@ -296,7 +356,11 @@ class AutoAttack(Attack):
             x_sub, y_sub = x[todo], y[todo]
             candidate = attack(x_sub, y_sub).detach().to(device, x.dtype)
             seconds[name] = time.perf_counter() - tick
-            candidate = self.threat.project(candidate, x_sub)
+            for message in getattr(attack, "warnings", ()):  # the authors' package's own checks
+                if message not in warnings:
+                    warnings.append(message)
+                    report(f"{NAME}: {name}: the original package warns: {message}")
+            candidate = within_threat(self.threat, candidate, x_sub)
             with torch.no_grad():
                 fooled = logits(model, candidate).argmax(1) != y_sub
             hit = todo[fooled]
@@ -305,6 +369,11 @@ class AutoAttack(Attack):
             fooled_by[hit.cpu()] = index
             n_fooled[name] = int(fooled.sum())
             steps.append(_step(name, n_attacked[name], n_fooled[name], int(robust.sum()), len(x), seconds[name]))
+        if self.config["backend"] == "original":
+            for message in original.square_check(steps, int((fooled_by != -2).sum()), len(x)):
+                if message not in warnings:
+                    warnings.append(message)
+                    report(f"{NAME}: the original package warns: {message}")
         names = [item["name"] for item in self.plan]
         per_image = [None if i == -1 else "clean" if i == -2 else names[i] for i in fooled_by.tolist()]
         settings = self.settings()
@@ -320,8 +389,31 @@ class AutoAttack(Attack):
             "seconds": seconds,
             "skipped": skipped,
             "steps": steps,
+            "warnings": warnings,
         }
         return AttackResult(adversarial=adv.to(images.device), extra=extra)
+
+    def _restore(self, saved: tuple[dict[str, Any], dict[str, torch.Tensor]], x: torch.Tensor,
+                 ) -> tuple[dict[str, Any], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """The chain's bookkeeping and its adversarials, robust mask and ``fooled_by`` from a checkpoint.
+
+        :raises RobustkitError: when they were saved by other settings or do not fit this batch (a damaged
+            state file: evaluate hands a checkpoint only to the attack and inputs it was saved for).
+        """
+        meta, tensors = saved
+        adv, robust, fooled_by = (tensors.get(key) for key in ("adversarial", "robust", "fooled_by"))
+        if (adv is None or robust is None or fooled_by is None or meta.get("fingerprint") != self.fingerprint
+                or not isinstance(meta.get("next"), int) or not 0 < meta["next"] < len(self.plan)
+                or adv.shape != x.shape or not robust.shape == fooled_by.shape == x.shape[:1]
+                or robust.dtype != torch.bool or fooled_by.dtype != torch.long):
+            raise RobustkitError(f"{NAME}: the progress saved in the state file does not fit this batch or these "
+                                 "settings (the file is damaged); delete the state file to start afresh")
+        chain = {key: meta[key] for key in ("next", "n_attacked", "n_fooled", "seconds", "skipped", "targets", "ran",
+                                            "steps")}
+        chain["warnings"] = list(meta.get("warnings") or [])
+        done = [item["name"] for item in self.plan[:chain["next"]]]
+        report(f"{NAME}: resuming the batch after {done[-1]} (saved in the state file)")
+        return chain, (adv.to(x.device, x.dtype), robust.to(x.device), fooled_by.cpu())
 
 
 def _step(name: str, attacked: int, fooled: int, robust: int, n: int, seconds: float) -> dict[str, Any]:
@@ -332,11 +424,32 @@ def _step(name: str, attacked: int, fooled: int, robust: int, n: int, seconds: f
     return {"attack": name, "attacked": attacked, "fooled": fooled, "robust": robust, "n": n, "seconds": seconds}
 
 
+def within_threat(threat: ThreatModel, candidate: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``candidate`` as the sub-attack returned it where it lies within the threat (float tolerance
+    :data:`robustkit.threat.TOLERANCE`) and in [0, 1]; projected onto the ball and into [0, 1] elsewhere.
+
+    Why not project every candidate: projecting moves an in-budget point by rounding (``x + (adv - x)`` is not
+    ``adv`` in floats), and the prediction checked must be the one of the point the sub-attack found, as the
+    authors' package checks it, or a borderline image could count differently from theirs.
+    """
+    distance = distances(candidate, x)[threat.norm]
+    flat = candidate.flatten(1)
+    inside = within_budget(distance, threat.eps) & (flat.amin(1) >= 0) & (flat.amax(1) <= 1)
+    if bool(inside.all()):
+        return candidate
+    shape = (-1, *[1] * (candidate.dim() - 1))
+    return torch.where(inside.view(shape), candidate, threat.project(candidate, x))
+
+
 def observed(attack: Any, item: dict[str, Any]) -> dict[str, Any]:
-    """One plan item's settings as the built torchattacks object holds them (``"<missing>"``: it has no such
-    attribute, so the setting cannot have reached it)."""
+    """One plan item's settings as the built object holds them (``"<missing>"``: it has no such attribute, so the
+    setting cannot have reached it): a torchattacks attack's, or the authors' package's
+    (:meth:`robustkit_autoattack.original.SubAttack.settings`)."""
+    if isinstance(attack, original.SubAttack):
+        return attack.settings()
     params = {p: getattr(attack, _ATTRIBUTES.get(p, p), "<missing>") for p in item["params"]}
-    out = {"name": item["name"], "torchattacks": type(attack).__name__, "params": params,
+    out = {"name": item["name"], "torchattacks": type(attack).__name__,
+           "implementation": f"{type(attack).__module__}.{type(attack).__qualname__}", "params": params,
            "norm": attack.norm, "eps": float(attack.eps), "seed": attack.seed, "min_classes": item["min_classes"]}
     if "n_target_classes" in item:
         out["n_target_classes"] = attack.n_target_classes
