@@ -76,9 +76,11 @@ def direct_cw_loss(model: Any, kappa: float) -> Callable[..., Any]:
 
 
 def direct_autoattack(model: Any, plan: list[dict[str, Any]], eps: float, seed: int, device: Any) -> Callable[..., Any]:
-    """torchattacks' components with the plan's settings, built once, chained on the still-robust images."""
+    """The plugin's sub-attacks (torchattacks' classes running the authors' arithmetic, ``robustkit_autoattack.parts``)
+    with the plan's settings, built once, chained on the still-robust images: the same computation without
+    robustkit's wrapper."""
     import torch
-    import torchattacks
+    from robustkit_autoattack import parts
 
     from robustkit.devices import seed_everything
 
@@ -87,7 +89,7 @@ def direct_autoattack(model: Any, plan: list[dict[str, Any]], eps: float, seed: 
         kwargs = dict(item["params"], norm="Linf", eps=eps, seed=seed, verbose=False)
         if "n_target_classes" in item:
             kwargs["n_classes"] = CLASSES
-        attack = getattr(torchattacks, item["torchattacks"])(model, **kwargs)
+        attack = getattr(parts, item["torchattacks"])(model, **kwargs)
         if "n_target_classes" in item:
             attack.n_target_classes = min(item["n_target_classes"], CLASSES - 1)
         attack.set_device(device)
