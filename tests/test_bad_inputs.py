@@ -157,7 +157,7 @@ CASES = [
     ('attack-grid-not-png', [*LENET_FGSM, '--grid', 'x.jpg'],
      '--grid x.jpg: give a .png file name'),
     ('attack-checkpoint-and-model', [*CK_FGSM, '--model', 'lenet'],
-     'give either a CHECKPOINT or --model NAME (not both)'),
+     'not several; got a CHECKPOINT and --model'),
     ('attack-no-checkpoint', ['attack', '{tmp}/nowhere/last.json', '--attack', 'torchattacks:FGSM'],
      'nowhere/last.json: file not found; check the path'),
     ('attack-folder-without-checkpoint', ['attack', '{tmp}', '--attack', 'torchattacks:FGSM'],

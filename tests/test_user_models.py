@@ -419,7 +419,7 @@ def bad_cases(u: SimpleNamespace) -> list[tuple[str, list, str]]:
          "--weights: model 'lenet' takes no weights"),
         ("model-arg-for-lenet", ["--model", "lenet", "--model-arg", "width=2"], "--model-arg sets the constructor"),
         ("model-param-for-own", [*own, "--model-param", "width=2"], "--model-param sets parameters of a registered"),
-        ("model-and-model-file", [*own, "--model", "lenet"], "give either a CHECKPOINT or --model NAME (not both)"),
+        ("model-and-model-file", [*own, "--model", "lenet"], "not several; got --model and --model-file"),
         ("normalize-channels", [*own, "--normalize", "1,2/3"],
          "--normalize 1,2/3: 2 mean values, but digits images have 1 channel"),
         ("normalize-std-zero", [*own, "--normalize", "0.5/0"], "a std must be positive"),
@@ -443,8 +443,8 @@ def test_bad_input_is_one_line_with_exit_code_2(user, case):
 
 def test_train_refuses_bad_model_options_in_one_line(user):
     for argv, fragment in ((["--model-file", f"{user.py}:TinyCNN", "--model-arg", "classes=3"], "needs N x 10"),
-                           (["--model", "lenet", "--model-file", f"{user.py}:TinyCNN"], "not both"),
-                           ([], "give either --model NAME or your own model")):
+                           (["--model", "lenet", "--model-file", f"{user.py}:TinyCNN"], "not several"),
+                           ([], "no model given: give --model NAME (e.g. madry-cnn) or your own model")):
         result = run("train", *argv, "--epochs", "1", "--out", user.folder / "never")
         lines = result.stderr.strip().splitlines()
         assert result.exit_code == 2 and len(lines) == 1 and fragment in lines[0], result.output

@@ -214,10 +214,12 @@ def choose_model(host: Any, *, model_name: str | None, model_params: tuple[str, 
     given = [what for what, value in (("a CHECKPOINT", checkpoint), ("--model", model_name),
                                       ("--model-file", model_file)) if value is not None]
     if len(given) != 1:
-        options = ("give either a CHECKPOINT or --model NAME (not both), or your own model as --model-file "
-                   "PATH.py:CLASS" if takes_checkpoint else
-                   "give either --model NAME or your own model as --model-file PATH.py:CLASS (not both)")
-        raise RobustkitError(options + (f"; got {' and '.join(given)}" if len(given) > 1 else ""))
+        options = ("a CHECKPOINT, --model NAME (e.g. madry-cnn) or your own model as --model-file PATH.py:CLASS"
+                   if takes_checkpoint else "--model NAME (e.g. madry-cnn) or your own model as --model-file "
+                   "PATH.py:CLASS")
+        if not given:
+            raise RobustkitError(f"no model given: give {options}")
+        raise RobustkitError(f"give one of {options}, not several; got {' and '.join(given)}")
     if model_args and model_file is None:
         raise RobustkitError("--model-arg sets the constructor arguments of --model-file PATH.py:CLASS; for --model "
                              "NAME use --model-param K=V")
