@@ -364,7 +364,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     model.to(device).eval()
     store = None if state is None else state if isinstance(state, EvaluationState) else EvaluationState(state)
     if store is not None:
-        identity = _identity(model, attacks, metrics or {}, n_examples=n_examples, batch_size=batch_size,
+        identity = evaluation_identity(model, attacks, metrics or {}, n_examples=n_examples, batch_size=batch_size,
                              seed=seed, keep_examples=keep_examples, precision=precision,
                              channels_last=channels_last, device=device)
         run = store.load(identity) or run
@@ -379,7 +379,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
         for batch_index, (images, labels) in enumerate(progress(loader, total=total, desc="evaluate",
                                                                 unit="batch")):
             labels = torch.as_tensor(labels).long()
-            digest = _digest(images, labels) if store is not None else ""
+            digest = tensors_digest(images, labels) if store is not None else ""
             if batch_index < len(run.batches):  # finished before the run was stopped: only check it is the same
                 _same_batch(store, batch_index, run.batches[batch_index], digest)
                 continue
@@ -423,7 +423,7 @@ def evaluate(model: nn.Module, data: Data, attacks: Mapping[str, Attack], *, n_e
     if not run.complete:
         run.complete = True
         save()
-    result = _result(run.records, attacks, metrics or {}, run.seconds, seed, device, time.perf_counter() - start,
+    result = build_result(run.records, attacks, metrics or {}, run.seconds, seed, device, time.perf_counter() - start,
                      run.steps)
     report(f"evaluate: {len(run.records)} examples, {len(attacks)} attack{'s' if len(attacks) != 1 else ''}, "
            f"clean {percent(result.clean_accuracy)}  {result.seconds:.1f} s")
@@ -485,7 +485,7 @@ def _batches(data: Data, n_examples: int | None, batch_size: int) -> tuple[Itera
     ``(images, labels)`` batches) is re-batched to ``batch_size``."""
     batched = isinstance(data, DataLoader) or (isinstance(data, Iterable) and not hasattr(data, "__getitem__"))
     if not batched:
-        dataset = take(_as_dataset(data), n_examples)
+        dataset = take(as_dataset(data), n_examples)
         if len(dataset) == 0:  # type: ignore[arg-type]
             raise InputError("nothing to evaluate: the dataset is empty")
         loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
@@ -529,7 +529,9 @@ def _rebatched(batches: Iterable[Any], n_examples: int | None, batch_size: int) 
         yield torch.cat(images), torch.cat(labels)
 
 
-def _as_dataset(data: Data) -> Dataset:
+def as_dataset(data: Data) -> Dataset:
+    """``data`` as a dataset of ``(image, label)`` examples: an ImageDataset's test split, a pair of tensors, or
+    ``data`` itself (a loader is handled by :func:`evaluate`'s batching, not here)."""
     if isinstance(data, ImageDataset):
         return data.test
     if isinstance(data, tuple):
@@ -619,9 +621,11 @@ def _add_steps(totals: dict[str, dict[str, Any]], steps: Any) -> None:
         total["seconds"] += float(step.get("seconds") or 0.0)
 
 
-def _result(records: list[SampleRecord], attacks: Mapping[str, Attack], metrics: Mapping[str, ImageMetric],
-            seconds: Mapping[str, float], seed: int, device: torch.device, total_seconds: float,
-            steps: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> EvaluationResult:
+def build_result(records: list[SampleRecord], attacks: Mapping[str, Attack], metrics: Mapping[str, ImageMetric],
+                 seconds: Mapping[str, float], seed: int, device: torch.device, total_seconds: float,
+                 steps: Mapping[str, Mapping[str, Mapping[str, Any]]] | None = None) -> EvaluationResult:
+    """The :class:`EvaluationResult` of per-example ``records`` (also of records merged from shards or read
+    back from a state file): every summary is computed from the records, so equal records give equal results."""
     n = len(records)
     n_correct = sum(r.clean_correct for r in records)
     labels, clean_pred = [r.label for r in records], [r.clean_pred for r in records]
@@ -742,7 +746,7 @@ class BatchCheckpoint:
 
 def _checkpoints(batch: _Batch, attack: str, save: Callable[[], None],
                  ) -> Callable[[torch.Tensor, torch.Tensor], BatchCheckpoint]:
-    return lambda x, y: BatchCheckpoint(batch, attack, _digest(x, y), save)
+    return lambda x, y: BatchCheckpoint(batch, attack, tensors_digest(x, y), save)
 
 
 @contextlib.contextmanager
@@ -758,7 +762,7 @@ def _handing(attack: Attack, checkpoint: BatchCheckpoint | None) -> Iterator[Non
         attack.batch_checkpoint = None  # type: ignore[attr-defined]
 
 
-def _digest(*tensors: torch.Tensor) -> str:
+def tensors_digest(*tensors: torch.Tensor) -> str:
     """SHA-256 of tensors' dtypes, shapes and bytes (device-independent)."""
     digest = hashlib.sha256()
     for tensor in tensors:
@@ -774,7 +778,7 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         digest.update(f"{name}|".encode())
-        digest.update(_digest(tensor).encode())
+        digest.update(tensors_digest(tensor).encode())
     out: dict[str, Any] = {"class": f"{type(model).__module__}.{type(model).__qualname__}",
                            "weights_sha256": digest.hexdigest()}
     source = getattr(getattr(model, "spec", None), "source", None)
@@ -783,7 +787,7 @@ def model_fingerprint(model: nn.Module) -> dict[str, Any]:
     return out
 
 
-def _identity(model: nn.Module, attacks: Mapping[str, Attack], metrics: Mapping[str, ImageMetric], *,
+def evaluation_identity(model: nn.Module, attacks: Mapping[str, Attack], metrics: Mapping[str, ImageMetric], *,
               n_examples: int | None, batch_size: int, seed: int, keep_examples: int, precision: str,
               channels_last: bool, device: torch.device) -> dict[str, Any]:
     """What a state file belongs to: everything that decides the evaluation's numbers (the model, each
@@ -911,12 +915,14 @@ class EvaluationState:
         return RobustkitError(f"state file {self.path} is damaged or truncated ({detail}); {_FIX}")
 
 
-def _record_to(record: SampleRecord) -> dict[str, Any]:
+def record_to_json(record: SampleRecord) -> dict[str, Any]:
+    """One example's record as JSON (state files, shards); :func:`record_from_json` reads it back."""
     return {"index": record.index, "label": record.label, "clean_pred": record.clean_pred,
             "attacks": {name: asdict(o) for name, o in record.attacks.items()}}
 
 
-def _record_from(doc: Mapping[str, Any]) -> SampleRecord:
+def record_from_json(doc: Mapping[str, Any]) -> SampleRecord:
+    """The record :func:`record_to_json` wrote."""
     return SampleRecord(int(doc["index"]), int(doc["label"]), int(doc["clean_pred"]),
                         {name: AttackOutcome(**o) for name, o in doc["attacks"].items()})
 
@@ -943,13 +949,13 @@ def _run_to(run: _Run) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
         if batch.partial is not None:
             partial = {**{k: v for k, v in batch.partial.items() if k != "tensors"},
                        "tensors": {name: put(f"partial/{name}", t) for name, t in batch.partial["tensors"].items()}}
-        current = {"index": batch.index, "digest": batch.digest, "records": [_record_to(r) for r in batch.records],
+        current = {"index": batch.index, "digest": batch.digest, "records": [record_to_json(r) for r in batch.records],
                    "done": list(batch.done),
                    "adversarials": {name: None if t is None else put(f"current/adv/{j}", t)
                                     for j, (name, t) in enumerate(batch.adversarials.items())},
                    "partial": partial}
     doc = {"complete": run.complete, "batches": list(run.batches), "seconds": dict(run.seconds),
-           "steps": run.steps, "records": [_record_to(r) for r in run.records], "kept": kept, "current": current}
+           "steps": run.steps, "records": [record_to_json(r) for r in run.records], "kept": kept, "current": current}
     return doc, tensors
 
 
@@ -957,7 +963,7 @@ def _run_from(doc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> _R
     """The inverse of :func:`_run_to`; a missing tensor or field raises KeyError (a damaged file)."""
     run = _Run(seconds={k: float(v) for k, v in doc["seconds"].items()},
                steps={k: dict(v) for k, v in doc["steps"].items()},
-               records=[_record_from(r) for r in doc["records"]], batches=[str(d) for d in doc["batches"]],
+               records=[record_from_json(r) for r in doc["records"]], batches=[str(d) for d in doc["batches"]],
                complete=bool(doc["complete"]))
     for k in doc["kept"]:
         run.kept.append({"index": int(k["index"]), "label": int(k["label"]), "clean_pred": int(k["clean_pred"]),
@@ -972,7 +978,7 @@ def _run_from(doc: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> _R
         if partial is not None:
             partial = {**partial, "tensors": {name: tensors[key] for name, key in partial["tensors"].items()}}
         run.current = _Batch(int(current["index"]), str(current["digest"]),
-                             [_record_from(r) for r in current["records"]], [str(n) for n in current["done"]],
+                             [record_from_json(r) for r in current["records"]], [str(n) for n in current["done"]],
                              {name: None if key is None else tensors[key]
                               for name, key in current["adversarials"].items()}, partial)
     return run

@@ -29,8 +29,8 @@ from robustkit.bench.cells import _device_name
 from robustkit.data import stack, take
 from robustkit.devices import environment_difference, numeric_environment, resolve_device, torch_threads
 from robustkit.errors import InputError, RobustkitError
-from robustkit.evaluation import (Data, EvaluationResult, _as_dataset, _digest, _identity, _record_from, _record_to,
-                                  _result, evaluate)
+from robustkit.evaluation import (Data, EvaluationResult, as_dataset, tensors_digest, evaluation_identity, record_from_json, record_to_json,
+                                  build_result, evaluate)
 from robustkit.files import atomic_write_text
 from robustkit.progress import lines_muted
 from robustkit.store import cell_key
@@ -80,7 +80,7 @@ def evaluate_shard(*, work: Any, model: nn.Module, images: torch.Tensor, labels:
         "steps": {name: {step["attack"]: {"attacked": step["attacked"], "fooled": step["fooled"],
                                           "robust": round(step["robust_accuracy"] * n), "seconds": step["seconds"]}
                          for step in s.steps} for name, s in result.attacks.items()},
-        "records": [_record_to(r) for r in result.records],
+        "records": [record_to_json(r) for r in result.records],
     }
 
 
@@ -110,8 +110,8 @@ def merge_shards(shards: Sequence[Mapping[str, Any]], attacks: Mapping[str, Any]
                 total = steps[name].setdefault(step, {"attacked": 0, "fooled": 0, "robust": 0, "seconds": 0.0})
                 for key in ("attacked", "fooled", "robust", "seconds"):
                     total[key] += counts[key]
-    records = [_record_from(r) for shard in ordered for r in shard["records"]]
-    return _result(records, attacks, metrics, attack_seconds, seed, torch.device(ordered[0]["device"]), seconds, steps)
+    records = [record_from_json(r) for shard in ordered for r in shard["records"]]
+    return build_result(records, attacks, metrics, attack_seconds, seed, torch.device(ordered[0]["device"]), seconds, steps)
 
 
 def _range(shard: Mapping[str, Any]) -> str:
@@ -158,15 +158,15 @@ def evaluate_sharded(model: nn.Module, data: Data, attacks: Mapping[str, Any], *
     if batch_size < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size}")
     started = time.perf_counter()
-    images, labels = stack(take(_as_dataset(data), n_examples))
+    images, labels = stack(take(as_dataset(data), n_examples))
     if len(images) == 0:
         raise InputError("nothing to evaluate: the dataset is empty")
     metrics = dict(metrics or {})
     threads = threads or torch.get_num_threads()
-    identity = _identity(model, attacks, metrics, n_examples=len(images), batch_size=batch_size, seed=seed,
+    identity = evaluation_identity(model, attacks, metrics, n_examples=len(images), batch_size=batch_size, seed=seed,
                          keep_examples=0, precision=precision, channels_last=channels_last, device=torch.device("cpu"))
     identity.pop("environment")  # the workers', recorded in each shard and checked when merging
-    identity["examples"] = _digest(images, labels)
+    identity["examples"] = tensors_digest(images, labels)
     store = ShardStore(out_dir, cell_key(identity))
     plan = plan_shards(len(images), batch_size, shards)
     done: dict[int, dict[str, Any]] = {}

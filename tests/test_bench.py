@@ -46,7 +46,7 @@ from robustkit.bench.spec import SpecError, load_spec, parse_spec
 from robustkit.cli import cli
 from robustkit.compat import tomllib
 from robustkit.errors import RobustkitError
-from robustkit.evaluation import AttackOutcome, SampleRecord, _result
+from robustkit.evaluation import AttackOutcome, SampleRecord, build_result
 from robustkit.attacks import Attack, AttackResult
 from robustkit.host import make_host
 from robustkit.params import Param
@@ -744,7 +744,7 @@ def _hand_made_result():
     records = [SampleRecord(i, 0, pred, {"pgd": pgd, "df": df}) for i, (pred, pgd, df) in enumerate(rows)]
     attacks = {"pgd": types.SimpleNamespace(goal="fixed-budget", knowledge="white-box", describe=lambda: {}),
                "df": types.SimpleNamespace(goal="minimal-distortion", knowledge="white-box", describe=lambda: {})}
-    return _result(records, attacks, {}, {"pgd": 1.0, "df": 2.0}, 0, torch.device("cpu"), 3.0), attacks
+    return build_result(records, attacks, {}, {"pgd": 1.0, "df": 2.0}, 0, torch.device("cpu"), 3.0), attacks
 
 
 def test_minimal_distortion_breaks_only_within_the_threat_eps():
