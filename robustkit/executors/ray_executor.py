@@ -41,6 +41,9 @@ from robustkit.executors import Cell, CellWork, Executor, Finished
 from robustkit.executors.preflight import MARKER_PREFIX, check_nodes, node_facts
 from robustkit.params import Param
 
+#: Seconds a cancelled task gets to stop by itself on Ctrl-C before its worker is killed.
+CANCEL_GRACE_S = 10.0
+
 #: How to get Ray, for messages.
 RAY_EXTRA = "pip install 'robustkit[ray]'"
 
@@ -210,8 +213,17 @@ def _wait_all(ray: Any, pending: dict[Any, Any], ended: Callable[[Any, Any], Non
             for ref in done:
                 ended(pending.pop(ref), ref)
     except KeyboardInterrupt:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        cancelled = list(pending)
+        # First as Ctrl-C inside each task (the training loop stops at a safe point), then by killing the
+        # workers still running: killing at once races the replies of tasks that are just finishing, which can
+        # abort the driver inside Ray (a C++ check failure instead of the one-line "interrupted" message).
+        for ref in cancelled:
+            ray.cancel(ref, force=False)
+        with contextlib.suppress(Exception):
+            _, running = ray.wait(cancelled, num_returns=len(cancelled), timeout=CANCEL_GRACE_S)
+            for ref in running:
+                ray.cancel(ref, force=True)
+            ray.wait(running, num_returns=len(running), timeout=CANCEL_GRACE_S)
         raise
 
 

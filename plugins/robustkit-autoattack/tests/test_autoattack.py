@@ -66,6 +66,11 @@ def test_registration_and_construction_do_not_import_torchattacks(monkeypatch):
     # ... and registering and constructing work with torchattacks unimportable; describing reads the settings
     # back from constructed torchattacks objects, so it needs the library.
     monkeypatch.setitem(sys.modules, "torchattacks", None)
+    # parts subclasses torchattacks' classes: an earlier test may have imported it; import it afresh here.
+    import robustkit_autoattack
+
+    monkeypatch.delitem(sys.modules, "robustkit_autoattack.parts", raising=False)
+    monkeypatch.delattr(robustkit_autoattack, "parts", raising=False)
     names: list[str] = []
     aa.register_attacks(lambda name, factory, **info: names.append(name))
     assert names == ["autoattack"]
