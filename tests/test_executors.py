@@ -270,3 +270,18 @@ def test_ray_cells_that_no_node_can_hold_fail_fast(options, nodes, device, threa
     with pytest.raises(RobustkitError) as caught:
         RayExecutor(**options)._cell_resources(nodes, work(device, threads))
     assert str(caught.value).startswith(message)
+
+
+def test_an_address_where_nothing_listens_fails_at_once_in_one_line():
+    import socket
+
+    from robustkit.executors.ray_executor import _check_listening
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        _check_listening(f"127.0.0.1:{port}")  # a head node's port answers: Ray goes on to join it
+    with pytest.raises(RobustkitError, match=rf"nothing answers at --address 127.0.0.1:{port} .*ray start --head"):
+        _check_listening(f"127.0.0.1:{port}")  # closed now: refused at once, not after Ray's minutes of retries
+    _check_listening("auto")  # left to Ray

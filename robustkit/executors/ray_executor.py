@@ -44,6 +44,9 @@ from robustkit.params import Param
 #: Seconds a cancelled task gets to stop by itself on Ctrl-C before its worker is killed.
 CANCEL_GRACE_S = 10.0
 
+#: Seconds to wait for the head node's port to answer before giving up on an --address.
+CONNECT_TIMEOUT_S = 5.0
+
 #: How to get Ray, for messages.
 RAY_EXTRA = "pip install 'robustkit[ray]'"
 
@@ -269,6 +272,8 @@ def _check_device(device: str) -> None:
 def _connect(ray: Any, target: str | None) -> None:
     """Join ``target``, or start Ray embedded in this process (``local``: never a cluster found by chance)."""
     quiet = {"logging_level": logging.WARNING, "log_to_driver": True}
+    if target is not None:
+        _check_listening(target)
     try:
         if target is None:
             ray.init(address="local", include_dashboard=False, **quiet)
@@ -284,6 +289,22 @@ def _connect(ray: Any, target: str | None) -> None:
                                  "RAY_AUTH_TOKEN)") from None
         raise RobustkitError(f"cannot join the Ray cluster at {target} ({one_line(cause, typed=True)}); start it "
                              "with `ray start --head`, or leave out --address to run Ray embedded") from None
+
+
+def _check_listening(target: str) -> None:
+    """Fail at once when nothing listens at ``HOST:PORT`` (Ray itself retries a dead address for minutes);
+    ``auto`` and ``ray://`` addresses are left to Ray."""
+    import socket
+
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or "://" in target:
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise RobustkitError(f"nothing answers at --address {target} ({err.strerror or type(err).__name__}); start "
+                             "the cluster there with `ray start --head`, give the head node's HOST:PORT, or leave out "
+                             "--address to run Ray embedded") from None
 
 
 def _root(err: BaseException) -> BaseException:
