@@ -273,6 +273,19 @@ class _WideUnit(nn.Module):
         return out + shortcut
 
 
+
+def he_init(module: nn.Module) -> None:
+    """Wide ResNets' initialization: He-normal convs (fan out, the reference's stddev sqrt(2 / (k * k * out))),
+    unit batch norm, zero linear biases."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
 class WideResNet(nn.Module):
     """Wide residual network (Zagoruyko & Komodakis 2016) in the form of Madry et al.'s CIFAR-10 model.
 
@@ -329,18 +342,7 @@ class WideResNet(nn.Module):
         self.bn = nn.BatchNorm2d(sizes[-1])
         self.leak = leak
         self.fc = nn.Linear(sizes[-1], num_classes)
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # He-normal convs (the reference's stddev sqrt(2 / (k * k * out))), unit BN, zero biases.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.leaky_relu(self.bn(self.blocks(self.stem(x))), self.leak)

@@ -27,7 +27,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from robustkit.errors import ParameterError
-from robustkit.essentials.paper_models import CifarResNet18, PreActResNet18
+from robustkit.essentials.paper_models import CifarResNet18, PreActResNet18, he_init
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 """The CIFAR-10 channel means of the DeepMind models (``dm_wide_resnet.py``) and several other zoo entries."""
@@ -71,18 +71,6 @@ def _stage_units(depth: int, name: str) -> int:
     if depth < 10 or (depth - 4) % 6:
         raise ParameterError(f"{name} depth must be 6n + 4 with n >= 1 (10, 16, 22, 28, 34, 40, ..., 70), got {depth}")
     return (depth - 4) // 6
-
-
-def _he_init(module: nn.Module) -> None:
-    """He-normal convs (fan out), unit BN, zero linear bias: the zoo WRNs' initialization."""
-    for m in module.modules():
-        if isinstance(m, nn.Conv2d):
-            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear) and m.bias is not None:
-            nn.init.zeros_(m.bias)
 
 
 # --- wide_resnet.py: the TRADES WRN -----------------------------------------------------------------
@@ -157,7 +145,7 @@ class TradesWideResNet(nn.Module):
         self.block3 = _TradesGroup(units, widths[2], widths[3], 2)
         self.bn1 = nn.BatchNorm2d(widths[3])
         self.fc = nn.Linear(widths[3], num_classes)
-        _he_init(self)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.conv1(self.input_normalization(x))
@@ -256,7 +244,7 @@ class DMWideResNet(nn.Module):
         self.batchnorm = nn.BatchNorm2d(widths[3])
         self.relu = act()
         self.logits = nn.Linear(widths[3], num_classes)
-        _he_init(self)
+        he_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.layer(self.init_conv(self.input_normalization(x)))
