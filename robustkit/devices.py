@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import random
 from typing import Any, Iterator
 
@@ -86,6 +87,13 @@ def torch_threads(threads: int | None) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(before)
+
+
+def device_name(device: torch.device) -> str:
+    """What ``device`` is, for records: the GPU's name, or the CPU's."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return platform.processor() or platform.machine()
 
 
 def numeric_environment(device: torch.device, threads: int) -> dict[str, Any]:

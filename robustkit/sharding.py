@@ -15,9 +15,11 @@ evaluation never reads them. Use more shards than workers (GPUs): a worker that 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -25,9 +27,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from robustkit.bench.cells import _device_name
 from robustkit.data import stack, take
-from robustkit.devices import environment_difference, numeric_environment, resolve_device, torch_threads
+from robustkit.devices import device_name, environment_difference, numeric_environment, resolve_device, torch_threads
 from robustkit.errors import InputError, RobustkitError
 from robustkit.evaluation import (Data, EvaluationResult, as_dataset, tensors_digest, evaluation_identity, record_from_json, record_to_json,
                                   build_result, evaluate)
@@ -64,16 +65,24 @@ def evaluate_shard(*, work: Any, model: nn.Module, images: torch.Tensor, labels:
 
     :param work: where and how (:class:`robustkit.executors.CellWork`: its ``device`` and ``threads``).
     """
+    return evaluate_batches(model, images, labels, attacks, metrics, batches, batch_size=batch_size, seed=seed,
+                            device=work.device, threads=work.threads, precision=precision, channels_last=channels_last)
+
+
+def evaluate_batches(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, attacks: Mapping[str, Any],
+                     metrics: Mapping[str, Any], batches: range, *, batch_size: int, seed: int, device: Any,
+                     threads: int | None, precision: str = "fp32", channels_last: bool = False) -> dict[str, Any]:
+    """:func:`evaluate_shard` with the device and torch threads given directly."""
     first, stop = batches.start * batch_size, min(batches.stop * batch_size, len(images))
-    device = resolve_device(work.device)
-    with torch_threads(work.threads), lines_muted():  # the driver says one line per shard
+    device = resolve_device(device)
+    with torch_threads(threads), lines_muted():  # the driver says one line per shard
         result = evaluate(model, (images[first:stop], labels[first:stop]), attacks, batch_size=batch_size,
                           device=device, seed=seed, metrics=metrics, precision=precision, channels_last=channels_last,
                           first_batch=batches.start)
         environment = numeric_environment(device, torch.get_num_threads())
     n = result.n_examples
     return {
-        "batches": [batches.start, batches.stop], "device": str(device), "device_name": _device_name(device),
+        "batches": [batches.start, batches.stop], "device": str(device), "device_name": device_name(device),
         "node": platform.node(), "environment": environment, "seconds": result.seconds,
         "attack_seconds": {name: s.seconds for name, s in result.attacks.items()},
         # Step counts as evaluate keeps them while running (robust: examples still robust after the step).
@@ -82,6 +91,12 @@ def evaluate_shard(*, work: Any, model: nn.Module, images: torch.Tensor, labels:
                          for step in s.steps} for name, s in result.attacks.items()},
         "records": [record_to_json(r) for r in result.records],
     }
+
+
+def shard_placement(shards: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Where each shard ran (batches, node, device, seconds): what results and records say of them."""
+    return [{"batches": s["batches"], "node": s["node"], "device": s["device"], "device_name": s["device_name"],
+             "seconds": s["seconds"]} for s in sorted(shards, key=lambda s: s["batches"][0])]
 
 
 def merge_shards(shards: Sequence[Mapping[str, Any]], attacks: Mapping[str, Any], metrics: Mapping[str, Any],
@@ -118,6 +133,19 @@ def _range(shard: Mapping[str, Any]) -> str:
     return f"{shard['batches'][0]}-{shard['batches'][1]}"
 
 
+def shard_store(root: str | Path, model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
+                attacks: Mapping[str, Any], metrics: Mapping[str, Any], *, batch_size: int, seed: int,
+                precision: str = "fp32", channels_last: bool = False) -> ShardStore:
+    """Where the finished shards of this evaluation are kept under ``root``: keyed by what decides its numbers
+    (weights, attacks, metrics, examples, batch size, seed, precision), so no other evaluation reads them."""
+    identity = evaluation_identity(model, attacks, metrics, n_examples=len(images), batch_size=batch_size, seed=seed,
+                                   keep_examples=0, precision=precision, channels_last=channels_last,
+                                   device=torch.device("cpu"))
+    identity.pop("environment")  # the workers', recorded in each shard and checked when merging
+    identity["examples"] = tensors_digest(images, labels)
+    return ShardStore(root, cell_key(identity))
+
+
 class ShardStore:
     """Finished shards of one evaluation: ``root/shards/<key>/<first>-<stop>.json``, written atomically."""
 
@@ -138,6 +166,13 @@ class ShardStore:
 
     def put(self, batches: range, shard: Mapping[str, Any]) -> None:
         atomic_write_text(self.path(batches), json.dumps(shard) + "\n")
+
+    def remove(self) -> None:
+        """Delete the shards (once what they hold is kept elsewhere, in a record)."""
+        if self.folder.is_dir() and not self.folder.is_symlink():
+            shutil.rmtree(self.folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # the shards folder too, unless another evaluation's are in it
+            self.folder.parent.rmdir()
 
 
 def evaluate_sharded(model: nn.Module, data: Data, attacks: Mapping[str, Any], *, shards: int, out_dir: str | Path,
@@ -163,11 +198,8 @@ def evaluate_sharded(model: nn.Module, data: Data, attacks: Mapping[str, Any], *
         raise InputError("nothing to evaluate: the dataset is empty")
     metrics = dict(metrics or {})
     threads = threads or torch.get_num_threads()
-    identity = evaluation_identity(model, attacks, metrics, n_examples=len(images), batch_size=batch_size, seed=seed,
-                         keep_examples=0, precision=precision, channels_last=channels_last, device=torch.device("cpu"))
-    identity.pop("environment")  # the workers', recorded in each shard and checked when merging
-    identity["examples"] = tensors_digest(images, labels)
-    store = ShardStore(out_dir, cell_key(identity))
+    store = shard_store(out_dir, model, images, labels, attacks, metrics, batch_size=batch_size, seed=seed,
+                        precision=precision, channels_last=channels_last)
     plan = plan_shards(len(images), batch_size, shards)
     done: dict[int, dict[str, Any]] = {}
     for i, batches in enumerate(plan):
@@ -209,6 +241,4 @@ def evaluate_sharded(model: nn.Module, data: Data, attacks: Mapping[str, Any], *
                              "command to continue")
     shards_done = [done[i] for i in range(len(plan))]
     result = merge_shards(shards_done, attacks, metrics, seed, time.perf_counter() - started)
-    where = [{"batches": s["batches"], "node": s["node"], "device": s["device"], "device_name": s["device_name"],
-              "seconds": s["seconds"]} for s in shards_done]
-    return result, where
+    return result, shard_placement(shards_done)

@@ -169,6 +169,85 @@ def test_cells_wait_for_the_natural_cell_only_when_they_use_its_weights(host, tm
     assert natural_dependencies(no_transfer.cells()) == {}
 
 
+# --- a cell in steps (bench run --eval-shards K) ---------------------------------------------------------
+
+#: SPEC evaluated in batches of 5: five batches, the last of four.
+SHARDED = SPEC.replace("evaluation = {n_examples = 24}", "evaluation = {n_examples = 24, batch_size = 5}")
+
+
+def recorded(out: Path) -> dict[str, dict]:
+    """Every record of ``out``: timings, where the shards ran and the output folder's path left out."""
+    def numbers(value):
+        if isinstance(value, dict):
+            return {k: numbers(v) for k, v in value.items()
+                    if "seconds" not in k and "time" not in k and k not in ("evaluation_shards", "checkpoint")}
+        if isinstance(value, list):
+            return [numbers(v) for v in value]
+        return value
+
+    return {r["key"]: numbers(r["result"]) for r in ResultStore(out)}
+
+
+@pytest.fixture(scope="module")
+def whole_cells(host, tmp_path_factory) -> tuple[Path, Path]:
+    """SHARDED's spec file and its cells' records, each cell run whole."""
+    spec = _write(tmp_path_factory.mktemp("sharded"), SHARDED)
+    out = spec.parent / "whole"
+    assert not run_benchmark(load_spec(str(spec), host), out, host, threads=1, say=lambda line: None).failed
+    return spec, out
+
+
+@pytest.mark.parametrize("shards", [3, 7])  # 7: more shards than batches, the extra ones have nothing to do
+def test_cells_with_their_evaluation_in_shards_record_what_whole_cells_record(host, whole_cells, tmp_path, shards):
+    spec, whole = whole_cells
+    out = tmp_path / "out"
+    result = invoke(host, ["bench", "run", str(spec), "--out", str(out), "--eval-shards", str(shards), "--threads", "1",
+                           "--no-report"])
+    assert result.exit_code == 0, result.output
+    assert f"3 to run with 1 torch thread(s) each, each evaluation in {shards} shards" in result.output
+    assert recorded(out) == recorded(whole)
+    for r in ResultStore(out):
+        where = r["result"]["evaluation_shards"]
+        assert [s["batches"] for s in where] == [[0, 2], [2, 4], [4, 5]] if shards == 3 else [[i, i + 1] for i in range(5)]
+        assert {s["device"] for s in where} == {"cpu"}
+    assert not list(out.glob("train/*/shards"))  # the records hold the shards now
+
+
+def test_a_cell_in_steps_resumes_from_its_finished_shards(host, whole_cells, tmp_path, monkeypatch):
+    import robustkit.bench.cells as cells
+
+    spec_path, whole = whole_cells
+    spec = load_spec(str(spec_path), host)
+    out = tmp_path / "out"
+    first = spec.cells()[0]
+    work = CellWork(out, "cpu", 1, None, None, steps=cells.CELL_STEPS, pieces=3)
+    prepared = work.call(cells.prepare_cell, first.settings, host)
+    work.call(cells.evaluate_cell_shard, first.settings, host, prepared=prepared, index=1, count=3)  # then killed
+    assert len(list(out.glob("train/*/shards/*/*.json"))) == 1
+
+    computed = []
+
+    def counted(*args, **kwargs):
+        computed.append(args[5])  # the batches
+        return evaluate_batches(*args, **kwargs)
+
+    evaluate_batches = cells.evaluate_batches
+    monkeypatch.setattr(cells, "evaluate_batches", counted)
+    summary = run_benchmark(spec, out, host, threads=1, eval_shards=3, say=lambda line: None)
+    assert not summary.failed
+    assert len(computed) == 3 * 3 - 1 and computed.count(range(2, 4)) == 2  # the first cell's shard 2 was kept
+    assert recorded(out) == recorded(whole)
+
+
+def test_eval_shards_below_one_is_refused_in_one_line(host, tmp_path, spec_file):
+    result = invoke(host, ["bench", "run", str(spec_file), "--out", str(tmp_path / "out"), "--eval-shards", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    (line,) = error_lines(result)
+    assert line.startswith("Error: Invalid value for '--eval-shards': 0 is not in the range x>=1.")
+    with pytest.raises(RobustkitError, match="--eval-shards must be at least 1, got 0"):
+        run_benchmark(load_spec(str(spec_file), host), tmp_path / "out", host, eval_shards=0, say=lambda line: None)
+
+
 def _write(folder: Path, text: str) -> Path:
     path = folder / "variant.toml"
     path.write_text(text, encoding="utf-8")

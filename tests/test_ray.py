@@ -46,7 +46,7 @@ dataset = {name = "digits"}
 model = {name = "lenet", params = {width = 0.25}}
 training = {epochs = 1, batch_size = 64, lr = 5e-3, val_examples = 0}
 threat = {norm = "linf", eps = 0.1}
-evaluation = {n_examples = 40, eps_curve = [0.1]}
+evaluation = {n_examples = 40, batch_size = 16, eps_curve = [0.1]}
 protocol = {targets = ["natural"]}
 audit = {steps = 2, more_steps = 4}
 
@@ -152,10 +152,12 @@ def reference(reference_run):
 
 
 def comparable(out: Path) -> dict[str, dict]:
-    """Every record of ``out`` as numbers: timings left out, the output folder's path replaced."""
+    """Every record of ``out`` as numbers: timings and where shards ran left out, the output folder's path
+    replaced."""
     def numbers(value):
         if isinstance(value, dict):
-            return {k: numbers(v) for k, v in value.items() if "seconds" not in k and "time" not in k}
+            return {k: numbers(v) for k, v in value.items()
+                    if "seconds" not in k and "time" not in k and k != "evaluation_shards"}
         if isinstance(value, list):
             return [numbers(v) for v in value]
         return value
@@ -321,6 +323,26 @@ def test_ctrl_c_cancels_the_cells_in_flight_and_the_next_run_resumes(host, spec_
     code, log = finished(drive(spec_path, out, *options), out)
     assert code == 0 and f"3 cells, {recorded} already recorded" in log, log
     assert comparable(out) == reference
+
+
+def test_cells_evaluated_in_shards_on_the_cluster_record_what_jobs_1_records(host, spec_path, reference, cluster,
+                                                                             tmp_path):
+    """Each cell as training, 3 shard tasks (2 at once on the 2 CPUs) and its record; one shard's worker is
+    SIGKILLed mid-run and Ray restarts it."""
+    high = load_spec(str(spec_path), host).cells()[2]
+    out = tmp_path / "out"
+    killer = KillOnce(out, f"{high.key}.piece-1")
+    code, log = finished(drive(spec_path, out, "--address", cluster.address(), "--eval-shards", "3",
+                               "--gpus-per-cell", "0", "--cpus-per-cell", "1", "--max-retries", "1"), out)
+    killed = killer.join()
+    assert code == 0 and "each evaluation in 3 shards" in log and "done 3/3" in log, log
+    assert comparable(out) == reference
+    where = placements(out)
+    assert where[f"{high.key}.piece-1"]["pid"] != killed
+    for r in ResultStore(out):
+        shards = r["result"]["evaluation_shards"]
+        assert [s["batches"] for s in shards] == [[0, 1], [1, 2], [2, 3]]  # 40 examples: 16, 16 and 8
+        assert {f"{r['key']}.piece-{i}" for i in range(3)} <= set(where)
 
 
 def wait_gone(pid: int, seconds: float = 30) -> bool:

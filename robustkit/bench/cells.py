@@ -7,16 +7,22 @@ cluster engine can run cells anywhere and bring the records back.
 
 Training goes to ``WORK/train/<train key>/`` through the shared loop, so an interrupted cell resumes
 its training, and a cell whose evaluation settings changed reuses the finished weights.
+
+A cell can also run as three steps (:data:`CELL_STEPS`: train, its evaluation in shards, finish), so that an
+executor spreads one cell's evaluation over several workers (``bench run --eval-shards K``); its record is the
+one :func:`run_cell` makes, plus where each shard ran.
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -26,12 +32,14 @@ from robustkit.bench import metrics
 from robustkit.bench.audit import audit_model
 from robustkit.bench.spec import NATURAL_MODEL
 from robustkit.data import stack, take
-from robustkit.devices import numeric_environment, resolve_device, seed_everything, torch_threads
+from robustkit.devices import device_name, environment_difference, numeric_environment, resolve_device, seed_everything, torch_threads
 from robustkit.errors import RobustkitError
 from robustkit.files import sha256_file
 from robustkit.evaluation import EvaluationState, evaluate
+from robustkit.executors import CellSteps
 from robustkit.models import build_model, normalization_of
 from robustkit.outcomes import AttackOutcomes, Outcomes
+from robustkit.sharding import ShardStore, evaluate_batches, merge_shards, plan_shards, shard_placement, shard_store
 from robustkit.store import cell_key
 from robustkit.threat import within_budget
 from robustkit.training import TrainConfig, train
@@ -147,18 +155,107 @@ def run_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str =
         when the settings name one: like ``data_root``, a location, never part of the settings.
     """
     with torch_threads(threads):
-        return _run_cell(settings, Path(work_dir), device, data_root, host, model_files)
+        started = time.perf_counter()
+        cell = _open_cell(settings, Path(work_dir), device, data_root, host, model_files)
+        evaluation = settings["evaluation"]
+        state = EvaluationState(evaluation_state_path(cell.work_dir, cell.train_settings, settings))
+        result = evaluate(cell.model, cell.dataset, cell.attacks, n_examples=evaluation["n_examples"],
+                          batch_size=evaluation["batch_size"], device=cell.device, seed=cell.seed, state=state)
+        record = _finish_record(cell, result, cell.training)
+        state.remove()  # the record holds all it kept; a kill from here on re-evaluates this cell
+        return {**record, "seconds": round(time.perf_counter() - started, 3)}
 
 
-def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_root: str | None,
-              host: Any, model_files: Mapping[str, str] | None = None) -> dict[str, Any]:
+# --- a cell in three steps (``bench run --eval-shards K``: the executor may run the shards at once) -------------
+
+
+def prepare_cell(settings: Mapping[str, Any], work_dir: str | Path, *, device: str = "auto",
+                 data_root: str | None = None, host: Any = None, threads: int | None = None,
+                 model_files: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """A cell's first step: train its model (or resume, or reload it); return the training facts its record keeps,
+    with this step's seconds."""
+    with torch_threads(threads):
+        started = time.perf_counter()
+        cell = _open_cell(settings, Path(work_dir), device, data_root, host, model_files)
+        return {"training": cell.training, "seconds": time.perf_counter() - started}
+
+
+def evaluate_cell_shard(settings: Mapping[str, Any], work_dir: str | Path, *, prepared: Mapping[str, Any],
+                        index: int, count: int, device: str = "auto", data_root: str | None = None, host: Any = None,
+                        threads: int | None = None, model_files: Mapping[str, str] | None = None,
+                        ) -> dict[str, Any] | None:
+    """Shard ``index`` of ``count`` of a cell's evaluation (:mod:`robustkit.sharding`: whole batches, seeded by
+    their global index, so the merged shards are one evaluation's records); None when the evaluation has fewer
+    batches than shards. A finished shard is kept next to the cell's training, so a killed run skips it."""
+    with torch_threads(threads):
+        cell = _open_cell(settings, Path(work_dir), device, data_root, host, model_files)
+        images, labels = _test_examples(cell)
+        plan = plan_shards(len(images), settings["evaluation"]["batch_size"], count)
+        if index >= len(plan):
+            return None
+        store = _shard_store(cell, images, labels)
+        shard = store.get(plan[index])
+        if shard is None:
+            shard = evaluate_batches(cell.model, images, labels, cell.attacks, {}, plan[index],
+                                     batch_size=settings["evaluation"]["batch_size"], seed=cell.seed,
+                                     device=cell.device, threads=None)
+            store.put(plan[index], shard)
+        return shard
+
+
+def finish_cell(settings: Mapping[str, Any], work_dir: str | Path, *, prepared: Mapping[str, Any],
+                pieces: Sequence[Mapping[str, Any] | None], device: str = "auto", data_root: str | None = None,
+                host: Any = None, threads: int | None = None, model_files: Mapping[str, str] | None = None,
+                ) -> dict[str, Any]:
+    """A cell's last step: its evaluation merged from the shards (checked to be of one numeric environment,
+    this step's), then the eps curve, the audit and the record, which says where each shard ran."""
+    with torch_threads(threads):
+        started = time.perf_counter()
+        cell = _open_cell(settings, Path(work_dir), device, data_root, host, model_files)
+        shards = [p for p in pieces if p is not None]
+        difference = environment_difference(cell.environment, shards[0]["environment"])
+        if difference is not None:
+            raise RobustkitError(f"the shards of this cell's evaluation ran in another numeric environment than its "
+                                 f"last step ({difference}); run every task of the benchmark on one kind of node")
+        evaluation_seconds = math.fsum(s["seconds"] for s in shards)
+        result = merge_shards(shards, cell.attacks, {}, cell.seed, evaluation_seconds)
+        record = _finish_record(cell, result, prepared["training"])
+        EvaluationState(evaluation_state_path(cell.work_dir, cell.train_settings, settings)).remove()
+        images, labels = _test_examples(cell)
+        _shard_store(cell, images, labels).remove()  # the record holds them now
+        seconds = prepared["seconds"] + evaluation_seconds + time.perf_counter() - started
+        return {**record, "evaluation_shards": shard_placement(shards), "seconds": round(seconds, 3)}
+
+
+#: :class:`robustkit.executors.CellSteps` of a benchmark cell.
+CELL_STEPS = CellSteps(prepare=prepare_cell, piece=evaluate_cell_shard, finish=finish_cell)
+
+
+@dataclass
+class _OpenCell:
+    """A cell with its model trained (or reloaded) and its attacks built: what every step starts from."""
+
+    settings: Mapping[str, Any]
+    work_dir: Path
+    host: Any
+    dataset: Any
+    seed: int
+    train_settings: dict[str, Any]
+    model: torch.nn.Module
+    training: dict[str, Any]
+    device: torch.device
+    environment: dict[str, Any]
+    attacks: dict[str, Any]
+    model_files: Mapping[str, str] | None
+
+
+def _open_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_root: str | None, host: Any,
+               model_files: Mapping[str, str] | None) -> _OpenCell:
     if host is None:
         from robustkit.host import get_host
 
         host = get_host()
-    started = time.perf_counter()
     resolved = resolve_device(device)
-    environment = numeric_environment(resolved, torch.get_num_threads())
     dataset = host.datasets.create(settings["dataset"]["name"], settings["dataset"]["params"],
                                    root=Path(data_root) if data_root else None)
     seed = int(settings["seed"])
@@ -166,21 +263,33 @@ def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_roo
                       "training": settings["training"], "seed": seed,
                       "defense": {"name": settings["defense"]["name"], "params": settings["defense"]["params"]}}
     model, training = train_cell_model(host, dataset, train_settings, work_dir, str(resolved), model_files)
-
-    normalization = normalization_of(model)  # what the model does to [0, 1] images first, for the record
-    evaluation = settings["evaluation"]
     attacks = {a["label"]: host.attacks.create(a["name"], a["params"]) for a in settings["attacks"]}
-    state = EvaluationState(evaluation_state_path(work_dir, train_settings, settings))
-    result = evaluate(model, dataset, attacks, n_examples=evaluation["n_examples"],
-                      batch_size=evaluation["batch_size"], device=resolved, seed=seed, state=state)
-    outcomes, per_attack = within_threat(result, attacks, settings["threat"])
+    return _OpenCell(settings, work_dir, host, dataset, seed, train_settings, model, training, resolved,
+                     numeric_environment(resolved, torch.get_num_threads()), attacks, model_files)
+
+
+def _test_examples(cell: _OpenCell) -> tuple[torch.Tensor, torch.Tensor]:
+    """The examples the cell evaluates (on the CPU)."""
+    return stack(take(cell.dataset.test, cell.settings["evaluation"]["n_examples"]))
+
+
+def _shard_store(cell: _OpenCell, images: torch.Tensor, labels: torch.Tensor) -> ShardStore:
+    """Where the cell's finished shards are kept: beside its training, keyed by the evaluation they make up."""
+    return shard_store(cell.work_dir / TRAIN_DIR / cell_key(cell.train_settings), cell.model, images, labels,
+                       cell.attacks, {}, batch_size=cell.settings["evaluation"]["batch_size"], seed=cell.seed)
+
+
+def _finish_record(cell: _OpenCell, result: Any, training: Mapping[str, Any]) -> dict[str, Any]:
+    """The record of ``cell`` evaluated as ``result``: threat check, eps curve, audit (``seconds`` is the caller's)."""
+    settings, seed, resolved = cell.settings, cell.seed, cell.device
+    normalization = normalization_of(cell.model)  # what the model does to [0, 1] images first, for the record
+    outcomes, per_attack = within_threat(result, cell.attacks, settings["threat"])
     outside = {label: a["n_outside_threat"] for label, a in per_attack.items() if a["n_outside_threat"]}
-    images, labels = stack(take(dataset.test, evaluation["n_examples"]))
+    images, labels = _test_examples(cell)
     images, labels = images.to(resolved), labels.to(resolved)
-    eps_curve = _eps_curve(host, model, images, labels, settings, resolved, seed)
-    audit = _audit(host, model, images, labels, settings, per_attack, train_settings, dataset, work_dir,
-                   str(resolved), seed, model_files)
-    state.remove()  # the record below holds all it kept; a kill from here on re-evaluates this cell
+    eps_curve = _eps_curve(cell.host, cell.model, images, labels, settings, resolved, seed)
+    audit = _audit(cell.host, cell.model, images, labels, settings, per_attack, cell.train_settings, cell.dataset,
+                   cell.work_dir, str(resolved), seed, cell.model_files)
     return {
         "defense": settings["defense"]["label"], "defense_name": settings["defense"]["name"],
         "knob": settings["defense"]["knob"], "knob_value": settings["defense"]["value"], "seed": seed,
@@ -190,14 +299,13 @@ def _run_cell(settings: Mapping[str, Any], work_dir: Path, device: str, data_roo
         "threat_flags": [f"{label}: {count} successful adversarial(s) outside the threat "
                          f"{settings['threat']['norm']} eps {settings['threat']['eps']:g}, counted as not broken"
                          for label, count in outside.items()],
-        "outcomes": outcomes.to_json(), "environment": environment,
-        "eps_curve": eps_curve, "audit": audit, "training": training,
+        "outcomes": outcomes.to_json(), "environment": cell.environment,
+        "eps_curve": eps_curve, "audit": audit, "training": dict(training),
         "normalization": normalization.to_json() if normalization is not None else None,
         "evaluation_seconds": round(result.seconds, 3),
-        "seconds": round(time.perf_counter() - started, 3),
-        "device": str(resolved), "device_name": _device_name(resolved),
+        "device": str(resolved), "device_name": device_name(resolved),
         "versions": {"robustkit": __version__, "torch": torch.__version__, "python": platform.python_version(),
-                     "plugins": host.plugin_versions()},
+                     "plugins": cell.host.plugin_versions()},
     }
 
 
@@ -290,8 +398,3 @@ def _audit(host: Any, model: torch.nn.Module, images: torch.Tensor, labels: torc
                        white_box_accuracy=white[strongest] if strongest is not None else None, black_box=black_box,
                        surrogate=surrogate, seed=seed, white_box_label=strongest)
 
-
-def _device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return platform.processor() or platform.machine()

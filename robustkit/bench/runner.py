@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
-from robustkit.bench.cells import build_spec_model, natural_settings, run_cell
+from robustkit.bench.cells import CELL_STEPS, build_spec_model, natural_settings, run_cell
 from robustkit.bench.spec import NATURAL_MODEL, BenchmarkSpec, Cell, model_files, model_settings
 from robustkit.devices import environment_difference, numeric_environment, resolve_device
 from robustkit.errors import RobustkitError
@@ -74,7 +74,7 @@ def _cost(host: Any, d: Any) -> float:
 
 def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: int = 1, device: str = "auto",
                   threads: int | None = None, say: Callable[[str], None] = print,
-                  executor: Executor | None = None) -> RunSummary:
+                  executor: Executor | None = None, eval_shards: int = 1) -> RunSummary:
     """Run the cells of ``spec`` that ``out_dir`` has no record of; return what happened.
 
     :param jobs: local worker processes (1 runs in this process, with per-cell progress bars); for the
@@ -84,6 +84,9 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
         environment that ``benchmark.json`` and every record state, and a folder keeps one environment.
     :param executor: what runs the cells (:mod:`robustkit.executors`; ``host.executors.create("ray", ...)``);
         default: the local one with ``jobs`` processes. Whatever runs them, this process writes every record.
+    :param eval_shards: split each cell's evaluation into this many shards of whole batches, which the
+        executor may run at once (``ray`` runs them as tasks; ``local`` one after another); the records are the
+        same as without shards, plus where each shard ran.
     :raises RobustkitError: on Ctrl-C, after keeping every finished record (rerun to continue); when
         ``out_dir`` holds results of another numeric environment.
     """
@@ -95,7 +98,10 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
         raise ValueError("give jobs to the local executor, not beside another executor")
     out_dir = Path(out_dir)
     threads = threads or torch.get_num_threads()
-    work = CellWork(out_dir, device, threads, spec.data_root, model_files(spec.model), run_cell)
+    if eval_shards < 1:
+        raise RobustkitError(f"--eval-shards must be at least 1, got {eval_shards}")
+    work = CellWork(out_dir, device, threads, spec.data_root, model_files(spec.model), run_cell, steps=CELL_STEPS,
+                    pieces=eval_shards)
     environment = executor.known_environment(work)
     if environment is not None:
         _check_environment(out_dir, environment)
@@ -116,7 +122,8 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
     weight = {c.key: spec.training["epochs"] * costs.get(c.defense, 1.0) for c in todo}
     say(f"benchmark {spec.name}: {len(cells)} cells, {summary.reused} already recorded in {out_dir}, "
         f"{len(todo)} to run" + (executor.describe() if todo else "")
-        + f" with {threads} torch thread(s) each")
+        + f" with {threads} torch thread(s) each" + (f", each evaluation in {eval_shards} shards" if eval_shards > 1
+                                                      else ""))
     if not todo:
         _write_benchmark(out_dir, described, environment or _recorded_environment(out_dir)
                          or numeric_environment(resolve_device(device), threads))

@@ -94,7 +94,7 @@ def print_evaluation(result: EvaluationResult) -> None:
 @device_option
 @precision_options
 @threads_option
-@eval_shards_option
+@eval_shards_option()
 @executor_options("shard", jobs=False)
 def attack(checkpoint, select, weights_kind, attack_specs, model_name, model_params, model_file, model_args, weights, normalize,
            dataset_name, data_root, dataset_params, n_examples, batch_size, out_dir, grid_path, metric_specs,

@@ -9,7 +9,7 @@ import click
 
 from robustkit.commands.group import cli, echo_json, echo_table
 from robustkit.commands.common import data_root_option, device_option, output_folder, threads_option
-from robustkit.commands.distributed import chosen_executor, executor_options
+from robustkit.commands.distributed import chosen_executor, eval_shards_option, executor_options
 from robustkit.errors import RobustkitError
 from robustkit.host import get_host
 
@@ -88,20 +88,22 @@ def show(spec: str, data_root: Path | None, dataset: str | None) -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None,
               help="Results folder; default runs/bench-NAME. Rerunning into it skips finished cells.")
 @executor_options("cell")
+@eval_shards_option("each cell's evaluation", kept="OUT/train/<training>/shards")
 @threads_option(default_help="one per core", note=" Every cell uses it; CPU numbers depend on it, so a results "
                                                   "folder keeps one value.")
 @spec_data_options
 @device_option
 @click.option("--report/--no-report", default=True, show_default=True, help="Write the report when done.")
 def run(spec: str, out_dir: Path | None, executor_name: str, jobs: int | None, address: str | None,
-        gpus_per_cell: float | None, cpus_per_cell: float | None, max_retries: int | None, threads: int | None,
-        data_root: Path | None, dataset: str | None, device: str, report: bool) -> None:
+        gpus_per_cell: float | None, cpus_per_cell: float | None, max_retries: int | None, eval_shards: int | None,
+        threads: int | None, data_root: Path | None, dataset: str | None, device: str, report: bool) -> None:
     """Train and evaluate every cell of SPEC (a preset name or a .toml/.yaml file), resumably.
 
     Each finished cell (defense x knob value x seed) is recorded atomically under --out; killing the
     run and running the same command again recomputes nothing that finished. Cells whose settings a
     changed spec leaves untouched are reused. With --executor ray the cells are Ray tasks: on Ray
-    embedded here, or on a cluster (`ray start` on every node, --out on a folder they all share).
+    embedded here, or on a cluster (`ray start` on every node, --out on a folder they all share);
+    --eval-shards K also splits each cell's evaluation into K tasks that run at once.
 
     \b
     Examples:
@@ -111,6 +113,7 @@ def run(spec: str, out_dir: Path | None, executor_name: str, jobs: int | None, a
       robustkit bench run localized-at --dataset mnist --data-root ~/data --out runs/lat-mnist
       robustkit bench run quick --executor ray --threads 1
       robustkit bench run my-spec.yaml --executor ray --address auto --gpus-per-cell 1 --out /shared/runs/mine
+      robustkit bench run cifar-aa.toml --executor ray --address auto --eval-shards 8 --out /shared/runs/aa
     """
     from robustkit.bench.runner import run_benchmark
 
@@ -121,7 +124,7 @@ def run(spec: str, out_dir: Path | None, executor_name: str, jobs: int | None, a
     out_dir = out_dir or Path("runs") / (f"bench-{loaded.name}" + (f"-{dataset}" if dataset else ""))
     output_folder(out_dir, create=False)  # created once the data are found
     summary = run_benchmark(loaded, out_dir, host, device=device, threads=threads, executor=executor,
-                            say=lambda line: click.echo(line, err=True))
+                            eval_shards=eval_shards or 1, say=lambda line: click.echo(line, err=True))
     if report and summary.total - len(summary.failed) > 0:
         _report(out_dir)
     if summary.failed:

@@ -61,11 +61,12 @@ def chosen_executor(host: Any, executor_name: str, **given: Any) -> Executor:
     return create_executor(host, executor_name, given)
 
 
-def eval_shards_option(f: Callable) -> Callable:
+def eval_shards_option(what: str = "the evaluation", kept: str = "OUT/shards") -> Callable[[Callable], Callable]:
+    """``--eval-shards K``: split ``what`` into K shards, kept in ``kept`` as they finish."""
     return click.option("--eval-shards", type=click.IntRange(min=1), default=None, metavar="K",
-                        help="Split the evaluation into K shards of whole batches, run by --executor (ray: as tasks "
-                             "on a cluster); finished shards are kept in OUT/shards, so a killed run resumes. The "
-                             "numbers equal one run's. Give more shards than GPUs.")(f)
+                        help=f"Split {what} into K shards of whole batches, run by --executor (ray: as tasks at once, "
+                             f"on a cluster; local: one after another); finished shards are kept in {kept}, so a "
+                             "killed run resumes. The numbers equal one run's. Give more shards than GPUs.")
 
 
 def check_sharding(executor_name: str, eval_shards: int | None, out_dir: Path | None, state_path: Path | None) -> None:

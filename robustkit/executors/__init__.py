@@ -49,6 +49,23 @@ DEFAULT_EXECUTOR = "local"
 
 
 @dataclass(frozen=True)
+class CellSteps:
+    """A cell as three steps, so that its middle one can spread over workers (``bench run --eval-shards K``:
+    train, evaluate in K shards, finish the record). Each is a module-level function called like ``run_cell``,
+    ``step(settings, out_dir, device=, data_root=, host=, threads=, model_files=, **extra)``:
+
+    :param prepare: the first step (training); returns what the others take as ``prepared`` (picklable).
+    :param piece: piece ``index`` of ``count`` (``prepared=``, ``index=``, ``count=``): independent of the others,
+        so they may run at once anywhere; returns what ``finish`` takes (picklable).
+    :param finish: the record, from ``prepared=`` and ``pieces=`` (every piece's result, in order).
+    """
+
+    prepare: Callable[..., Any]
+    piece: Callable[..., Any]
+    finish: Callable[..., dict[str, Any]]
+
+
+@dataclass(frozen=True)
 class CellWork:
     """What every cell of one run needs besides its settings: where, on what, with how many threads.
 
@@ -63,6 +80,9 @@ class CellWork:
     :param waits_for: ``{cell key: key of the cell it must wait for}`` (a cell that reuses the natural model's
         weights waits for the natural cell: :func:`robustkit.bench.runner.natural_dependencies`); an executor
         that runs cells at once must honour it.
+    :param steps: the cell as three steps (:class:`CellSteps`), used when ``pieces`` > 1.
+    :param pieces: how many pieces each cell's middle step is cut into (1: cells run whole, by ``run_cell``).
+        :meth:`run` runs the pieces one after another; an executor may run them at once (``ray`` does).
     """
 
     out_dir: Path
@@ -72,13 +92,32 @@ class CellWork:
     model_files: Mapping[str, str] | None
     run_cell: Callable[..., dict[str, Any]] | None = None
     waits_for: Mapping[str, str] = field(default_factory=dict)
+    steps: CellSteps | None = None
+    pieces: int = 1
+
+    @property
+    def in_pieces(self) -> bool:
+        """Whether each cell runs as :class:`CellSteps` with its middle step in ``pieces`` pieces."""
+        return self.steps is not None and self.pieces > 1
 
     def run(self, settings: Mapping[str, Any], host: Any = None) -> dict[str, Any]:
-        """Run one cell here and return its record (raises what the cell raises)."""
+        """Run one cell here and return its record (raises what the cell raises): whole, or step by step with
+        its pieces one after another."""
+        if self.in_pieces:
+            assert self.steps is not None
+            prepared = self.call(self.steps.prepare, settings, host)
+            pieces = [self.call(self.steps.piece, settings, host, prepared=prepared, index=i, count=self.pieces)
+                      for i in range(self.pieces)]
+            return self.call(self.steps.finish, settings, host, prepared=prepared, pieces=pieces)
         if self.run_cell is None:
             raise RuntimeError("this work runs no cells: give CellWork a run_cell")
-        return self.run_cell(settings, str(self.out_dir), device=self.device, data_root=self.data_root, host=host,
-                             threads=self.threads, model_files=dict(self.model_files) if self.model_files else None)
+        return self.call(self.run_cell, settings, host)
+
+    def call(self, step: Callable[..., Any], settings: Mapping[str, Any], host: Any = None, **extra: Any) -> Any:
+        """``step(settings, out_dir, ...)`` with where and how this work runs (``run_cell`` or a :class:`CellSteps`
+        step; ``extra`` goes to the step)."""
+        return step(settings, str(self.out_dir), device=self.device, data_root=self.data_root, host=host,
+                    threads=self.threads, model_files=dict(self.model_files) if self.model_files else None, **extra)
 
 
 class Executor(ABC):

@@ -15,7 +15,9 @@ How a run goes:
   sees only its own GPUs (Ray sets ``CUDA_VISIBLE_DEVICES``), so the cell's device is ``cuda``, never
   ``cuda:N``, and each GPU cell gets a fresh worker process. ``ROBUSTKIT_*`` variables go to every worker.
   A cell that reuses a natural cell's weights takes that cell's result as an argument, so Ray starts it
-  after that cell: no barrier between the natural cells and the rest.
+  after that cell: no barrier between the natural cells and the rest. With ``--eval-shards K`` a cell is
+  K + 2 tasks (:class:`robustkit.executors.CellSteps`): training, then its K evaluation shards at once, each
+  holding a cell's CPUs and GPUs, then the record, each started by Ray when what it takes is ready.
 - **Records.** Tasks return records; the driver writes them (:func:`robustkit.bench.runner.run_benchmark`).
   Each task notes where it runs in ``OUT/workers/<cell key>.json`` (node, process, GPUs), which says where
   a cell is when it hangs. A worker that dies (killed, out of host memory, node lost) is restarted up to
@@ -37,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from robustkit.errors import RobustkitError, one_line
-from robustkit.executors import Cell, CellWork, Executor, Finished
+from robustkit.executors import Cell, CellSteps, CellWork, Executor, Finished
 from robustkit.executors.preflight import MARKER_PREFIX, check_nodes, node_facts
 from robustkit.params import Param
 
@@ -158,9 +160,13 @@ class RayExecutor(Executor):
         waits_for = work.waits_for
         refs: dict[str, Any] = {}
         pending: dict[Any, Cell] = {}
+        steps_of: dict[Any, list[Any]] = {}  # a cell in steps: its first steps' refs, cancelled with it
         for cell in sorted(cells, key=lambda c: c.key in waits_for):  # a natural cell's ref exists before its users
             upstream = refs.get(waits_for.get(cell.key, ""))
-            refs[cell.key] = task.remote(cell.key, cell.settings, self._shipped_work(), upstream)
+            if self._shipped_work().in_pieces:
+                refs[cell.key], steps_of[refs[cell.key]] = self._submit_in_steps(ray, cell, upstream)
+            else:
+                refs[cell.key] = task.remote(cell.key, cell.settings, self._shipped_work(), upstream)
             pending[refs[cell.key]] = cell
 
         def ended(cell: Cell, ref: Any) -> None:
@@ -173,7 +179,17 @@ class RayExecutor(Executor):
                     error = "its natural cell, whose weights it reuses, failed first; rerun the same command"
             finished(cell, record, error)
 
-        _wait_all(ray, pending, ended)
+        _wait_all(ray, pending, ended, steps_of)
+
+    def _submit_in_steps(self, ray: Any, cell: Cell, upstream: Any) -> tuple[Any, list[Any]]:
+        """Submit ``cell`` as its steps (:class:`robustkit.executors.CellSteps`): training, then every piece at
+        once (each its own task, holding a cell's CPUs and GPUs), then the record; Ray starts each when what it
+        takes is ready. Returns the record's ref and the refs before it."""
+        work = self._shipped_work()
+        prepare, piece, finish = (self._remote(ray, t) for t in (_prepare_task, _piece_task, _finish_task))
+        prepared = prepare.remote(cell.key, cell.settings, work, upstream)
+        pieces = [piece.remote(cell.key, cell.settings, work, prepared, i) for i in range(work.pieces)]
+        return finish.remote(cell.key, cell.settings, work, prepared, *pieces), [prepared, *pieces]
 
     def run_tasks(self, function: Callable[..., Any], calls: Sequence[Mapping[str, Any]], shared: Mapping[str, Any],
                   work: CellWork, done: Callable[[int, Any, str | None], None]) -> None:
@@ -207,16 +223,18 @@ class RayExecutor(Executor):
         return ray.remote(**options)(function)
 
 
-def _wait_all(ray: Any, pending: dict[Any, Any], ended: Callable[[Any, Any], None]) -> None:
-    """Call ``ended(item, ref)`` as each task of ``pending`` (``{ref: item}``) ends; on Ctrl-C cancel the rest
-    (their workers are stopped; work that keeps state, a cell's training, resumes from it next time)."""
+def _wait_all(ray: Any, pending: dict[Any, Any], ended: Callable[[Any, Any], None],
+              before: Mapping[Any, Sequence[Any]] | None = None) -> None:
+    """Call ``ended(item, ref)`` as each task of ``pending`` (``{ref: item}``) ends; on Ctrl-C cancel the rest,
+    with the tasks ``before`` lists for each (a cell's earlier steps): their workers are stopped; work that keeps
+    state (a cell's training, its finished shards) resumes from it next time."""
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
             for ref in done:
                 ended(pending.pop(ref), ref)
     except KeyboardInterrupt:
-        cancelled = list(pending)
+        cancelled = [*pending, *(r for ref in pending for r in (before or {}).get(ref, ()))]
         # First as Ctrl-C inside each task (the training loop stops at a safe point), then by killing the
         # workers still running: killing at once races the replies of tasks that are just finishing, which can
         # abort the driver inside Ray (a C++ check failure instead of the one-line "interrupted" message).
@@ -379,41 +397,72 @@ def _preflight_task(work: CellWork, marker: tuple[str, str], runs_cells: bool) -
 # --- inside a worker -------------------------------------------------------------------------------
 
 
-def _cell_task(key: str, settings: dict[str, Any], work: CellWork,
-               upstream: Any = None) -> tuple[dict[str, Any] | None, str | None]:
-    """Run one cell in a Ray worker; return ``(record, None)`` or ``(None, one-line error)``.
+#: A task's outcome: ``(result, None)``, or ``(None, one-line error)`` for the cell's own failure.
+Outcome = tuple[Any, "str | None"]
 
-    :param upstream: the result of the natural cell this one waits for (Ray resolves it first); unused.
-    """
+
+def _guarded(call: Callable[[], Any]) -> Outcome:
+    """``call()`` in a worker, as an :data:`Outcome`: a RobustkitError or a CUDA out-of-memory error is the
+    cell's own failure (a retry would fail the same way), reported rather than retried."""
     import torch
 
     from robustkit.progress import mute_lines
 
     mute_lines()  # the driver writes one line per cell
-    _note_placement(work.out_dir, key)
     try:
-        return work.run(settings), None
+        return call(), None
     except RobustkitError as err:
         return None, str(err)
-    except torch.cuda.OutOfMemoryError as err:  # the cell's own failure: a retry would fail the same way
+    except torch.cuda.OutOfMemoryError as err:
         return None, (f"CUDA out of memory on {platform.node()} ({one_line(err)}); lower the batch size, or run "
                       "fewer cells per GPU (--gpus-per-cell)")
 
 
-def _task(function: Callable[..., Any], work: CellWork, call: dict[str, Any],
-          **shared: Any) -> tuple[Any, str | None]:
-    """One call of :meth:`RayExecutor.run_tasks` in a worker: ``(result, None)`` or ``(None, one-line error)``."""
-    import torch
+def _cell_task(key: str, settings: dict[str, Any], work: CellWork, upstream: Any = None) -> Outcome:
+    """Run one cell in a Ray worker.
 
-    from robustkit.progress import mute_lines
+    :param upstream: the result of the natural cell this one waits for (Ray resolves it first); unused.
+    """
+    _note_placement(work.out_dir, key)
+    return _guarded(lambda: work.run(settings))
 
-    mute_lines()
-    try:
-        return function(work=work, **shared, **call), None
-    except RobustkitError as err:
-        return None, str(err)
-    except torch.cuda.OutOfMemoryError as err:
-        return None, f"CUDA out of memory on {platform.node()} ({one_line(err)}); lower the batch size"
+
+def _prepare_task(key: str, settings: dict[str, Any], work: CellWork, upstream: Any = None) -> Outcome:
+    """A cell's first step (:attr:`CellWork.steps`), once its natural cell (``upstream``) is done."""
+    _note_placement(work.out_dir, key)
+    steps = _steps(work)
+    return _guarded(lambda: work.call(steps.prepare, settings))
+
+
+def _piece_task(key: str, settings: dict[str, Any], work: CellWork, prepared: Outcome, index: int) -> Outcome:
+    """Piece ``index`` of a cell's middle step, once its first step is done (nothing to do if that failed)."""
+    if prepared[1] is not None:
+        return prepared
+    _note_placement(work.out_dir, f"{key}.piece-{index}")
+    steps = _steps(work)
+    return _guarded(lambda: work.call(steps.piece, settings, prepared=prepared[0], index=index,
+                                      count=work.pieces))
+
+
+def _finish_task(key: str, settings: dict[str, Any], work: CellWork, prepared: Outcome, *pieces: Outcome) -> Outcome:
+    """A cell's record from its first step and every piece (the first failure among them is the cell's)."""
+    failure = next((error for _, error in (prepared, *pieces) if error is not None), None)
+    if failure is not None:
+        return None, failure
+    steps = _steps(work)
+    return _guarded(lambda: work.call(steps.finish, settings, prepared=prepared[0],
+                                      pieces=[result for result, _ in pieces]))
+
+
+def _steps(work: CellWork) -> CellSteps:
+    if work.steps is None:
+        raise RuntimeError("a cell in steps needs CellWork.steps")
+    return work.steps
+
+
+def _task(function: Callable[..., Any], work: CellWork, call: dict[str, Any], **shared: Any) -> Outcome:
+    """One call of :meth:`RayExecutor.run_tasks` in a worker."""
+    return _guarded(lambda: function(work=work, **shared, **call))
 
 
 def _note_placement(out_dir: Path, key: str) -> None:
