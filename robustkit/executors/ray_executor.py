@@ -466,14 +466,16 @@ def _task(function: Callable[..., Any], work: CellWork, call: dict[str, Any], **
 
 
 def _note_placement(out_dir: Path, key: str) -> None:
-    """Write ``OUT/workers/<key>.json``: where this cell runs now (node, process, the GPUs Ray gave it)."""
+    """Write ``OUT/workers/<key>.json``: where this cell (or step of a cell) runs now: node (host name, address
+    and Ray's node id, which tells apart nodes sharing a host), process, the GPUs Ray gave it."""
     import json
 
     import ray
 
     from robustkit.files import atomic_write_text
 
-    placement = {"node": platform.node(), "address": ray.util.get_node_ip_address(), "pid": os.getpid(),
+    placement = {"node": platform.node(), "address": ray.util.get_node_ip_address(),
+                 "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(),
                  "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
                  "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"), "started": time.time()}
     atomic_write_text(out_dir / WORKERS_DIR / f"{key}.json", json.dumps(placement, indent=2) + "\n")
