@@ -1,8 +1,9 @@
 """Scale-out on Ray: benchmark cells per hour and evaluation images per second for 1, 2 and 4 workers, and the
 Ray executor's overhead against the local ``--jobs`` executor on the same spec.
 
-Run: ``.venv/bin/python benchmarks/perf/scale_out.py [--quick]`` (``--quick``: about 6 minutes on 2 busy CPU
-cores; the default: about 25). Writes ``benchmarks/results/perf_scale_out.json``. Needs ``robustkit[ray]``.
+Run: ``.venv/bin/python benchmarks/perf/scale_out.py [--quick] [--workers 1,2]`` (on 2 CPU cores with
+``--workers 1,2``: about 12 minutes, ``--quick`` about 6). Writes ``benchmarks/results/perf_scale_out.json``.
+Needs ``robustkit[ray]``.
 
 Setting: Ray embedded in this process with as many logical CPUs as the most workers measured (``--workers``,
 default 1,2,4), started once and its workers started once (both timed and reported apart, not charged to
@@ -169,6 +170,15 @@ def evaluation_runs(host: Any, workers: list[int], images: int, repeats: int, fo
     return {"images": images, "batch_size": batch, "attack": "pgd linf eps 0.1, 20 steps", "rows": rows}
 
 
+def targets_note(cells: dict[str, Any], cores: int, load: float) -> str:
+    """What to keep in mind reading the targets: the machine, and how long the cells measured were."""
+    total = cells["rows"][0]["jobs_seconds"]["median"] * cells["rows"][0]["workers"]
+    return (f"{cores} CPU core(s), load average {load:.1f} at the end (other jobs share the cores, and so do Ray's "
+            f"own processes); cells of about {total / cells['cells']:.0f} s on one worker, where the overhead target "
+            "is for cells of a minute or more; the --jobs runs start their worker processes in every run, Ray's were "
+            "started once (reported apart); more workers than cores cannot speed anything up")
+
+
 def warm_workers(ray: Any, count: int) -> None:
     """Start ``count`` Ray workers with robustkit imported (what every run's tasks reuse), so the first variant
     measured does not pay for them: a worker's start-up is a one-off cost of a session, reported apart."""
@@ -230,9 +240,7 @@ def main() -> None:
         "ray_overhead_under_5_percent": {str(r["workers"]): r["ray_overhead"] < 0.05 for r in cells["rows"]},
         "evaluation_speedup_at_least_0.8_x_workers": {str(r["workers"]): r["speedup"] >= 0.8 * r["workers"]
                                                       for r in evaluation["rows"][1:]},
-        "note": (f"{os.cpu_count()} CPU core(s), load average {os.getloadavg()[0]:.1f} at the end (other jobs "
-                 "share the cores, and so do Ray's own processes); cells of seconds, where the targets are for cells "
-                 "of a minute or more; more workers than cores cannot speed anything up"),
+        "note": targets_note(cells, os.cpu_count() or 1, os.getloadavg()[0]),
     }
     common.write({"benchmark": "scale_out", "settings": {**sizes, "workers": args.workers, "torch_threads": 1},
                   "ray": {"version": ray.__version__, "embedded_start_seconds": round(ray_start, 2),
