@@ -1,12 +1,14 @@
 """The ``ray`` executor on real Ray: benchmark cells embedded in this process and on a local cluster the module
-starts (GPU assignment, a worker killed mid-cell, Ctrl-C), and one model's evaluation in shards on that cluster.
+starts (two nodes; GPU assignment, a worker killed mid-cell, Ctrl-C, each cell's evaluation in shards), and one
+model's evaluation in shards on that cluster.
 
 The numbers must not depend on the executor, so every run here is compared with one ``--jobs 1`` run of the
 same spec (module fixture ``reference``): same records, timings and folder names apart. The cluster is
-``ray start --head --block`` with 2 CPUs and 2 logical GPUs (no real GPU: the cells still run on the CPU),
-started once the embedded run is over (two Ray instances starting at once can mix up their sessions) and
-stopped by ending that one process, which stops the Ray processes it started (never `ray stop`, which would stop every
-Ray instance of this user on the machine). Both use a token of their own (``RAY_AUTH_TOKEN``), so nothing
+``ray start --head --block`` with 2 CPUs and 2 logical GPUs (no real GPU: the cells still run on the CPU) and a
+second node, ``ray start --address ... --block`` with 1 CPU, both on this machine, started once the embedded run is
+over (two Ray instances starting at once can mix up their sessions) and stopped by ending those two processes,
+which stop the Ray processes they started (never `ray stop`, which would stop every Ray instance of this user on
+the machine). Both use a token of their own (``RAY_AUTH_TOKEN``), so nothing
 touches ``~/.ray``. Every worker loads only the essential set (``ROBUSTKIT_LOAD_PLUGINS=``, shipped to them).
 """
 
@@ -84,36 +86,51 @@ def cluster_environment() -> dict[str, str]:
 
 
 class Cluster:
-    """``ray start --head --block`` in the background; :meth:`address` waits until it is up."""
+    """Two Ray nodes on this machine, each ``ray start ... --block`` in the background: the head (2 CPUs and 2
+    logical GPUs) and a second node (1 CPU, no GPU), so cells and shards spread over nodes and the preflight
+    checks each. :meth:`address` waits until both are up."""
 
     def __init__(self, folder: Path):
-        self.log = folder / "ray-start.log"
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                [str(Path(sys.executable).with_name("ray")), "start", "--head", "--node-ip-address", "127.0.0.1",
-                 "--port", "0", "--num-cpus", "2", "--num-gpus", "2", "--include-dashboard=false",
-                 "--disable-usage-stats", "--block"], stdout=log, stderr=subprocess.STDOUT, env=cluster_environment())
+        self.folder = folder
+        self.head = self._start("head", "--head", "--port", "0", "--num-cpus", "2", "--num-gpus", "2",
+                                "--include-dashboard=false")
+        self.node: subprocess.Popen | None = None
         self._address: str | None = None
 
-    def address(self) -> str:
-        deadline = time.monotonic() + 120
-        while self._address is None:
-            found = re.search(r"ray start --address='([^']+)'", self.log.read_text())
+    def _start(self, name: str, *args: str) -> subprocess.Popen:
+        with open(self.folder / f"{name}.log", "w") as log:
+            return subprocess.Popen([str(Path(sys.executable).with_name("ray")), "start", *args, "--node-ip-address",
+                                     "127.0.0.1", "--disable-usage-stats", "--block"], stdout=log,
+                                    stderr=subprocess.STDOUT, env=cluster_environment())
+
+    def _wait_for(self, name: str, proc: subprocess.Popen, pattern: str) -> re.Match:
+        log, deadline = self.folder / f"{name}.log", time.monotonic() + 120
+        while True:
+            found = re.search(pattern, log.read_text())
             if found:
-                self._address = found.group(1)
-            elif self.proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the test's Ray cluster did not start:\n{self.log.read_text()}")
-            else:
-                time.sleep(0.2)
+                return found
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the test's Ray {name} node did not start:\n{log.read_text()}")
+            time.sleep(0.2)
+
+    def address(self) -> str:
+        if self._address is None:
+            address = self._wait_for("head", self.head, r"ray start --address='([^']+)'").group(1)
+            self.node = self._start("node", "--address", address, "--num-cpus", "1", "--num-gpus", "0")
+            self._wait_for("node", self.node, r"Ray runtime started")
+            self._address = address
         return self._address
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)  # --block: it stops the Ray processes it started, then exits
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        for proc in (self.node, self.head):  # --block: each stops the Ray processes it started, then exits
+            if proc is None:
+                continue
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +236,7 @@ def test_a_cluster_gives_each_cell_its_own_gpu(host, spec_path, reference, clust
     code, log = finished(drive(spec_path, out, "--address", cluster.address(), "--cpus-per-cell", "1"), out)
     assert code == 0, log
     assert f"on the Ray cluster at {cluster.address()}" in log
-    assert "1 node(s), 2 CPUs, 2 GPUs; each cell holds 1 CPU(s) and 1 GPU(s)" in log
+    assert "2 node(s), 3 CPUs, 2 GPUs; each cell holds 1 CPU(s) and 1 GPU(s)" in log
     assert comparable(out) == reference  # logical GPUs: the cells ran on the CPU, as --jobs 1 did
     natural, low, high = load_spec(str(spec_path), host).cells()
     where = placements(out)
@@ -337,8 +354,10 @@ def test_cells_evaluated_in_shards_on_the_cluster_record_what_jobs_1_records(hos
     killed = killer.join()
     assert code == 0 and "each evaluation in 3 shards" in log and "done 3/3" in log, log
     assert comparable(out) == reference
+    assert "2 node(s), 3 CPUs, 2 GPUs; each cell holds 1 CPU(s) and 0 GPU(s)" in log
     where = placements(out)
     assert where[f"{high.key}.piece-1"]["pid"] != killed
+    assert len({p["node_id"] for p in where.values()}) == 2  # 3 shards at once: the head's 2 CPUs and the other's
     for r in ResultStore(out):
         shards = r["result"]["evaluation_shards"]
         assert [s["batches"] for s in shards] == [[0, 1], [1, 2], [2, 3]]  # 40 examples: 16, 16 and 8
