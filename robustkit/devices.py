@@ -98,17 +98,23 @@ def device_name(device: torch.device) -> str:
 
 def numeric_environment(device: torch.device, threads: int) -> dict[str, Any]:
     """What, besides the settings, decides a run's numbers: device kind, CPU threads, default dtype, torch
-    version, and on CUDA whether cuDNN ran its deterministic kernels."""
+    version; on the CPU, the instruction set torch's kernels use (``cpu_capability``: AVX2 and AVX-512 kernels
+    round differently, and adversarial training amplifies it into other models); on CUDA, the GPU's name and
+    whether cuDNN ran its deterministic kernels."""
     env: dict[str, Any] = {"device": device.type, "threads": int(threads), "torch": torch.__version__,
                            "dtype": str(torch.get_default_dtype()).removeprefix("torch.")}
     if device.type == "cuda":
         env["cudnn_deterministic"] = bool(torch.backends.cudnn.deterministic)
+        env["gpu"] = torch.cuda.get_device_name(device)
+    else:
+        env["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     return env
 
 
 def environment_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:
-    """The first field in which two numeric environments differ, as ``field a vs b`` (None: they agree)."""
-    for key in sorted(set(a) | set(b)):
+    """The first field in which two numeric environments differ, as ``field a vs b`` (None: they agree). A field
+    only one of them states (records made before it was recorded) is not a difference."""
+    for key in sorted(set(a) & set(b)):
         if a.get(key) != b.get(key):
             return f"{key} {a.get(key)} vs {b.get(key)}"
     return None

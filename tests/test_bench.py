@@ -566,7 +566,7 @@ def test_a_folder_keeps_one_numeric_environment(e2e, host):
     out, spec, _ = e2e
     recorded = json.loads((out / "benchmark.json").read_text())["environment"]
     assert recorded == {"device": "cpu", "threads": torch.get_num_threads(), "dtype": "float32",
-                        "torch": torch.__version__}
+                        "torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     other = torch.get_num_threads() + 1
     with pytest.raises(RobustkitError, match=rf"different numeric environment \(threads {recorded['threads']} vs "
                                              rf"{other}, recorded vs now\); pass --threads {recorded['threads']}"):

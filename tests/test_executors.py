@@ -256,7 +256,7 @@ def _write(folder: Path, text: str) -> Path:
 
 # --- the preflight comparison of nodes ----------------------------------------------------------------
 
-ENV = {"device": "cpu", "threads": 1, "dtype": "float32", "torch": "2.4.1"}
+ENV = {"device": "cpu", "threads": 1, "dtype": "float32", "torch": "2.4.1", "cpu_capability": "AVX2"}
 
 
 def facts(**changes):
@@ -294,12 +294,33 @@ def test_check_nodes_names_the_node_that_differs(node, message):
     assert message in str(caught.value)
 
 
-def test_check_nodes_refuses_nodes_that_would_compute_differently():
+@pytest.mark.parametrize("environment, difference", [
+    ({**ENV, "cpu_capability": "AVX512"}, "cpu_capability AVX2 vs AVX512"),  # the same CPU cell, other rounding
+    ({**ENV, "device": "cuda", "cudnn_deterministic": True, "gpu": "NVIDIA H100"}, "device cpu vs cuda"),
+    ({**ENV, "threads": 2}, "threads 1 vs 2"),
+])
+def test_check_nodes_refuses_nodes_that_would_compute_differently(environment, difference):
     driver = {k: v for k, v in facts().items() if k not in ("output_folder", "where")}
-    gpu = facts(where="10.0.0.3", environment={**ENV, "device": "cuda", "cudnn_deterministic": True})
-    with pytest.raises(RobustkitError, match=r"^node 10.0.0.3 would compute with another numeric environment than "
-                                             r"node 10.0.0.2 \(gpu-2\) \(cudnn_deterministic None vs True\)"):
-        check_nodes(driver, [facts(), gpu], Path("/out"), None)
+    other = facts(where="10.0.0.3", environment=environment)
+    with pytest.raises(RobustkitError) as caught:
+        check_nodes(driver, [facts(), other], Path("/out"), None)
+    assert str(caught.value) == (f"node 10.0.0.3 would compute with another numeric environment than node 10.0.0.2 "
+                                 f"(gpu-2) ({difference}); give every node the same hardware kind and software, or "
+                                 "run on one kind")
+
+
+def test_the_numeric_environment_states_the_cpus_instruction_set():
+    import torch
+
+    from robustkit.devices import environment_difference, numeric_environment
+
+    env = numeric_environment(torch.device("cpu"), 1)
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # Records made before a field was recorded do not differ in it; a field both state does.
+    older = {k: v for k, v in env.items() if k != "cpu_capability"}
+    assert environment_difference(older, env) is None
+    assert environment_difference(env, {**env, "cpu_capability": "DEFAULT"}) == \
+        f"cpu_capability {env['cpu_capability']} vs DEFAULT"
 
 
 def test_path_fingerprint_sees_names_and_sizes(tmp_path):

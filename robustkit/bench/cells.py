@@ -190,6 +190,8 @@ def evaluate_cell_shard(settings: Mapping[str, Any], work_dir: str | Path, *, pr
     with torch_threads(threads):
         cell = _open_cell(settings, Path(work_dir), device, data_root, host, model_files)
         images, labels = _test_examples(cell)
+        if len(images) == 0:
+            raise RobustkitError("nothing to evaluate: the dataset's test split is empty")
         plan = plan_shards(len(images), settings["evaluation"]["batch_size"], count)
         if index >= len(plan):
             return None
