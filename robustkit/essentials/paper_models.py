@@ -273,7 +273,6 @@ class _WideUnit(nn.Module):
         return out + shortcut
 
 
-
 def he_init(module: nn.Module) -> None:
     """Wide ResNets' initialization: He-normal convs (fan out, the reference's stddev sqrt(2 / (k * k * out))),
     unit batch norm, zero linear biases."""
@@ -285,6 +284,7 @@ def he_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
+
 
 class WideResNet(nn.Module):
     """Wide residual network (Zagoruyko & Komodakis 2016) in the form of Madry et al.'s CIFAR-10 model.
