@@ -353,6 +353,7 @@ def test_cells_evaluated_in_shards_on_the_cluster_record_what_jobs_1_records(hos
                                "--gpus-per-cell", "0", "--cpus-per-cell", "1", "--max-retries", "1"), out)
     killed = killer.join()
     assert code == 0 and "each evaluation in 3 shards" in log and "done 3/3" in log, log
+    assert re.search(r"\n    pgd-at eps=0.1 seed 0: piece 3/3 done: evaluation batch 2 on \S+ \(cpu\), \d+ s\n", log), log
     assert comparable(out) == reference
     assert "2 node(s), 3 CPUs, 2 GPUs; each cell holds 1 CPU(s) and 0 GPU(s)" in log
     where = placements(out)

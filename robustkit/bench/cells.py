@@ -229,8 +229,18 @@ def finish_cell(settings: Mapping[str, Any], work_dir: str | Path, *, prepared: 
         return {**record, "evaluation_shards": shard_placement(shards), "seconds": round(seconds, 3)}
 
 
+def describe_shard(shard: Mapping[str, Any] | None) -> str | None:
+    """A finished shard in a few words (None for a shard with no batches)."""
+    if shard is None:
+        return None
+    first, stop = shard["batches"]
+    batches = f"batch {first}" if stop - first == 1 else f"batches {first}-{stop - 1}"
+    return f"evaluation {batches} on {shard['node']} ({shard['device']}), {shard['seconds']:.0f} s"
+
+
 #: :class:`robustkit.executors.CellSteps` of a benchmark cell.
-CELL_STEPS = CellSteps(prepare=prepare_cell, piece=evaluate_cell_shard, finish=finish_cell)
+CELL_STEPS = CellSteps(prepare=prepare_cell, piece=evaluate_cell_shard, finish=finish_cell,
+                       describe_piece=describe_shard)
 
 
 @dataclass

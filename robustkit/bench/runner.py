@@ -116,7 +116,7 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
         remove_stale_temporaries(folder)
     cells = sorted(spec.cells(), key=lambda c: c.settings["defense"]["name"] != "natural")  # stable
     todo = [c for c in cells if not store.has(c.key)]
-    work = dataclasses.replace(work, waits_for=natural_dependencies(todo))
+    work = dataclasses.replace(work, waits_for=natural_dependencies(todo), labels={c.key: cell_name(c) for c in todo})
     summary = RunSummary(total=len(cells), reused=len(cells) - len(todo))
     costs = {d["label"]: d["cost"] for d in described["defenses"]}
     weight = {c.key: spec.training["epochs"] * costs.get(c.defense, 1.0) for c in todo}
@@ -130,7 +130,7 @@ def run_benchmark(spec: BenchmarkSpec, out_dir: str | Path, host: Any, *, jobs: 
         return summary
     started = time.perf_counter()
 
-    def finished(cell: Cell, record: dict[str, Any] | None, error: str | None) -> None:
+    def finished(cell: Any, record: dict[str, Any] | None, error: str | None) -> None:  # a Cell of todo
         bar.update(weight[cell.key])
         name = cell_name(cell)
         if record is None:

@@ -37,8 +37,11 @@ class Cell(Protocol):
     """What an executor reads of a benchmark cell (:class:`robustkit.bench.spec.Cell`): executors know nothing
     else of benchmarks, so a plugin's executor needs only this module."""
 
-    key: str
-    settings: Mapping[str, Any]
+    @property
+    def key(self) -> str: ...
+
+    @property
+    def settings(self) -> Mapping[str, Any]: ...
 
 
 #: ``finished(cell, record, error)``: exactly one of ``record`` and ``error`` is None.
@@ -58,11 +61,14 @@ class CellSteps:
     :param piece: piece ``index`` of ``count`` (``prepared=``, ``index=``, ``count=``): independent of the others,
         so they may run at once anywhere; returns what ``finish`` takes (picklable).
     :param finish: the record, from ``prepared=`` and ``pieces=`` (every piece's result, in order).
+    :param describe_piece: a finished piece's result in a few words, for the driver's progress line when pieces
+        end apart (e.g. ``"batches 0-15 on gpu-3 (cuda), 42 s"``); None for a piece with nothing to say.
     """
 
     prepare: Callable[..., Any]
     piece: Callable[..., Any]
     finish: Callable[..., dict[str, Any]]
+    describe_piece: Callable[[Any], str | None] = lambda result: None
 
 
 @dataclass(frozen=True)
@@ -81,6 +87,7 @@ class CellWork:
         weights waits for the natural cell: :func:`robustkit.bench.runner.natural_dependencies`); an executor
         that runs cells at once must honour it.
     :param steps: the cell as three steps (:class:`CellSteps`), used when ``pieces`` > 1.
+    :param labels: ``{cell key: how people name the cell}``, for progress lines.
     :param pieces: how many pieces each cell's middle step is cut into (1: cells run whole, by ``run_cell``).
         :meth:`run` runs the pieces one after another; an executor may run them at once (``ray`` does).
     """
@@ -94,6 +101,7 @@ class CellWork:
     waits_for: Mapping[str, str] = field(default_factory=dict)
     steps: CellSteps | None = None
     pieces: int = 1
+    labels: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def in_pieces(self) -> bool:

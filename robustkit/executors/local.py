@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from robustkit.errors import RobustkitError
 from robustkit.executors import Cell, CellWork, Executor, Finished
@@ -70,7 +70,7 @@ def _worker_init() -> None:
     mute_lines()  # the driver writes one line per cell; a worker writes none of its own
 
 
-def _worker(work: CellWork, settings: dict[str, Any]) -> tuple[Any, str | None]:
+def _worker(work: CellWork, settings: Mapping[str, Any]) -> tuple[Any, str | None]:
     try:
         return work.run(settings), None
     except RobustkitError as err:

@@ -91,6 +91,7 @@ class RayExecutor(Executor):
         self.max_retries = max_retries
         self._work: CellWork | None = None
         self._resources: tuple[float, float] = (1.0, 0.0)
+        self._say: Callable[[str], None] = lambda line: None
 
     def _target(self) -> str | None:
         """The cluster to join (None: start Ray embedded)."""
@@ -114,7 +115,7 @@ class RayExecutor(Executor):
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             cpus, gpus = self._cell_resources(nodes, work)
             self._resources = (cpus, gpus)
-            self._work = _shipped(work, gpus)
+            self._work, self._say = _shipped(work, gpus), say
             environment = _preflight(ray, nodes, self._work, cpus, gpus)
             if environment is None:
                 raise RobustkitError("no node of the Ray cluster can run a cell; add a node (ray start --address ...)")
@@ -125,7 +126,7 @@ class RayExecutor(Executor):
                 "worker dies")
             yield environment
         finally:
-            self._work = None
+            self._work, self._say = None, lambda line: None
             if connected_here:
                 ray.shutdown()
 
@@ -159,17 +160,21 @@ class RayExecutor(Executor):
         task = self._remote(ray, _cell_task)
         waits_for = work.waits_for
         refs: dict[str, Any] = {}
-        pending: dict[Any, Cell] = {}
+        pending: dict[Any, Any] = {}  # a cell's record, or a piece of a cell in steps (said when it ends)
         steps_of: dict[Any, list[Any]] = {}  # a cell in steps: its first steps' refs, cancelled with it
         for cell in sorted(cells, key=lambda c: c.key in waits_for):  # a natural cell's ref exists before its users
             upstream = refs.get(waits_for.get(cell.key, ""))
             if self._shipped_work().in_pieces:
                 refs[cell.key], steps_of[refs[cell.key]] = self._submit_in_steps(ray, cell, upstream)
+                pending.update({ref: _Piece(cell, i) for i, ref in enumerate(steps_of[refs[cell.key]][1:])})
             else:
                 refs[cell.key] = task.remote(cell.key, cell.settings, self._shipped_work(), upstream)
             pending[refs[cell.key]] = cell
 
-        def ended(cell: Cell, ref: Any) -> None:
+        def ended(cell: Any, ref: Any) -> None:
+            if isinstance(cell, _Piece):
+                self._say_piece(ray, cell, ref, work)
+                return
             upstream = refs.get(waits_for.get(cell.key, ""))
             try:
                 record, error = ray.get(ref)
@@ -180,6 +185,17 @@ class RayExecutor(Executor):
             finished(cell, record, error)
 
         _wait_all(ray, pending, ended, steps_of)
+
+    def _say_piece(self, ray: Any, piece: _Piece, ref: Any, work: CellWork) -> None:
+        """One line for a finished piece of a cell (a failed one is said with its cell's record)."""
+        try:
+            result, error = ray.get(ref)
+        except ray.exceptions.RayError:
+            return
+        said = None if error is not None or work.steps is None else work.steps.describe_piece(result)
+        if said:
+            label = work.labels.get(piece.cell.key, piece.cell.key)
+            self._say(f"    {label}: piece {piece.index + 1}/{work.pieces} done: {said}")
 
     def _submit_in_steps(self, ray: Any, cell: Cell, upstream: Any) -> tuple[Any, list[Any]]:
         """Submit ``cell`` as its steps (:class:`robustkit.executors.CellSteps`): training, then every piece at
@@ -223,6 +239,14 @@ class RayExecutor(Executor):
         return ray.remote(**options)(function)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Piece:
+    """Piece ``index`` of a cell in steps, as the driver waits for it."""
+
+    cell: Cell
+    index: int
+
+
 def _wait_all(ray: Any, pending: dict[Any, Any], ended: Callable[[Any, Any], None],
               before: Mapping[Any, Sequence[Any]] | None = None) -> None:
     """Call ``ended(item, ref)`` as each task of ``pending`` (``{ref: item}``) ends; on Ctrl-C cancel the rest,
@@ -234,7 +258,7 @@ def _wait_all(ray: Any, pending: dict[Any, Any], ended: Callable[[Any, Any], Non
             for ref in done:
                 ended(pending.pop(ref), ref)
     except KeyboardInterrupt:
-        cancelled = [*pending, *(r for ref in pending for r in (before or {}).get(ref, ()))]
+        cancelled = list(dict.fromkeys([*pending, *(r for ref in pending for r in (before or {}).get(ref, ()))]))
         # First as Ctrl-C inside each task (the training loop stops at a safe point), then by killing the
         # workers still running: killing at once races the replies of tasks that are just finishing, which can
         # abort the driver inside Ray (a C++ check failure instead of the one-line "interrupted" message).
