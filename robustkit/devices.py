@@ -98,9 +98,9 @@ def device_name(device: torch.device) -> str:
 
 def numeric_environment(device: torch.device, threads: int) -> dict[str, Any]:
     """What, besides the settings, decides a run's numbers: device kind, CPU threads, default dtype, torch
-    version; on the CPU, the instruction set torch's kernels use (``cpu_capability``: AVX2 and AVX-512 kernels
-    round differently, and adversarial training amplifies it into other models); on CUDA, the GPU's name and
-    whether cuDNN ran its deterministic kernels."""
+    version; on the CPU, the instruction set torch's kernels use (``cpu_capability``: kernels for other vector
+    instructions round differently, and adversarial training amplifies it into other models); on CUDA, the GPU's
+    name and whether cuDNN ran its deterministic kernels."""
     env: dict[str, Any] = {"device": device.type, "threads": int(threads), "torch": torch.__version__,
                            "dtype": str(torch.get_default_dtype()).removeprefix("torch.")}
     if device.type == "cuda":

@@ -239,6 +239,32 @@ def test_a_cell_in_steps_resumes_from_its_finished_shards(host, whole_cells, tmp
     assert recorded(out) == recorded(whole)
 
 
+def test_a_kept_shard_of_another_numeric_environment_is_refused_not_merged(host, whole_cells, tmp_path):
+    import shutil
+
+    import robustkit.bench.cells as cells
+
+    spec_path, whole = whole_cells
+    spec = load_spec(str(spec_path), host)
+    out = tmp_path / "out"
+    first = spec.cells()[0]
+    work = CellWork(out, "cpu", 1, None, None, steps=cells.CELL_STEPS, pieces=3)
+    prepared = work.call(cells.prepare_cell, first.settings, host)
+    work.call(cells.evaluate_cell_shard, first.settings, host, prepared=prepared, index=0, count=3)
+    (kept,) = out.glob("train/*/shards/*/*.json")
+    shard = json.loads(kept.read_text())
+    shard["environment"]["cpu_capability"] = "ANOTHER"  # as if computed on another kind of CPU
+    kept.write_text(json.dumps(shard))
+
+    summary = run_benchmark(spec, out, host, threads=1, eval_shards=3, say=lambda line: None)
+    (error,) = summary.failed.values()
+    assert error.startswith("the shards of this cell's evaluation ran in another numeric environment than its last "
+                            "step (cpu_capability ") and error.endswith(f"delete {kept.parent} to recompute them")
+    shutil.rmtree(kept.parent)  # as the message says
+    assert not run_benchmark(spec, out, host, threads=1, eval_shards=3, say=lambda line: None).failed
+    assert recorded(out) == recorded(whole)
+
+
 def test_eval_shards_below_one_is_refused_in_one_line(host, tmp_path, spec_file):
     result = invoke(host, ["bench", "run", str(spec_file), "--out", str(tmp_path / "out"), "--eval-shards", "0"])
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output

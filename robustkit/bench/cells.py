@@ -215,16 +215,17 @@ def finish_cell(settings: Mapping[str, Any], work_dir: str | Path, *, prepared: 
         started = time.perf_counter()
         cell = _open_cell(settings, Path(work_dir), device, data_root, host, model_files)
         shards = [p for p in pieces if p is not None]
+        store = _shard_store(cell, *_test_examples(cell))
         difference = environment_difference(cell.environment, shards[0]["environment"])
         if difference is not None:
             raise RobustkitError(f"the shards of this cell's evaluation ran in another numeric environment than its "
-                                 f"last step ({difference}); run every task of the benchmark on one kind of node")
+                                 f"last step ({difference}); run every task of the benchmark on one kind of node, "
+                                 f"and delete {store.folder} to recompute them")
         evaluation_seconds = math.fsum(s["seconds"] for s in shards)
         result = merge_shards(shards, cell.attacks, {}, cell.seed, evaluation_seconds)
         record = _finish_record(cell, result, prepared["training"])
         EvaluationState(evaluation_state_path(cell.work_dir, cell.train_settings, settings)).remove()
-        images, labels = _test_examples(cell)
-        _shard_store(cell, images, labels).remove()  # the record holds them now
+        store.remove()  # the record holds them now
         seconds = prepared["seconds"] + evaluation_seconds + time.perf_counter() - started
         return {**record, "evaluation_shards": shard_placement(shards), "seconds": round(seconds, 3)}
 

@@ -51,6 +51,12 @@ Finished = Callable[["Cell", "dict[str, Any] | None", "str | None"], None]
 DEFAULT_EXECUTOR = "local"
 
 
+def nothing_to_say(result: Any) -> None:
+    """:attr:`CellSteps.describe_piece` of steps that say nothing of their pieces (module-level: local worker
+    processes pickle the steps by reference)."""
+    return None
+
+
 @dataclass(frozen=True)
 class CellSteps:
     """A cell as three steps, so that its middle one can spread over workers (``bench run --eval-shards K``:
@@ -68,7 +74,7 @@ class CellSteps:
     prepare: Callable[..., Any]
     piece: Callable[..., Any]
     finish: Callable[..., dict[str, Any]]
-    describe_piece: Callable[[Any], str | None] = lambda result: None
+    describe_piece: Callable[[Any], str | None] = nothing_to_say
 
 
 @dataclass(frozen=True)
