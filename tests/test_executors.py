@@ -213,17 +213,26 @@ def test_cells_with_their_evaluation_in_shards_record_what_whole_cells_record(ho
     assert not list(out.glob("train/*/shards"))  # the records hold the shards now
 
 
+def keep_one_shard(host, spec, out: Path, index: int) -> Path:
+    """Train the spec's first cell and evaluate its shard ``index`` of 3 into ``out``, as a killed run leaves it;
+    return the kept shard's file."""
+    import robustkit.bench.cells as cells
+
+    first = spec.cells()[0]
+    work = CellWork(out, "cpu", 1, None, None, steps=cells.CELL_STEPS, pieces=3)
+    prepared = work.call(cells.prepare_cell, first.settings, host)
+    work.call(cells.evaluate_cell_shard, first.settings, host, prepared=prepared, index=index, count=3)
+    (kept,) = out.glob("train/*/shards/*/*.json")
+    return kept
+
+
 def test_a_cell_in_steps_resumes_from_its_finished_shards(host, whole_cells, tmp_path, monkeypatch):
     import robustkit.bench.cells as cells
 
     spec_path, whole = whole_cells
     spec = load_spec(str(spec_path), host)
     out = tmp_path / "out"
-    first = spec.cells()[0]
-    work = CellWork(out, "cpu", 1, None, None, steps=cells.CELL_STEPS, pieces=3)
-    prepared = work.call(cells.prepare_cell, first.settings, host)
-    work.call(cells.evaluate_cell_shard, first.settings, host, prepared=prepared, index=1, count=3)  # then killed
-    assert len(list(out.glob("train/*/shards/*/*.json"))) == 1
+    keep_one_shard(host, spec, out, index=1)  # then the run was killed
 
     computed = []
 
@@ -242,16 +251,10 @@ def test_a_cell_in_steps_resumes_from_its_finished_shards(host, whole_cells, tmp
 def test_a_kept_shard_of_another_numeric_environment_is_refused_not_merged(host, whole_cells, tmp_path):
     import shutil
 
-    import robustkit.bench.cells as cells
-
     spec_path, whole = whole_cells
     spec = load_spec(str(spec_path), host)
     out = tmp_path / "out"
-    first = spec.cells()[0]
-    work = CellWork(out, "cpu", 1, None, None, steps=cells.CELL_STEPS, pieces=3)
-    prepared = work.call(cells.prepare_cell, first.settings, host)
-    work.call(cells.evaluate_cell_shard, first.settings, host, prepared=prepared, index=0, count=3)
-    (kept,) = out.glob("train/*/shards/*/*.json")
+    kept = keep_one_shard(host, spec, out, index=0)
     shard = json.loads(kept.read_text())
     shard["environment"]["cpu_capability"] = "ANOTHER"  # as if computed on another kind of CPU
     kept.write_text(json.dumps(shard))
