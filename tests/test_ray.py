@@ -344,8 +344,8 @@ def test_ctrl_c_cancels_the_cells_in_flight_and_the_next_run_resumes(host, spec_
 
 def test_cells_evaluated_in_shards_on_the_cluster_record_what_jobs_1_records(host, spec_path, reference, cluster,
                                                                              tmp_path):
-    """Each cell as training, 3 shard tasks (2 at once on the 2 CPUs) and its record; one shard's worker is
-    SIGKILLed mid-run and Ray restarts it."""
+    """Each cell as training, 3 shard tasks (at once: the head's 2 CPUs and the second node's) and its record;
+    one shard's worker is SIGKILLed mid-run and Ray restarts it."""
     high = load_spec(str(spec_path), host).cells()[2]
     out = tmp_path / "out"
     killer = KillOnce(out, f"{high.key}.piece-1")
