@@ -23,7 +23,9 @@ How a run goes:
   a cell is when it hangs. A worker that dies (killed, out of host memory, node lost) is restarted up to
   ``max_retries`` times; the cell then resumes its training from its last epoch. A CUDA out-of-memory error
   is the cell's failure, reported, not retried.
-- **Ctrl-C** cancels every task in flight (their workers are stopped); the next run resumes.
+- **Ctrl-C** stops every task in flight; the next run resumes. When this executor started or joined Ray, it
+  disconnects, which ends the job and Ray stops its workers; ``ray.cancel`` is kept for a Ray the caller
+  started, since its reply can race a task's own and abort the driver inside Ray (a C++ check failure).
 """
 
 from __future__ import annotations
@@ -92,6 +94,7 @@ class RayExecutor(Executor):
         self._work: CellWork | None = None
         self._resources: tuple[float, float] = (1.0, 0.0)
         self._say: Callable[[str], None] = lambda line: None
+        self._owns_ray = False  # whether session() started or joined Ray (and disconnects at its end)
 
     def _target(self) -> str | None:
         """The cluster to join (None: start Ray embedded)."""
@@ -111,6 +114,7 @@ class RayExecutor(Executor):
         connected_here = not ray.is_initialized()
         if connected_here:
             _connect(ray, self._target())
+        self._owns_ray = connected_here
         try:
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             cpus, gpus = self._cell_resources(nodes, work)
@@ -126,9 +130,9 @@ class RayExecutor(Executor):
                 "worker dies")
             yield environment
         finally:
-            self._work, self._say = None, lambda line: None
+            self._work, self._say, self._owns_ray = None, lambda line: None, False
             if connected_here:
-                ray.shutdown()
+                ray.shutdown()  # on Ctrl-C, this stops the tasks in flight (see _wait_all)
 
     def _cell_resources(self, nodes: Sequence[dict[str, Any]], work: CellWork) -> tuple[float, float]:
         """``(cpus, gpus)`` each cell holds, checked against the largest node: a task no node can hold
@@ -184,7 +188,7 @@ class RayExecutor(Executor):
                     error = "its natural cell, whose weights it reuses, failed first; rerun the same command"
             finished(cell, record, error)
 
-        _wait_all(ray, pending, ended, steps_of)
+        _wait_all(ray, pending, ended, steps_of, cancel=not self._owns_ray)
 
     def _say_piece(self, ray: Any, piece: _Piece, ref: Any, work: CellWork) -> None:
         """One line for a finished piece of a cell (a failed one is said with its cell's record)."""
@@ -222,7 +226,7 @@ class RayExecutor(Executor):
                 result, error = None, task_error(ray, err, self.max_retries)
             done(i, result, error)
 
-        _wait_all(ray, pending, ended)
+        _wait_all(ray, pending, ended, cancel=not self._owns_ray)
 
     def _shipped_work(self) -> CellWork:
         if self._work is None:
@@ -248,28 +252,33 @@ class _Piece:
 
 
 def _wait_all(ray: Any, pending: dict[Any, Any], ended: Callable[[Any, Any], None],
-              before: Mapping[Any, Sequence[Any]] | None = None) -> None:
-    """Call ``ended(item, ref)`` as each task of ``pending`` (``{ref: item}``) ends; on Ctrl-C cancel the rest,
-    with the tasks ``before`` lists for each (a cell's earlier steps): their workers are stopped; work that keeps
-    state (a cell's training, its finished shards) resumes from it next time."""
+              before: Mapping[Any, Sequence[Any]] | None = None, cancel: bool = True) -> None:
+    """Call ``ended(item, ref)`` as each task of ``pending`` (``{ref: item}``) ends. On Ctrl-C, with ``cancel``,
+    cancel the rest and the tasks ``before`` lists for each (a cell's earlier steps); without it, leave them to
+    the caller's disconnect, which stops them all. Work that keeps state (a cell's training, its finished
+    shards) resumes from it next time."""
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)  # a timeout lets Ctrl-C through
             for ref in done:
                 ended(pending.pop(ref), ref)
     except KeyboardInterrupt:
-        cancelled = list(dict.fromkeys([*pending, *(r for ref in pending for r in (before or {}).get(ref, ()))]))
-        # First as Ctrl-C inside each task (the training loop stops at a safe point), then by killing the
-        # workers still running: killing at once races the replies of tasks that are just finishing, which can
-        # abort the driver inside Ray (a C++ check failure instead of the one-line "interrupted" message).
-        for ref in cancelled:
-            ray.cancel(ref, force=False)
-        with contextlib.suppress(Exception):
-            _, running = ray.wait(cancelled, num_returns=len(cancelled), timeout=CANCEL_GRACE_S)
-            for ref in running:
-                ray.cancel(ref, force=True)
-            ray.wait(running, num_returns=len(running), timeout=CANCEL_GRACE_S)
+        if cancel:
+            earlier = (r for ref in pending for r in (before or {}).get(ref, ()))
+            _cancel(ray, list(dict.fromkeys([*pending, *earlier])))
         raise
+
+
+def _cancel(ray: Any, refs: Sequence[Any]) -> None:
+    """Cancel ``refs``: first as Ctrl-C inside each task (the training loop stops at a safe point), then by
+    killing the workers still running, which races less with the replies of tasks just finishing."""
+    for ref in refs:
+        ray.cancel(ref, force=False)
+    with contextlib.suppress(Exception):
+        _, running = ray.wait(list(refs), num_returns=len(refs), timeout=CANCEL_GRACE_S)
+        for ref in running:
+            ray.cancel(ref, force=True)
+        ray.wait(running, num_returns=len(running), timeout=CANCEL_GRACE_S)
 
 
 def task_error(ray: Any, err: BaseException, retries: int) -> str:
@@ -325,7 +334,8 @@ def _connect(ray: Any, target: str | None) -> None:
         cause = _root(err)
         if target is None:
             raise RobustkitError(f"cannot start Ray here ({one_line(cause, typed=True)})") from None
-        if type(cause).__name__ == "AuthenticationError":
+        # Ray raises the refusal itself, or a RuntimeError quoting its traceback
+        if type(cause).__name__ == "AuthenticationError" or "InvalidAuthToken" in str(cause):
             raise RobustkitError(f"the Ray cluster at {target} refused this machine (token authentication): set "
                                  "RAY_AUTH_MODE=token and give the cluster's token (~/.ray/auth_token or "
                                  "RAY_AUTH_TOKEN)") from None
