@@ -414,3 +414,37 @@ def test_an_address_where_nothing_listens_fails_at_once_in_one_line():
     with pytest.raises(RobustkitError, match=rf"nothing answers at --address 127.0.0.1:{port} .*ray start --head"):
         _check_listening(f"127.0.0.1:{port}")  # closed now: refused at once, not after Ray's minutes of retries
     _check_listening("auto")  # left to Ray
+
+
+class _InterruptedRay:
+    """Enough of ``ray`` for ``_wait_all``: the first task ends, then Ctrl-C arrives; cancels are noted."""
+
+    def __init__(self):
+        self.waits, self.cancelled = 0, []
+
+    def wait(self, refs, num_returns=1, timeout=None):
+        self.waits += 1
+        if self.waits == 1:
+            return refs[:1], refs[1:]
+        if self.waits == 2:
+            raise KeyboardInterrupt
+        return [], list(refs)  # the cancelled tasks have not ended within the grace time
+
+    def cancel(self, ref, force=False):
+        self.cancelled.append((ref, force))
+
+
+@pytest.mark.parametrize("cancel", [True, False])
+def test_ray_ctrl_c_cancels_only_in_a_ray_the_caller_started(cancel):
+    """``ray.cancel`` can race a finishing task's reply and abort the driver inside Ray, so a run that started
+    or joined Ray itself leaves its tasks to its disconnect; in the caller's Ray, the rest and each cell's earlier
+    steps are cancelled, gently first, then forced."""
+    from robustkit.executors.ray_executor import _wait_all
+
+    ray, ended = _InterruptedRay(), []
+    with pytest.raises(KeyboardInterrupt):
+        _wait_all(ray, {"a": "cell a", "b": "cell b"}, lambda item, ref: ended.append(item),
+                  before={"b": ["b-train"]}, cancel=cancel)
+    assert ended == ["cell a"]
+    expected = [("b", False), ("b-train", False), ("b", True), ("b-train", True)]
+    assert ray.cancelled == (expected if cancel else [])
