@@ -15,7 +15,8 @@ The contract, whatever runs the cells:
   defense whose parameter is ``@natural``) starts after that cell (:attr:`CellWork.waits_for`).
 - Every cell runs with the same torch thread count (``CellWork.threads``), so the numbers do not depend
   on the executor.
-- Ctrl-C: the executor stops the work in flight and raises ``KeyboardInterrupt``; the next run resumes.
+- Ctrl-C: the executor raises ``KeyboardInterrupt``, and the work in flight is stopped by the time
+  :meth:`Executor.session` has exited (by the executor, or by the session's end); the next run resumes.
 
 Besides cells, :meth:`Executor.run_tasks` runs independent calls of one function (the shards of an evaluation,
 :mod:`robustkit.sharding`) under the same rules.
@@ -170,7 +171,7 @@ class Executor(ABC):
         """Run every cell of ``cells`` (none recorded yet), calling ``finished`` in this process as each ends.
 
         :param host: the driver's plugin host, for cells run in this process (other processes build their own).
-        :raises KeyboardInterrupt: on Ctrl-C, after stopping the cells in flight.
+        :raises KeyboardInterrupt: on Ctrl-C; the cells in flight are stopped before the session ends.
         """
 
 
@@ -183,7 +184,7 @@ class Executor(ABC):
 
         This default runs them here, one after the other.
 
-        :raises KeyboardInterrupt: on Ctrl-C, after stopping the calls in flight.
+        :raises KeyboardInterrupt: on Ctrl-C; the calls in flight are stopped before the session ends.
         """
         for i, call in enumerate(calls):
             try:
