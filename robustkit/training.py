@@ -394,7 +394,7 @@ def train(model: nn.Module, dataset: ImageDataset, defense: Defense, config: Tra
                 row.update(_validate(model, val_set, config, epoch, device))
             history.append(row)
             if not warned_chance:
-                warned_chance = _warn_if_at_chance(row, dataset.info.num_classes, defense)
+                warned_chance = _warn_if_at_chance(row, dataset.info.num_classes, defense, config.epochs)
             new_best = config.select == "best" and chosen_epoch(history, "best") == epoch
             with defer_interrupts():  # a Ctrl-C while saving lands after the save, so `completed` is true
                 if paths is not None:
@@ -548,11 +548,19 @@ def warmed_up(defense: Defense, epoch: int, warmup: int) -> Defense:
     return type(defense)(**{**defense.config, "eps": float(eps) * epoch / (warmup + 1)})
 
 
-def _warn_if_at_chance(row: Mapping[str, Any], num_classes: int, defense: Defense) -> bool:
-    """Say once, in one line on stderr, when an epoch ends with accuracy no better than guessing."""
+#: Epochs a run may spend at chance level before it is warned about: some nets start slowly.
+CHANCE_PATIENCE = 3
+
+
+def _warn_if_at_chance(row: Mapping[str, Any], num_classes: int, defense: Defense, epochs: int) -> bool:
+    """Say once, in one line on stderr, when an epoch ends with accuracy no better than guessing, from epoch
+    :data:`CHANCE_PATIENCE` on (or the last, in a shorter run)."""
     key = "val_clean_acc" if row.get("val_clean_acc") is not None else "train_acc"
     accuracy = row.get(key)
-    if accuracy is None or num_classes < 2 or accuracy > 1.5 / num_classes:
+    if accuracy is None or num_classes < 2 or row["epoch"] < min(CHANCE_PATIENCE, epochs):
+        return False
+    chance = 1 / num_classes
+    if accuracy > chance + min(chance / 2, 0.05):  # 15% of 10 classes, 55% of 2
         return False
     remedy = ("lower its eps or the learning rate, or warm eps up over the first epochs (eps_warmup)"
               if "eps" in defense.config else "lower the learning rate")

@@ -23,7 +23,7 @@ from robustkit.host import make_host
 from robustkit.models import Classifier, build_model
 from robustkit.params import Param
 from robustkit.essentials.defenses import PGDAT, Natural
-from robustkit.training import TrainConfig, epoch_seed, train, warmed_up
+from robustkit.training import TrainConfig, _warn_if_at_chance, epoch_seed, train, warmed_up
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -684,3 +684,21 @@ def test_the_curves_png_shows_the_title_the_attack_and_the_kept_epoch(tmp_path: 
     monkeypatch.undo()
     out = plots.save_training_curves(tmp_path / "plain.png", history)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("epoch, epochs, accuracy, classes, warned", [
+    (1, 40, 0.09, 10, False),  # a slow start is not yet a run that does not learn
+    (3, 40, 0.09, 10, True),
+    (2, 2, 0.12, 10, True),  # the last epoch of a short run
+    (5, 40, 0.16, 10, False),
+    (5, 40, 0.54, 2, True),
+    (5, 40, 0.70, 2, False),  # learning, for two classes
+])
+def test_a_run_at_chance_level_is_warned_about_once_it_had_time_to_learn(epoch, epochs, accuracy, classes, warned,
+                                                                         capsys):
+    row = {"epoch": epoch, "train_acc": 0.5, "val_clean_acc": accuracy}
+    assert _warn_if_at_chance(row, classes, PGDAT(eps=0.1), epochs) is warned
+    said = capsys.readouterr().err
+    assert (said == f"robustkit: warning: epoch {epoch} ended at chance level ({100 * accuracy:.1f}% validation "
+                    f"accuracy, {classes} classes): the model is not learning; lower its eps or the learning rate, "
+                    "or warm eps up over the first epochs (eps_warmup)\n") if warned else said == ""
