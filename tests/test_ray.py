@@ -8,12 +8,14 @@ same spec (module fixture ``reference``): same records, timings and folder names
 second node, ``ray start --address ... --block`` with 1 CPU, both on this machine, started once the embedded run is
 over (two Ray instances starting at once can mix up their sessions) and stopped by ending those two processes,
 which stop the Ray processes they started (never `ray stop`, which would stop every Ray instance of this user on
-the machine). Both use a token of their own (``RAY_AUTH_TOKEN``), so nothing
+the machine), and the note of its address that ``ray start`` leaves for a later ``ray.init()`` is put back as it
+was. Both use a token of their own (``RAY_AUTH_TOKEN``), so nothing
 touches ``~/.ray``. Every worker loads only the essential set (``ROBUSTKIT_LOAD_PLUGINS=``, shipped to them).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -92,6 +94,7 @@ class Cluster:
 
     def __init__(self, folder: Path):
         self.folder = folder
+        self._note_before = address_note().read_text() if address_note().exists() else None
         self.head = self._start("head", "--head", "--port", "0", "--num-cpus", "2", "--num-gpus", "2",
                                 "--include-dashboard=false")
         self.node: subprocess.Popen | None = None
@@ -131,6 +134,27 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        restore_address_note(self._address, self._note_before)
+
+
+def address_note() -> Path:
+    """Where ``ray start --head`` notes its cluster for a later ``ray.init()`` or ``--address auto`` here."""
+    from ray._common.utils import get_ray_address_file
+
+    return Path(get_ray_address_file(None))
+
+
+def restore_address_note(address: str | None, before: str | None) -> None:
+    """Put back the note this machine had before the test's cluster replaced it (or remove it), so nothing
+    later tries the stopped cluster; a note naming another cluster is left alone."""
+    note = address_note()
+    with contextlib.suppress(OSError):
+        if address is None or note.read_text().strip() != address:
+            return
+        if before is None:
+            note.unlink()
+        else:
+            note.write_text(before)
 
 
 @pytest.fixture(scope="module")
